@@ -1,0 +1,227 @@
+"""Per-layer (PLT) and cross-layer (CLT) transcoders.
+
+A transcoder replaces the MLP of every layer: it reads the MLP input and predicts
+the MLP's write to the residual stream through a sparse, wide layer of features.
+A PLT feature at layer l writes only to layer l. A CLT feature at layer l reads
+the MLP input at l and writes to the MLP outputs of layers l … L−1, so its decoder
+has one block per later layer.
+
+All tensors stack the layer axis just before the feature/model axis:
+inputs and outputs are ``[..., n_layers, d_model]``, activations ``[..., n_layers, d_features]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from transcoders.activations import batch_topk, jumprelu, topk
+
+Kind = Literal["plt", "clt"]
+Activation = Literal["jumprelu", "topk", "batchtopk", "relu"]
+
+
+@dataclass
+class TranscoderConfig:
+    """Shape and behaviour of a transcoder set; saved beside the weights."""
+
+    kind: Kind
+    n_layers: int
+    d_model: int
+    d_features: int
+    activation: Activation = "jumprelu"
+    k: int = 32  # features kept per token and layer (topk / batchtopk)
+    skip: bool = False  # a linear skip connection W_skip: MLP input -> output
+    jumprelu_init_threshold: float = 0.1
+    jumprelu_bandwidth: float = 0.1
+    model_name: str | None = None  # the model this set was trained on
+    input_site: str = "mlp_in"  # a site of the architecture map
+    output_site: str = "mlp_resid"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Encoded(NamedTuple):
+    pre_acts: Tensor
+    """Encoder output before the sparse activation, ``[..., n_layers, d_features]``."""
+    acts: Tensor
+    """Feature activations, ``pre_acts * mask``, ``[..., n_layers, d_features]``."""
+
+
+class TranscoderOutput(NamedTuple):
+    acts: Tensor
+    """Feature activations ``[..., n_layers, d_features]``."""
+    pre_acts: Tensor
+    """Pre-activations ``[..., n_layers, d_features]``."""
+    recon: Tensor
+    """Predicted MLP outputs, decoder plus skip, ``[..., n_layers, d_model]``."""
+
+
+class Transcoder(nn.Module):
+    """What PLTs and CLTs share: the encoder, the activation, biases, skip and normalisation.
+
+    Normalisation: ``input_scale[l]`` multiplies the MLP input before encoding and
+    ``output_scale[l]`` divides the reconstruction, so training sees unit-scale data
+    at every layer. ``fold_normalisation`` moves both into the weights (as saved files
+    expect) and sets them to 1.
+    """
+
+    def __init__(self, cfg: TranscoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        L, D, F = cfg.n_layers, cfg.d_model, cfg.d_features
+        self.W_enc = nn.Parameter(torch.empty(L, D, F))
+        self.b_enc = nn.Parameter(torch.zeros(L, F))
+        self.b_dec = nn.Parameter(torch.zeros(L, D))
+        self.log_threshold = nn.Parameter(torch.full((L, F), math.log(cfg.jumprelu_init_threshold)),
+                                          requires_grad=cfg.activation == "jumprelu")
+        self.W_skip = nn.Parameter(torch.zeros(L, D, D)) if cfg.skip else None
+        self.register_buffer("input_scale", torch.ones(L))
+        self.register_buffer("output_scale", torch.ones(L))
+        nn.init.uniform_(self.W_enc, -1.0 / math.sqrt(D), 1.0 / math.sqrt(D))
+
+    @property
+    def n_layers(self) -> int:
+        return self.cfg.n_layers
+
+    @property
+    def d_features(self) -> int:
+        return self.cfg.d_features
+
+    @property
+    def threshold(self) -> Tensor:
+        """JumpReLU thresholds ``[n_layers, d_features]``."""
+        return self.log_threshold.exp()
+
+    # --- encoder ------------------------------------------------------------------------
+
+    def pre_acts(self, x: Tensor, layer: int | None = None) -> Tensor:
+        """Encoder pre-activations: ``x [..., n_layers, d_model]`` → ``[..., n_layers, d_features]``,
+        or for one ``layer``: ``x [..., d_model]`` → ``[..., d_features]``."""
+        if layer is None:
+            return torch.einsum("...ld,ldf->...lf", x * self.input_scale[:, None], self.W_enc) + self.b_enc
+        return (x * self.input_scale[layer]) @ self.W_enc[layer] + self.b_enc[layer]
+
+    def activate(self, pre: Tensor, layer: int | None = None) -> Tensor:
+        """The sparse activation. BatchTopK shares its budget over leading token dims while
+        training; at inference it keeps the top k per token like TopK."""
+        act = self.cfg.activation
+        if act == "jumprelu":
+            thr = self.threshold if layer is None else self.threshold[layer]
+            return jumprelu(pre, thr, self.cfg.jumprelu_bandwidth)
+        if act == "topk" or (act == "batchtopk" and not self.training):
+            return topk(pre, self.cfg.k)
+        if act == "batchtopk":
+            return batch_topk(pre.reshape(-1, *pre.shape[-2:]) if layer is None else pre.reshape(-1, pre.shape[-1]),
+                              self.cfg.k).reshape(pre.shape)
+        return pre.relu()
+
+    def encode(self, x: Tensor, layer: int | None = None) -> Encoded:
+        """Encode all layers (``x [..., n_layers, d_model]``) or one (``x [..., d_model]``)."""
+        pre = self.pre_acts(x, layer)
+        return Encoded(pre, self.activate(pre, layer))
+
+    # --- decoder ------------------------------------------------------------------------
+
+    def decode(self, acts: Tensor) -> Tensor:
+        """``acts [..., n_layers, d_features]`` → MLP outputs ``[..., n_layers, d_model]`` (no skip)."""
+        raise NotImplementedError
+
+    def decoder_vectors(self, source_layer: int) -> Tensor:
+        """Output directions, in model units, of the features read at ``source_layer``:
+        ``[d_features, n_targets, d_model]`` for target layers ``source_layer + t``
+        (n_targets is 1 for a PLT, ``n_layers - source_layer`` for a CLT)."""
+        raise NotImplementedError
+
+    def skip(self, x: Tensor) -> Tensor:
+        """The linear skip's contribution ``[..., n_layers, d_model]`` (zeros without a skip)."""
+        if self.W_skip is None:
+            return torch.zeros_like(x)
+        return torch.einsum("...ld,lde->...le", x * self.input_scale[:, None], self.W_skip) / self.output_scale[:, None]
+
+    def forward(self, x: Tensor) -> TranscoderOutput:
+        """``x``: MLP inputs ``[..., n_layers, d_model]``."""
+        pre, acts = self.encode(x)
+        return TranscoderOutput(acts, pre, self.decode(acts) + self.skip(x))
+
+    # --- normalisation ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def fold_normalisation(self) -> None:
+        """Fold ``input_scale``/``output_scale`` into the weights; outputs are unchanged."""
+        s_in, s_out = self.input_scale, self.output_scale
+        self.W_enc.mul_(s_in[:, None, None])
+        if self.W_skip is not None:
+            self.W_skip.mul_((s_in / s_out)[:, None, None])
+        self.b_dec.div_(s_out[:, None])
+        self._fold_decoder(s_out)
+        self.input_scale.fill_(1.0)
+        self.output_scale.fill_(1.0)
+
+    def _fold_decoder(self, s_out: Tensor) -> None:
+        raise NotImplementedError
+
+
+class PerLayerTranscoder(Transcoder):
+    """One transcoder per layer; feature (l, i) writes only to layer l's MLP output."""
+
+    def __init__(self, cfg: TranscoderConfig) -> None:
+        if cfg.kind != "plt":
+            raise ValueError(f"PerLayerTranscoder needs kind='plt', got {cfg.kind!r}")
+        super().__init__(cfg)
+        L, D, F = cfg.n_layers, cfg.d_model, cfg.d_features
+        self.W_dec = nn.Parameter(torch.empty(L, F, D))
+        nn.init.uniform_(self.W_dec, -1.0 / math.sqrt(F), 1.0 / math.sqrt(F))
+
+    def decode(self, acts: Tensor) -> Tensor:
+        out = torch.einsum("...lf,lfd->...ld", acts, self.W_dec) + self.b_dec
+        return out / self.output_scale[:, None]
+
+    def decoder_vectors(self, source_layer: int) -> Tensor:
+        return (self.W_dec[source_layer] / self.output_scale[source_layer])[:, None, :]
+
+    def _fold_decoder(self, s_out: Tensor) -> None:
+        self.W_dec.div_(s_out[:, None, None])
+
+
+class CrossLayerTranscoder(Transcoder):
+    """Features read one layer and write to it and every later layer.
+
+    ``W_dec[s]``: ``[d_features, n_layers - s, d_model]``, the writes of layer-s features
+    to layers s, s+1, …, L−1.
+    """
+
+    def __init__(self, cfg: TranscoderConfig) -> None:
+        if cfg.kind != "clt":
+            raise ValueError(f"CrossLayerTranscoder needs kind='clt', got {cfg.kind!r}")
+        super().__init__(cfg)
+        L, D, F = cfg.n_layers, cfg.d_model, cfg.d_features
+        # Scale so a layer's output, summed over up to L sources, starts at unit size.
+        bound = 1.0 / math.sqrt(F * L)
+        self.W_dec = nn.ParameterList(
+            [nn.Parameter(torch.empty(F, L - s, D).uniform_(-bound, bound)) for s in range(L)]
+        )
+
+    def decode(self, acts: Tensor) -> Tensor:
+        L = self.n_layers
+        out = self.b_dec.expand(*acts.shape[:-2], L, self.cfg.d_model).clone()
+        for s in range(L):
+            out[..., s:, :] += torch.einsum("...f,ftd->...td", acts[..., s, :], self.W_dec[s])
+        return out / self.output_scale[:, None]
+
+    def decoder_vectors(self, source_layer: int) -> Tensor:
+        return self.W_dec[source_layer] / self.output_scale[source_layer:, None]
+
+    def _fold_decoder(self, s_out: Tensor) -> None:
+        for s, w in enumerate(self.W_dec):
+            w.div_(s_out[s:, None])
+
+
+def build_transcoder(cfg: TranscoderConfig) -> Transcoder:
+    """A freshly initialised PLT or CLT for ``cfg``."""
+    return PerLayerTranscoder(cfg) if cfg.kind == "plt" else CrossLayerTranscoder(cfg)
