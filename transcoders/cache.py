@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -18,6 +19,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 CACHE_ENV = "CIRCUITS_CACHE"
 
@@ -107,3 +109,15 @@ def _unpack(archive: Path, into: Path) -> None:
     else:
         with tarfile.open(archive) as tf:
             tf.extractall(into, filter="data")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers, without transformers' minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from circuits.models.adapter import Model
 from circuits.models.packaged import PACKAGED, find_packaged, float_dir
+from transcoders.cache import hub_reachable
 
 
 class ModelNotFoundError(ValueError):
@@ -120,18 +118,6 @@ def _from_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object]
             f"the GGUF file {str(path)!r} does not parse ({type(exc).__name__}: {exc}). "
             "Fix: the file is corrupt, truncated or not GGUF; download it again."
         ) from exc
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hugging Face hub answers, without transformers' minute of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _from_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
