@@ -1,5 +1,6 @@
 """circuit-engine: attribution graphs and circuit discovery for language models."""
 
+from circuits.attribution import trace
 from circuits.models import (
     DeviceError,
     Model,
@@ -11,4 +12,9 @@ from circuits.models import (
 )
 
 __all__ = ["DeviceError", "Model", "ModelLoadError", "ModelNotFoundError", "PromptError", "load_model",
-           "tiny_model"]
+           "tiny_model", "trace"]
+
+# Head-level circuit discovery (the feature-level half lands with trace).
+from circuits.discovery import Circuit, discover
+
+__all__ += ["Circuit", "discover"]

@@ -20,7 +20,9 @@ Sites, for a layer ``l`` (shapes for one prompt; a batch dimension leads in prac
 - ``resid_post``   [n_pos, d_model]  residual stream leaving layer l
 
 Model-wide: ``embed`` (token embedding module), ``ln_final`` (final norm), ``unembed``.
-The norm modules themselves (to freeze their scales) are listed in ``ArchSpec.norms``.
+The norm modules themselves (to freeze their scales) are listed in ``ArchSpec.norms``;
+how they compute is ``ArchSpec.norm_kind``. Attention-OV paths read the value projection
+``ArchSpec.v_proj`` (and ``v_chunk`` where one module computes Q, K and V together).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Io = Literal["input", "output"]
+# "rms": x * s * w (Llama, Qwen); "rms_offset": x * s * (1 + w) (Gemma);
+# "layer": (x - mean x) * s * w + b (GPT-2's LayerNorm). s is a per-position scalar.
+NormKind = Literal["rms", "rms_offset", "layer"]
 
 # Sites in the order a forward pass produces them within one layer. nnsight only lets a
 # trace read values in execution order, so requests are sorted by this.
@@ -74,6 +79,12 @@ class ArchSpec:
     n_ctx_attrs: tuple[str, ...] = ("max_position_embeddings",)
     # Does the residual stream start from embedding * sqrt(d_model)? (Gemma does.)
     scaled_embedding: bool = False
+    # Every norm of the family (per layer and final) computes this way.
+    norm_kind: NormKind = "rms"
+    # The module under a layer whose output holds V; ``v_chunk = (i, n)`` when V is the i-th
+    # of n equal chunks of that output's last dim (GPT-2's fused c_attn: (2, 3)).
+    v_proj: str = ""
+    v_chunk: tuple[int, int] | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def location(self, site: str, layer: int | None = None) -> Location:
@@ -116,6 +127,7 @@ LLAMA = ArchSpec(
     unembed="lm_head",
     norms={"ln_attn": "model.layers.{layer}.input_layernorm",
            "ln_mlp": "model.layers.{layer}.post_attention_layernorm"},
+    v_proj="model.layers.{layer}.self_attn.v_proj",
 )
 
 GEMMA = ArchSpec(
@@ -136,6 +148,8 @@ GEMMA = ArchSpec(
            "ln_mlp": "model.layers.{layer}.pre_feedforward_layernorm",
            "ln_mlp_post": "model.layers.{layer}.post_feedforward_layernorm"},
     scaled_embedding=True,
+    norm_kind="rms_offset",
+    v_proj="model.layers.{layer}.self_attn.v_proj",
 )
 
 GPT2 = ArchSpec(
@@ -151,6 +165,9 @@ GPT2 = ArchSpec(
     n_heads_attr="n_head",
     n_kv_heads_attr=None,
     n_ctx_attrs=("n_positions",),
+    norm_kind="layer",
+    v_proj="transformer.h.{layer}.attn.c_attn",
+    v_chunk=(2, 3),
     extra={"pos_embed": "transformer.wpe"},
 )
 

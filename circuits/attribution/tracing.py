@@ -1,0 +1,240 @@
+"""``trace(prompt)``: the attribution graph of a prompt in the model's replacement model."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from circuits.attribution.attribute import (
+    Attributor,
+    Targets,
+    build_sources,
+    feature_targets,
+    logit_targets,
+)
+from circuits.attribution.checks import (
+    check_options,
+    check_transcoders,
+    default_transcoders,
+)
+from circuits.attribution.freeze import freeze
+from circuits.attribution.linear import build_residual_map
+from circuits.attribution.replacement import as_compute, replace_mlps
+from circuits.attribution.rows import assemble, compute_rows, compute_selected_rows
+from circuits.models.adapter import Model, PromptError
+from circuits.models.loading import load_model, resolve_device, resolve_dtype
+from graphs.graph import AttributionGraph, empty_nodes
+
+log = logging.getLogger("circuits.attribution")
+
+# Identity residuals above this (relative) mean the frozen map does not follow the forward pass.
+# Not tighter in float64: Llama and Gemma norms compute in float32 whatever the dtype.
+_IDENTITY_WARN = {torch.float64: 1e-5, torch.float32: 1e-3}
+
+
+def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, transcoders: nn.Module | None = None, *,
+          max_logits: int = 10, logit_prob: float = 0.95, max_feature_nodes: int | None = None,
+          batch_size: int | None = None, device: str | torch.device | None = None,
+          dtype: str | torch.dtype | None = None) -> AttributionGraph:
+    """Attribute ``prompt``'s next-token logits to features, errors and tokens.
+
+    Args:
+        prompt: text, or token ids.
+        model: default ``circuits.load_model()``.
+        transcoders: a PLT or CLT set for ``model``; default ``transcoders.load_transcoders(model)``.
+        max_logits, logit_prob: the logit nodes are the most likely next tokens, until their
+            probabilities add up to ``logit_prob``, at most ``max_logits`` of them.
+        max_feature_nodes: None for every active feature; else the most influential ones, chosen
+            greedily as circuit-tracer does (their left-out input goes to ``excluded_input``).
+        batch_size: targets per backward pass (default: 256 on the CPU, 1024 on a GPU).
+        device: where attribution runs; default CUDA when present, else the CPU.
+        dtype: float32 by default; float64 for exactness checks.
+
+    Returns:
+        An ``AttributionGraph`` whose edges are exact direct effects in the frozen replacement model.
+    """
+    if isinstance(prompt, str) and not prompt.strip():
+        raise PromptError("the prompt is empty: pass some text, e.g. trace(\"When Mary and John ...\")")
+    check_options(max_logits, logit_prob, max_feature_nodes, batch_size)
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    model = load_model() if model is None else model
+    transcoders = default_transcoders(model) if transcoders is None else transcoders
+    check_transcoders(model, transcoders)
+    batch_size = batch_size or (1024 if dev.type == "cuda" else 256)
+    clock = _Clock()
+
+    ids = model.tokenize(prompt)
+    frozen = freeze(model, ids, input_site=transcoders.cfg.input_site, output_site=transcoders.cfg.output_site)
+    tc = as_compute(transcoders, dev, dt)
+    mlps = replace_mlps(tc, frozen, device=dev, dtype=dt)
+    rmap = build_residual_map(model, frozen, tc, device=dev, dtype=dt)
+    clock.lap("forward and freeze")
+
+    # Features in node order: (layer, position, feature id).
+    layer, pos, feat = mlps.mask.permute(1, 0, 2).nonzero(as_tuple=True)
+    acts, pre = mlps.acts[pos, layer, feat], mlps.pre_acts[pos, layer, feat]
+    P, L = frozen.n_pos, model.n_layers
+    n_active = len(layer)
+    token_ids, probs = salient_logits(frozen.logits, max_logits, logit_prob)
+    u, u_bias = demeaned_unembedding(model, token_ids, dev, dt)
+    logit_values = u @ frozen.final[-1].to(dev, dt) + (0.0 if u_bias is None else u_bias)
+
+    sources = build_sources(tc, layer, pos, feat, acts, mlps.errors, frozen.embed.to(dev, dt), rmap.mlp_const)
+    f_targets = feature_targets(rmap, tc, layer, pos, feat)
+    l_targets = logit_targets(rmap, u, u_bias, P)
+    attributor = Attributor(rmap, sources)
+    clock.lap("targets and sources")
+
+    chunks, selected = _edge_rows(attributor, f_targets, l_targets, probs, layer, L, P, max_feature_nodes, batch_size)
+    clock.lap("edges")
+
+    # Node order: selected features, errors, tokens, logits; rows and columns renumbered to it.
+    n_sel, n_err, n_logit = int(selected.sum()), L * P, len(token_ids)
+    new_feature = np.full(n_active, -1)
+    new_feature[selected] = np.arange(n_sel)
+    col_map = np.concatenate([new_feature, n_sel + np.arange(n_err + P)])
+    row_map = np.concatenate([new_feature, np.full(n_err + P, -1), n_sel + n_err + P + np.arange(n_logit)])
+    np_dtype = np.float64 if dt == torch.float64 else np.float32
+    built = assemble(chunks, n_sel + n_err + P + n_logit, row_map, col_map, np_dtype)
+    del chunks
+    clock.lap("assemble")
+
+    sel = torch.as_tensor(np.flatnonzero(selected), device=layer.device)
+    nodes = _node_table(model, frozen, mlps.errors, layer[sel], pos[sel], feat[sel], acts[sel], pre[sel],
+                        token_ids, probs, logit_values)
+    nodes["bias"][:] = built.bias
+    nodes["excluded_input"][:] = built.excluded
+    identity_error = _identity_error(built, nodes)
+    if identity_error > _IDENTITY_WARN.get(dt, 1e-2):
+        warnings.warn(f"attribution identity off by {identity_error:.1e} (relative): edges plus biases do not add up "
+                      "to the pre-activations. The model may compute in a precision or a way the frozen map does "
+                      "not follow; try dtype='float64' and check the architecture map.", stacklevel=2)
+    clock.lap("graph")
+
+    metadata = {
+        "model": model.name, "family": model.spec.family, "n_layers": L, "d_model": model.d_model, "n_pos": P,
+        "transcoders": _jsonable(transcoders.cfg.to_dict() if hasattr(transcoders.cfg, "to_dict") else {}),
+        "n_active_features": n_active, "max_feature_nodes": max_feature_nodes, "max_logits": max_logits,
+        "logit_prob": logit_prob, "dtype": str(dt).removeprefix("torch."), "device": str(dev),
+        "batch_size": batch_size, "identity_error": identity_error, "seconds": clock.laps,
+    }
+    text = prompt if isinstance(prompt, str) else model.tokenizer.decode(frozen.tokens.tolist())
+    tokens = frozen.tokens.cpu().numpy().astype(np.int64)
+    graph = AttributionGraph(text, tokens, [model.tokenizer.decode([int(t)]) for t in tokens], nodes,
+                             built.matrix, metadata)
+    log.info("traced %d tokens: %d features (of %d active), %d edges in %.2fs", P, n_sel, n_active,
+             built.matrix.nnz, sum(clock.laps.values()))
+    return graph
+
+
+def _edge_rows(attributor: Attributor, features: Targets, logits: Targets, probs: Tensor, layer: Tensor,
+               L: int, P: int, max_feature_nodes: int | None, batch_size: int) -> tuple[list, np.ndarray]:
+    """Rows for the logits and for every active feature, or for the ``max_feature_nodes`` most
+    influential ones. Node ids during the computation: every active feature, errors, tokens, logits.
+    Returns the row chunks and which features got rows ``[n_active]``."""
+    n_active, n_logit = len(features), len(logits)
+    n_full = n_active + L * P + P + n_logit
+    cap = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    # A bar only for long jobs (and, as tqdm decides, only on a terminal).
+    bar = tqdm(total=cap + n_logit, desc="attribution rows", unit="row", leave=False,
+               disable=True if cap + n_logit < 2048 else None)
+    try:
+        if cap == n_active:
+            chunks = compute_rows(attributor, logits, np.arange(n_full - n_logit, n_full), batch_size, bar)
+            chunks += compute_rows(attributor, features, np.arange(n_active), batch_size, bar)
+            return chunks, np.ones(n_active, dtype=bool)
+        levels = np.concatenate([layer.cpu().numpy(), np.repeat(np.arange(L), P), np.full(P, -1),
+                                 np.full(n_logit, L)])
+        return compute_selected_rows(attributor, features, logits, probs.numpy(), cap, batch_size, n_full, levels,
+                                     bar=bar)
+    finally:
+        bar.close()
+
+
+def salient_logits(logits: Tensor, max_logits: int, logit_prob: float) -> tuple[Tensor, Tensor]:
+    """The most likely next tokens until their probability adds up to ``logit_prob`` (at most
+    ``max_logits``): ``(token ids [n] on the CPU, probabilities [n] float64)``."""
+    probs = logits.double().softmax(-1).cpu()
+    top = probs.topk(min(max_logits, probs.shape[0]))
+    n = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(logit_prob, dtype=torch.float64))) + 1
+    n = min(n, len(top.values))
+    return top.indices[:n], top.values[:n]
+
+
+def demeaned_unembedding(model: Model, token_ids: Tensor, device: torch.device,
+                         dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """Unembedding rows of ``token_ids`` minus the mean row ``[n, D]``, and the same for the bias ``[n]``
+    (None without one): logit targets read the logit relative to the mean logit."""
+    W_U = model.W_U.detach()
+    rows = W_U[token_ids.to(W_U.device)].to(device, dtype)
+    u = rows - W_U.to(dtype).mean(0).to(device)
+    b = getattr(model.module(model.spec.unembed), "bias", None)
+    if b is None:
+        return u, None
+    b = b.detach().to(device, dtype)
+    return u, b[token_ids.to(device)] - b.mean()
+
+
+def _node_table(model: Model, frozen, errors: Tensor, layer: Tensor, pos: Tensor, feat: Tensor, acts: Tensor,
+                pre: Tensor, token_ids: Tensor, probs: Tensor, logit_values: Tensor) -> dict[str, np.ndarray]:
+    L, P = model.n_layers, frozen.n_pos
+    n_f, n_l = len(layer), len(token_ids)
+    nodes = empty_nodes(n_f + L * P + P + n_l)
+    f, e = slice(0, n_f), slice(n_f, n_f + L * P)
+    t, lg = slice(e.stop, e.stop + P), slice(e.stop + P, e.stop + P + n_l)
+    nodes["kind"][f], nodes["kind"][e], nodes["kind"][t], nodes["kind"][lg] = "feature", "error", "token", "logit"
+    nodes["layer"][f] = layer.cpu().numpy()
+    nodes["position"][f] = pos.cpu().numpy()
+    nodes["feature"][f] = feat.cpu().numpy()
+    nodes["activation"][f] = acts.double().cpu().numpy()
+    nodes["pre_activation"][f] = pre.double().cpu().numpy()
+    grid_l, grid_p = np.divmod(np.arange(L * P), P)
+    nodes["layer"][e], nodes["position"][e] = grid_l, grid_p
+    nodes["activation"][e] = errors.double().norm(dim=-1).reshape(-1).cpu().numpy()
+    nodes["layer"][t], nodes["position"][t] = -1, np.arange(P)
+    nodes["token_id"][t] = frozen.tokens.cpu().numpy()
+    nodes["layer"][lg], nodes["position"][lg] = L, P - 1
+    nodes["token_id"][lg] = token_ids.numpy()
+    nodes["prob"][lg] = probs.numpy()
+    nodes["pre_activation"][lg] = logit_values.double().cpu().numpy()
+    decode = model.tokenizer.decode
+    texts = [""] * (n_f + L * P) + [decode([int(i)]) for i in frozen.tokens] + [decode([int(i)]) for i in token_ids]
+    nodes["token"] = np.array(texts)
+    return nodes
+
+
+def _identity_error(built, nodes: dict[str, np.ndarray]) -> float:
+    """max over targets of |sum(edges) + bias - pre_activation| (left-out features' edges included),
+    relative to the size of those terms."""
+    targets = np.isin(nodes["kind"], ("feature", "logit"))
+    if not targets.any():
+        return 0.0
+    pre = nodes["pre_activation"][targets]
+    residual = built.total[targets] + built.bias[targets] - pre
+    scale = built.magnitude[targets] + np.abs(built.bias[targets]) + np.abs(pre)
+    return float(np.max(np.abs(residual) / np.maximum(scale, 1e-30)))
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in d.items()}
+
+
+class _Clock:
+    """Phase timings, logged and kept for the graph's metadata (as circuit-tracer logs its phases)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 4)
+        log.info("%s: %.2fs", name, now - self._t)
+        self._t = now
