@@ -66,3 +66,14 @@ def test_topk_keeps_k_and_jumprelu_threshold_learns() -> None:
     out = jr(torch.randn(64, 2, 6, dtype=torch.float64) * 3)
     (out.recon.square().sum() + out.acts.sum()).backward()
     assert jr.log_threshold.grad is not None and jr.log_threshold.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_one_layer_at_a_time_matches_the_stack(kind: str) -> None:
+    """decode_layer / skip_layer (what a replacement hook calls, layer by layer) agree with forward."""
+    tc = _random_transcoder(kind, "jumprelu", 4, 6, 10, seed=4)
+    x = torch.randn(3, 4, 6, dtype=torch.float64)
+    out = tc(x)
+    for layer in range(4):
+        one = tc.decode_layer(out.acts[:, : layer + 1], layer) + tc.skip_layer(x[:, layer], layer)
+        torch.testing.assert_close(one, out.recon[:, layer])

@@ -65,8 +65,9 @@ class _Step(torch.autograd.Function):
 
 def topk(pre: Tensor, k: int) -> Tensor:
     """Keep the k largest positive pre-activations in the last dim; zero the rest."""
-    values, idx = pre.relu().topk(k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, idx, values)
+    # Top k first, then ReLU on the k values: the same result without a full-size ReLU copy.
+    values, idx = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter_(-1, idx, values.relu())
 
 
 def batch_topk(pre: Tensor, k: int) -> Tensor:

@@ -46,6 +46,10 @@ class TranscoderConfig:
         return asdict(self)
 
 
+class TranscoderShapeError(ValueError):
+    """A tensor or a model does not have the shape this transcoder was built for."""
+
+
 class Encoded(NamedTuple):
     pre_acts: Tensor
     """Encoder output before the sparse activation, ``[..., n_layers, d_features]``."""
@@ -103,9 +107,22 @@ class Transcoder(nn.Module):
     def pre_acts(self, x: Tensor, layer: int | None = None) -> Tensor:
         """Encoder pre-activations: ``x [..., n_layers, d_model]`` → ``[..., n_layers, d_features]``,
         or for one ``layer``: ``x [..., d_model]`` → ``[..., d_features]``."""
+        self._check_input(x, layer)
         if layer is None:
             return torch.einsum("...ld,ldf->...lf", x * self.input_scale[:, None], self.W_enc) + self.b_enc
         return (x * self.input_scale[layer]) @ self.W_enc[layer] + self.b_enc[layer]
+
+    def _check_input(self, x: Tensor, layer: int | None) -> None:
+        L, D = self.cfg.n_layers, self.cfg.d_model
+        if layer is None:
+            if x.ndim < 2 or x.shape[-2:] != (L, D):
+                raise TranscoderShapeError(
+                    f"this transcoder reads MLP inputs [..., n_layers={L}, d_model={D}], got {tuple(x.shape)}. "
+                    "Fix: stack every layer's input on the second-last axis, or pass layer= for one layer.")
+        elif x.shape[-1] != D or not -L <= layer < L:
+            raise TranscoderShapeError(
+                f"layer {layer} of this transcoder reads [..., d_model={D}] (layers 0..{L - 1}), got "
+                f"{tuple(x.shape)}. Fix: check the transcoder was trained for this model (d_model, n_layers).")
 
     def activate(self, pre: Tensor, layer: int | None = None) -> Tensor:
         """The sparse activation. BatchTopK shares its budget over leading token dims while
@@ -137,6 +154,18 @@ class Transcoder(nn.Module):
         ``[d_features, n_targets, d_model]`` for target layers ``source_layer + t``
         (n_targets is 1 for a PLT, ``n_layers - source_layer`` for a CLT)."""
         raise NotImplementedError
+
+    def decode_layer(self, acts: Tensor, layer: int) -> Tensor:
+        """The MLP output at one ``layer`` (no skip) from ``acts [..., n_sources, d_features]``,
+        the activations of layers ``0 … n_sources-1`` with ``n_sources > layer`` (a PLT reads only
+        ``acts[..., layer, :]``; a CLT sums the writes of layers ``0 … layer``). ``[..., d_model]``."""
+        raise NotImplementedError
+
+    def skip_layer(self, x: Tensor, layer: int) -> Tensor:
+        """The skip's contribution at one ``layer`` from ``x [..., d_model]`` (zeros without a skip)."""
+        if self.W_skip is None:
+            return torch.zeros_like(x)
+        return (x * self.input_scale[layer]) @ self.W_skip[layer] / self.output_scale[layer]
 
     def skip(self, x: Tensor) -> Tensor:
         """The linear skip's contribution ``[..., n_layers, d_model]`` (zeros without a skip)."""
@@ -182,6 +211,9 @@ class PerLayerTranscoder(Transcoder):
         out = torch.einsum("...lf,lfd->...ld", acts, self.W_dec) + self.b_dec
         return out / self.output_scale[:, None]
 
+    def decode_layer(self, acts: Tensor, layer: int) -> Tensor:
+        return (acts[..., layer, :] @ self.W_dec[layer] + self.b_dec[layer]) / self.output_scale[layer]
+
     def decoder_vectors(self, source_layer: int) -> Tensor:
         return (self.W_dec[source_layer] / self.output_scale[source_layer])[:, None, :]
 
@@ -213,6 +245,12 @@ class CrossLayerTranscoder(Transcoder):
         for s in range(L):
             out[..., s:, :] += torch.einsum("...f,ftd->...td", acts[..., s, :], self.W_dec[s])
         return out / self.output_scale[:, None]
+
+    def decode_layer(self, acts: Tensor, layer: int) -> Tensor:
+        out = self.b_dec[layer].expand(*acts.shape[:-2], self.cfg.d_model)
+        for s in range(layer + 1):
+            out = out + acts[..., s, :] @ self.W_dec[s][:, layer - s, :]
+        return out / self.output_scale[layer]
 
     def decoder_vectors(self, source_layer: int) -> Tensor:
         return self.W_dec[source_layer] / self.output_scale[source_layer:, None]

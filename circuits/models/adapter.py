@@ -165,6 +165,54 @@ class Model:
         out = {key: _unbatch(value) for key, value in saved.items()}
         return logits[0], out
 
+    @torch.no_grad()
+    def record_batch(self, ids: torch.Tensor, sites: Iterable[SiteKey], *,
+                     stop_early: bool = True) -> dict[SiteKey, torch.Tensor]:
+        """One batched forward that saves the requested (site, layer) tensors, for harvesting.
+
+        ``ids``: LongTensor ``[batch, n_pos]``. Returns ``{(site, layer): tensor [batch, n_pos, ...]}``.
+        Plain torch hooks rather than an nnsight trace: harvesting runs millions of tokens and
+        needs no graph. With ``stop_early`` the forward stops once the last requested tensor
+        is seen, so the layers after it and the unembedding (a fifth of SmolLM2's compute)
+        are never run. Runs under whatever autocast context the caller sets.
+        """
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.ndim != 2 or ids.numel() == 0:
+            raise PromptError(f"record_batch needs token ids [batch, n_pos], got shape {tuple(ids.shape)}: "
+                              "reshape them, e.g. ids.reshape(1, -1)")
+        if ids.shape[1] > self.dims.n_ctx:
+            raise PromptError(f"the batch is {ids.shape[1]} tokens long but {self.name} has a context of "
+                              f"{self.dims.n_ctx}: shorten it")
+        located = {key: self.spec.location(*key) for key in set(sites)}
+        saved: dict[SiteKey, torch.Tensor] = {}
+        handles = []
+
+        def capture(key: SiteKey, loc: Location, value: object) -> None:
+            if isinstance(value, tuple):
+                value = value[loc.index or 0]
+            saved[key] = value.detach()  # type: ignore[union-attr]
+            if stop_early and len(saved) == len(located):
+                raise _StopForward
+
+        for key, loc in located.items():
+            module = self.hf.get_submodule(loc.path)
+            if loc.io == "input":
+                def pre_hook(_m, args, kwargs, key=key, loc=loc):
+                    # Layers are called with the residual as a keyword in newer transformers.
+                    value = args[loc.index or 0] if len(args) > (loc.index or 0) else next(iter(kwargs.values()))
+                    capture(key, Location(loc.path, loc.io, None), value)
+                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(lambda _m, _a, out, key=key, loc=loc: capture(key, loc, out)))
+        try:
+            self.hf(ids.to(self.device))
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return saved
+
     def _read(self, loc: Location):
         envoy = self.lm.get(loc.path)
         # nnsight's `.input` is the first positional argument already. Outputs may be tuples:
@@ -191,6 +239,10 @@ class Model:
         probs = self.logits(prompt)[-1].float().softmax(-1)
         top = probs.topk(k)
         return [(self.tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a harvesting forward once every requested tensor is saved."""
 
 
 def _unbatch(value: torch.Tensor) -> torch.Tensor:

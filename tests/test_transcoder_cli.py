@@ -1,0 +1,53 @@
+"""The ``transcoders`` command line: flags, presets, and a whole train → save → evaluate → load run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuits import load_model, tiny_model
+from transcoders import load_transcoders
+from transcoders.cli import main
+
+
+def test_sparsity_must_be_given() -> None:
+    with pytest.raises(SystemExit, match=r"--k K .* or --l0 TARGET"):
+        main(["train", "--kind", "plt", "--width", "64"])
+
+
+def test_preset_for_another_model() -> None:
+    with pytest.raises(SystemExit, match="preset smollm2-quick is for smollm2-135m-instruct, not gpt2"):
+        main(["train", "--preset", "smollm2-quick", "--model", "gpt2"])
+
+
+def test_presets_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["presets"])
+    out = capsys.readouterr().out
+    assert "smollm2-quick" in out and "(default)" in out and "smollm2-clt" in out
+
+
+def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))  # the token cache of this text goes here
+    model = tiny_model("llama", n_layers=2, d_model=16, d_mlp=32, d_vocab=64, n_ctx=64, init_scale=4.0)
+    model.hf.save_pretrained(tmp_path / "model")
+    model.tokenizer.save_pretrained(tmp_path / "model")
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(300):  # documents of the tiny tokenizer's words, some of which land in the held-out split
+        (text / f"doc{i}.txt").write_text(" ".join(f"t{(i * 7 + j * j) % 60 + 1}" for j in range(60)))
+    out = tmp_path / "set"
+    main(["train", "--model", str(tmp_path / "model"), "--kind", "clt", "--width", "32", "--k", "4",
+          "--n-tokens", "1024", "--batch-tokens", "128", "--seq-len", "32", "--no-autocast", "--text", str(text),
+          "--out", str(out), "--run-dir", str(tmp_path / "run"), "--eval-tokens", "256", "--seed", "3"])
+    printed = capsys.readouterr().out
+    assert "recovered" in printed and (out / "eval.json").is_file()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model_kind"] == "cross_layer_transcoder" and config["circuit_engine"]["train_config"]["seed"] == 3
+    tc = load_transcoders(load_model(str(tmp_path / "model")), out)
+    assert tc.cfg.kind == "clt" and tc.cfg.d_features == 32 and tc.cfg.k == 4
+    main(["evaluate", "--model", str(tmp_path / "model"), "--set", str(out), "--n-tokens", "256",
+          "--text", str(text), "--no-autocast"])
+    assert "recovered" in capsys.readouterr().out

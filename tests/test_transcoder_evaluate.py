@@ -1,0 +1,107 @@
+"""Evaluation: the replacement hooks really replace every MLP, and the figures mean what they say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuits import tiny_model
+from transcoders import TrainConfig, TranscoderConfig, TranscoderShapeError, build_transcoder, evaluate, train
+
+D_VOCAB = 64
+
+
+def _model():
+    """A tiny model whose MLPs matter: larger MLP writes and sharper logits than a random init gives."""
+    model = tiny_model("llama", n_layers=3, d_model=16, d_mlp=32, d_vocab=D_VOCAB, n_ctx=32, init_scale=4.0)
+    with torch.no_grad():
+        for layer in model.hf.model.layers:
+            layer.mlp.down_proj.weight.mul_(4)
+        model.hf.lm_head.weight.mul_(4)
+    return model
+
+
+@torch.no_grad()
+def _sampled(model, n_rows: int, seed: int, n_pos: int = 12) -> torch.Tensor:
+    """Text the model itself writes (sampled at temperature 1), so it predicts it better than any ablation."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, D_VOCAB, (n_rows, 1), generator=g)
+    for _ in range(n_pos - 1):
+        probs = model.hf(ids).logits[:, -1].float().softmax(-1)
+        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)], 1)
+    return ids
+
+
+def _rows(model=None, n: int = 4, seed: int = 1) -> list[torch.Tensor]:
+    return list(_sampled(model or _model(), 4 * n, seed).split(4))
+
+
+def _zero_transcoder(kind: str = "plt"):
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=3, d_model=16, d_features=8, activation="topk", k=2))
+    with torch.no_grad():
+        for p in tc.parameters():
+            p.zero_()
+    return tc
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_a_zero_transcoder_is_zero_ablation(kind: str) -> None:
+    model = _model()
+    ev = evaluate(model, _zero_transcoder(kind), token_batches=iter(_rows(model)), use_autocast=False, progress=False)
+    assert ev.ce_replaced == pytest.approx(ev.ce_zero_ablated, rel=1e-6)
+    assert ev.ce_recovered == pytest.approx(0.0, abs=1e-6)
+    assert ev.kl > 0 and ev.ce_zero_ablated > ev.ce_model
+    assert list(ev.layers.columns) == ["fvu", "l0", "dead_fraction"] and len(ev.layers) == 3
+    assert (ev.layers.fvu >= 1).all()  # predicting zero misses the mean as well as the variance
+    assert ev.layers.dead_fraction.tolist() == [1.0] * 3
+    assert ev.n_tokens == 4 * 4 * (12 - 2)  # positions after the skipped first one, each predicting the next
+
+
+def test_the_replacement_uses_the_transcoders_output() -> None:
+    """A transcoder whose bias alone reproduces a constant write changes CE, and exactly as a hook would."""
+    model = _model()
+    tc = _zero_transcoder()
+    with torch.no_grad():
+        tc.b_dec.normal_(0, 3.0)
+    ids = _rows(model, 1)[0]
+    ev = evaluate(model, tc, token_batches=iter([ids]), use_autocast=False, progress=False)
+    handles = [model.module("mlp_resid", layer).register_forward_hook(
+        lambda _m, _a, out, layer=layer: torch.cat([out[:, :1], tc.b_dec[layer].expand_as(out)[:, 1:]], 1))
+        for layer in range(3)]
+    try:
+        logits = model.hf(ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    lp = torch.log_softmax(logits[:, 1:-1].detach().float(), -1)
+    ce = float(-lp.gather(-1, ids[:, 2:, None]).mean())
+    assert ev.ce_replaced == pytest.approx(ce, rel=1e-5)
+
+
+def test_a_trained_set_recovers_loss(tmp_path: Path) -> None:
+    model = _model()
+
+    pool = _sampled(model, 96, seed=0)
+
+    def rows():
+        while True:
+            yield from pool.split(4)
+
+    cfg = TrainConfig(kind="plt", d_features=32, activation="topk", k=4, skip=True, n_tokens=44 * 60, seq_len=12,
+                      model_batch=4, chunk_batches=3, batch_tokens=44, lr=1e-2, warmup_steps=3, autocast=False)
+    tc = train(model, cfg, run_dir=tmp_path, token_batches=rows, progress=False)
+    held_out = _rows(model)
+    ev = evaluate(model, tc, token_batches=iter(held_out), use_autocast=False, progress=False)
+    assert 0.3 < ev.ce_recovered <= 1.05
+    assert (ev.layers.l0 <= 4).all() and (ev.layers.fvu < 1).all()
+    assert 0 <= ev.kl < evaluate(model, _zero_transcoder(), token_batches=iter(held_out), use_autocast=False,
+                                 progress=False).kl
+    assert "recovered" in str(ev) and set(ev.summary()) >= {"fvu", "l0", "ce_recovered", "kl"}
+
+
+def test_a_set_for_another_shape_is_refused() -> None:
+    model = tiny_model("llama", n_layers=2, d_model=16)
+    with pytest.raises(TranscoderShapeError, match="Fix"):
+        evaluate(model, _zero_transcoder(), token_batches=iter([torch.ones(1, 4, dtype=torch.long)]), progress=False)

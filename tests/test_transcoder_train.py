@@ -1,0 +1,162 @@
+"""Training: it learns, it resumes bit-identically after a kill, and bad input stops it with a clear error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuits import tiny_model
+from transcoders import NonFiniteError, TrainConfig, TranscoderConfig, build_transcoder, load_transcoders, train
+from transcoders.checkpoint import CheckpointMismatchError, transcoder_from_checkpoint
+from transcoders.sparse import sparse_decode
+from transcoders.train import StepStats
+
+D_VOCAB = 64
+
+
+def _model():
+    # init_scale makes the MLPs matter, so there is something to learn.
+    return tiny_model("llama", n_layers=3, d_model=16, d_mlp=32, d_vocab=D_VOCAB, n_ctx=32, init_scale=4.0)
+
+
+def _rows(seed: int = 0):
+    """A factory of endless, deterministic token batches [4, 12]."""
+    def make() -> Iterator[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            yield torch.randint(1, D_VOCAB, (4, 12), generator=g)
+    return make
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(kind="plt", d_features=32, activation="topk", k=4, n_tokens=44 * 40, seq_len=12, model_batch=4,
+                chunk_batches=3, batch_tokens=44, lr=3e-3, warmup_steps=3, checkpoint_every=5, seed=0,
+                autocast=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_lowers_fvu(tmp_path: Path) -> None:
+    fvu: list[float] = []
+    train(_model(), _cfg(), run_dir=tmp_path, token_batches=_rows(), progress=False,
+          callback=lambda step, s: fvu.append(float(s.fvu.mean())))
+    assert len(fvu) == 40
+    assert sum(fvu[-5:]) / 5 < 0.9 * sum(fvu[:5]) / 5
+
+
+@pytest.mark.parametrize("kind, activation, extra", [
+    ("plt", "jumprelu", {"l0": 6.0}),  # the L0 controller's state must survive the kill too
+    ("clt", "topk", {"skip": True}),
+])
+def test_resume_after_kill_is_bit_identical(tmp_path: Path, kind: str, activation: str, extra: dict) -> None:
+    cfg = _cfg(kind=kind, activation=activation, n_tokens=44 * 12, chunk_epochs=2, **extra)
+    model = _model()
+    straight = train(model, cfg, run_dir=tmp_path / "straight", token_batches=_rows(), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(step: int, _stats: StepStats) -> None:
+        if step == 7:
+            raise Killed  # after step 7; the last checkpoint is step 5's
+
+    with pytest.raises(Killed):
+        train(model, cfg, run_dir=tmp_path / "killed", token_batches=_rows(), progress=False, callback=kill_at_7)
+    state = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 5 and state["optimizer"]["state"], "the checkpoint holds the step and Adam's moments"
+    steps: list[int] = []
+    resumed = train(model, cfg, run_dir=tmp_path / "killed", token_batches=_rows(), progress=False,
+                    callback=lambda step, _s: steps.append(step))
+    assert steps == list(range(6, 13)), "the resumed run continues from the checkpoint's step"
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{name} differs after resuming"
+    final = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    reference = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    for a, b in zip(final["optimizer"]["state"].values(), reference["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(final["log_coeff"], reference["log_coeff"])
+
+
+def test_same_seed_same_weights_other_seed_not(tmp_path: Path) -> None:
+    model = _model()
+    cfg = _cfg(n_tokens=44 * 4)
+    a = train(model, cfg, run_dir=tmp_path / "a", token_batches=_rows(), progress=False)
+    b = train(model, cfg, run_dir=tmp_path / "b", token_batches=_rows(), progress=False)
+    c = train(model, _cfg(n_tokens=44 * 4, seed=1), run_dir=tmp_path / "c", token_batches=_rows(), progress=False)
+    assert torch.equal(a.W_enc, b.W_enc) and not torch.equal(a.W_enc, c.W_enc)
+
+
+def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
+    model = _model()
+    train(model, _cfg(n_tokens=44 * 5), run_dir=tmp_path, token_batches=_rows(), progress=False)
+    with pytest.raises(CheckpointMismatchError, match=r"different configuration \(d_features: 32 -> 48\).*Fix"):
+        train(model, _cfg(n_tokens=44 * 5, d_features=48), run_dir=tmp_path, token_batches=_rows(), progress=False)
+
+
+def test_l0_target_steers_the_penalty(tmp_path: Path) -> None:
+    """Far above its target L0, the controller raises the penalty and the thresholds climb."""
+    l0: list[float] = []
+    tc = train(_model(), _cfg(activation="jumprelu", l0=2.0, n_tokens=44 * 60, lr=3e-2), run_dir=tmp_path,
+               token_batches=_rows(), progress=False, callback=lambda step, s: l0.append(float(s.l0.mean())))
+    assert sum(l0[-5:]) / 5 < 0.75 * sum(l0[:5]) / 5
+    assert float(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["log_coeff"]) > -4.0  # from log(1e-2)
+    assert float(tc.threshold.mean()) > 0.2  # from 0.1
+
+
+def test_saved_set_loads_back(tmp_path: Path) -> None:
+    model = _model()
+    tc = train(model, _cfg(n_tokens=44 * 4, skip=True), run_dir=tmp_path / "run", save_dir=tmp_path / "set",
+               token_batches=_rows(), progress=False)
+    loaded = load_transcoders(model, tmp_path / "set")
+    x = torch.randn(5, 3, 16)
+    torch.testing.assert_close(loaded(x).recon, tc(x).recon, rtol=1e-5, atol=1e-5)
+    in_progress, step = transcoder_from_checkpoint(tmp_path / "run")  # what a run in progress would give
+    assert step == 4
+    torch.testing.assert_close(in_progress(x).recon, tc(x).recon, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_activations_stop_training(tmp_path: Path) -> None:
+    model = _model()
+    with torch.no_grad():
+        model.hf.model.layers[2].mlp.up_proj.weight[1, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"first at layer 2.*Fix"):
+        train(model, _cfg(), run_dir=tmp_path, token_batches=_rows(), progress=False)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"k": 0}, "k=0 must be in 1..d_features"),
+    ({"activation": "topk", "l0": 8.0}, "a target --l0 steers a JumpReLU"),
+    ({"kind": "mlp"}, "kind must be 'plt' or 'clt'"),
+])
+def test_bad_train_config(kw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _cfg(**kw)
+
+
+def test_too_few_tokens(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="less than one step"):
+        train(_model(), _cfg(n_tokens=10), run_dir=tmp_path, token_batches=_rows(), progress=False)
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_sparse_decode_is_decode(kind: str) -> None:
+    """The training-time decode and its gradients match the dense one (TopK: only active features matter)."""
+    torch.manual_seed(0)
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=4, d_model=8, d_features=64, activation="topk", k=2))
+    tc = tc.double()
+    with torch.no_grad():
+        tc.b_dec.normal_()
+        tc.output_scale.uniform_(0.5, 2)
+    x = torch.randn(10, 4, 8, dtype=torch.float64)
+    params = [p for p in tc.parameters() if p.requires_grad]
+    dense = tc.decode(tc.encode(x).acts)
+    sparse = sparse_decode(tc, tc.encode(x).acts)
+    torch.testing.assert_close(sparse, dense, rtol=1e-12, atol=1e-12)
+    g_dense = torch.autograd.grad(dense.square().sum(), params, allow_unused=True)
+    g_sparse = torch.autograd.grad(sparse.square().sum(), params, allow_unused=True)
+    for a, b in zip(g_dense, g_sparse, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

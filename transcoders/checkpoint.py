@@ -1,0 +1,67 @@
+"""Training checkpoints: one file per run directory, replaced atomically.
+
+A checkpoint holds everything the next step depends on: the step, the transcoder's
+weights and normalisation, Adam's moments, the LR schedule, the sparsity controller
+and the dead-feature counters. The data position needs no state: step ``s`` fixes it
+(see ``transcoders.buffer``). A kill at any moment leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transcoders.cache import atomic_path
+from transcoders.model import Transcoder, TranscoderConfig, build_transcoder
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class CheckpointMismatchError(ValueError):
+    """A run directory holds a checkpoint written with another configuration."""
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``run_dir/checkpoint.pt`` (and its config as JSON, for people)."""
+    run_dir = Path(run_dir)
+    target = run_dir / CHECKPOINT
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
+    with atomic_path(run_dir / "train_config.json") as tmp:
+        tmp.write_text(json.dumps(state.get("train_config", {}), indent=2, default=str))
+    return target
+
+
+def load_checkpoint(run_dir: Path, train_config: dict[str, Any] | None = None,
+                    may_differ: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The checkpoint in ``run_dir``, or None. With ``train_config``, refuse one written by another config."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if train_config is not None:
+        saved = state.get("train_config", {})
+        diff = sorted(k for k in set(saved) | set(train_config)
+                      if k not in may_differ and saved.get(k) != train_config.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {train_config.get(k)!r}" for k in diff[:6])
+            raise CheckpointMismatchError(
+                f"{path} was written by a run with a different configuration ({detail}). "
+                "Fix: use another run directory (--run-dir) or delete this one to start over.")
+    return state
+
+
+def transcoder_from_checkpoint(run_dir: Path) -> tuple[Transcoder, int]:
+    """The transcoder of a run in progress (eval mode, normalisation folded) and the step it is at."""
+    state = load_checkpoint(run_dir)
+    if state is None:
+        raise FileNotFoundError(f"{Path(run_dir) / CHECKPOINT} does not exist. Fix: pass a run directory "
+                                "that `transcoders train` has checkpointed into.")
+    tc = build_transcoder(TranscoderConfig(**state["transcoder_config"]))
+    tc.load_state_dict(state["transcoder"])
+    tc.eval()
+    tc.fold_normalisation()
+    return tc, int(state["step"])

@@ -1,0 +1,172 @@
+"""The ``transcoders`` command line: ``train``, ``evaluate`` and ``presets``.
+
+    transcoders train --preset smollm2-quick                   # the default set for the default model
+    transcoders train --model smollm2 --kind clt --width 4096 --k 32 --out DIR
+    transcoders train --model smollm2 --kind plt --width 2048 --l0 48      # JumpReLU steered to L0 48
+    torchrun --nproc-per-node 4 -m transcoders train ...       # data-parallel over 4 GPUs or CPU workers
+    transcoders evaluate --set smollm2-quick --n-tokens 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from transcoders.presets import PRESETS
+from transcoders.train import TrainConfig
+
+
+def _load_model(name: str | None, device: str | None) -> Any:
+    # The one place transcoders imports circuits: the CLI must load a model to harvest from,
+    # and does it lazily, here, so the library itself never depends on circuits.
+    from circuits import load_model
+
+    return load_model(name, device=device)
+
+
+def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
+    """The TrainConfig the flags describe (a preset's, with any flag given overriding it)."""
+    flags = {
+        "kind": args.kind, "d_features": args.width, "k": args.k, "l0": args.l0, "activation": args.activation,
+        "n_tokens": args.n_tokens, "skip": args.skip or None, "seed": args.seed, "lr": args.lr,
+        "batch_tokens": args.batch_tokens, "seq_len": args.seq_len, "num_threads": args.threads,
+        "sparsity": args.sparsity, "sparsity_coeff": args.sparsity_coeff, "checkpoint_every": args.checkpoint_every,
+        "autocast": False if args.no_autocast else None,
+    }
+    if args.l0 is not None and args.activation is None:
+        flags["activation"] = "jumprelu"
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.preset:
+        preset = PRESETS[args.preset]
+        if args.model and args.model.lower() not in (preset.model, "smollm2") and not args.force:
+            raise SystemExit(f"preset {preset.name} is for {preset.model}, not {args.model}. "
+                             "Fix: drop --model, or pass --force.")
+        return preset.train_config(**given), preset.model
+    if args.k is None and args.l0 is None:
+        raise SystemExit("say how sparse: --k K (TopK/BatchTopK) or --l0 TARGET (JumpReLU), or pick a --preset "
+                         f"({', '.join(PRESETS)}).")
+    return TrainConfig(**given), args.model
+
+
+def _corpus(paths: list[str] | None) -> Any:
+    """``--text`` files/directories as a corpus; None means the packaged one."""
+    if not paths:
+        return None
+    from transcoders.corpus import Corpus
+
+    return Corpus.from_files(paths)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from transcoders.distributed import context, init_from_env
+    from transcoders.evaluate import evaluate
+    from transcoders.io import preset_dir
+    from transcoders.train import run_name, train
+
+    import torch
+
+    init_from_env()
+    dctx = context()
+    cfg, model_name = _train_config(args)
+    device = args.device
+    if device is None and dctx.active:
+        device = f"cuda:{dctx.local_rank}" if torch.cuda.is_available() else "cpu"
+    model = _load_model(model_name, device)
+    out = Path(args.out) if args.out else (preset_dir(args.preset) if args.preset else None)
+    if out is None:
+        from transcoders.cache import cache_dir
+
+        out = cache_dir("transcoders") / run_name(model.name, cfg)
+    if dctx.is_main:
+        print(f"training {cfg.kind} ({cfg.activation}, width {cfg.d_features}) on {model.name} for "
+              f"{cfg.n_tokens:,} tokens; saving to {out}", file=sys.stderr)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    corpus = _corpus(args.text)
+    tc = train(model, cfg, corpus=corpus, run_dir=args.run_dir, save_dir=out)
+    # CPU time as well as wall time: on a shared machine the wall clock mostly measures the neighbours.
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if dctx.is_main:
+        print(f"trained in {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU ({cfg.n_tokens / wall:.0f} tokens/s); "
+              f"saved {out}", file=sys.stderr)
+        if args.eval_tokens:
+            ev = evaluate(model, tc, corpus, n_tokens=args.eval_tokens, seq_len=cfg.seq_len, use_autocast=cfg.autocast)
+            print(ev.layers.to_string(float_format=lambda v: f"{v:.3f}"))
+            print(ev)
+            (out / "eval.json").write_text(json.dumps({**ev.summary(), "train_wall_s": wall, "train_cpu_s": cpu,
+                                                       "threads": torch.get_num_threads()}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from transcoders.evaluate import evaluate
+    from transcoders.io import load_transcoders
+
+    model = _load_model(args.model, args.device)
+    tc = load_transcoders(model, args.set)
+    ev = evaluate(model, tc, _corpus(args.text), n_tokens=args.n_tokens, use_autocast=not args.no_autocast)
+    print(ev.layers.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(ev)
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from transcoders.io import preset_dir
+
+    for p in PRESETS.values():
+        built = "built" if (preset_dir(p.name) / "config.yaml").is_file() else "not built"
+        c = p.config
+        print(f"{p.name:16} {p.model:24} {c.kind} {c.activation} width {c.d_features} k {c.k} "
+              f"{c.n_tokens:,} tokens; {p.cost}; {built}{' (default)' if p.default else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="transcoders", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a PLT or CLT set (resumes a killed run)")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; other flags override it")
+    t.add_argument("--model", help="model name or path (default: SmolLM2-135M-Instruct)")
+    t.add_argument("--kind", choices=["plt", "clt"])
+    t.add_argument("--width", type=int, help="features per layer")
+    t.add_argument("--k", type=int, help="TopK/BatchTopK: features per token and layer")
+    t.add_argument("--l0", type=float, help="JumpReLU: target L0 per layer")
+    t.add_argument("--activation", choices=["jumprelu", "topk", "batchtopk", "relu"])
+    t.add_argument("--sparsity", choices=["l0", "tanh"], help="JumpReLU penalty (default l0)")
+    t.add_argument("--sparsity-coeff", type=float)
+    t.add_argument("--skip", action="store_true", help="learn a linear skip connection")
+    t.add_argument("--n-tokens", type=int)
+    t.add_argument("--batch-tokens", type=int)
+    t.add_argument("--seq-len", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    t.add_argument("--no-autocast", action="store_true", help="train in float32 even where bf16 is fast")
+    t.add_argument("--device")
+    t.add_argument("--text", action="append", help="train on these text files or directories (default: packaged text)")
+    t.add_argument("--out", help="where to save the set (default: the cache)")
+    t.add_argument("--run-dir", help="where checkpoints go (default: the cache)")
+    t.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate on this many held-out tokens (0: skip)")
+    t.add_argument("--force", action="store_true", help="run a preset on another model")
+    t.set_defaults(func=_train)
+    e = sub.add_parser("evaluate", help="FVU, L0, dead features, CE recovered and KL of a set")
+    e.add_argument("--model")
+    e.add_argument("--set", help="preset name, directory or hf://org/repo (default: the model's default set)")
+    e.add_argument("--n-tokens", type=int, default=16_384)
+    e.add_argument("--no-autocast", action="store_true")
+    e.add_argument("--text", action="append", help="evaluate on these files' held-out split (default: packaged text)")
+    e.add_argument("--device")
+    e.set_defaults(func=_evaluate)
+    p = sub.add_parser("presets", help="list the presets and whether they are built")
+    p.set_defaults(func=_presets)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

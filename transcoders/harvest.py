@@ -1,0 +1,79 @@
+"""Harvest (MLP input, MLP output) pairs for every layer from one batched model forward.
+
+The model is duck-typed: anything with ``dims`` (``n_layers``, ``d_model``), ``device`` and
+``record_batch(ids [B, T], [(site, layer), ...]) -> {(site, layer): [B, T, d_model]}``,
+which ``circuits.models.Model`` provides. ``transcoders`` never imports ``circuits``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from transcoders.precision import autocast
+
+
+class NonFiniteError(ValueError):
+    """Activations, a loss or weights hold NaN or infinity."""
+
+
+class HarvestModel(Protocol):
+    """What harvesting needs from a model (``circuits.models.Model`` has it)."""
+
+    dims: Any
+    name: str
+    tokenizer: Any
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def record_batch(self, ids: Tensor, sites: Any, *, stop_early: bool = True) -> dict[tuple[str, int], Tensor]: ...
+
+
+def harvest(model: HarvestModel, ids: Tensor, *, input_site: str = "mlp_in", output_site: str = "mlp_resid",
+            use_autocast: bool = True, skip_first: int = 1) -> tuple[Tensor, Tensor]:
+    """MLP inputs and outputs of every layer for a batch of token rows.
+
+    ``ids``: LongTensor ``[B, T]``. Returns ``x, y``: ``[B * (T - skip_first), n_layers, d_model]``,
+    token-major. ``skip_first`` drops the first positions of every row: the first token is
+    an attention sink whose MLP activations are tens of times larger than the rest, and
+    would dominate the normalisation and the loss. Raises ``NonFiniteError`` on NaN/inf.
+    """
+    L = model.dims.n_layers
+    if ids.ndim != 2 or ids.shape[1] <= skip_first:
+        raise ValueError(f"harvest needs token rows [batch, n_pos > {skip_first}], got {tuple(ids.shape)}. "
+                         "Fix: use longer rows (seq_len) or skip_first=0.")
+    sites = [(s, layer) for layer in range(L) for s in (input_site, output_site)]
+    with autocast(model.device, use_autocast):
+        rec = model.record_batch(ids, sites)
+    x = torch.stack([rec[(input_site, layer)] for layer in range(L)], dim=2)[:, skip_first:]
+    y = torch.stack([rec[(output_site, layer)] for layer in range(L)], dim=2)[:, skip_first:]
+    x, y = x.reshape(-1, L, x.shape[-1]), y.reshape(-1, L, y.shape[-1])
+    # Outputs first: a NaN born in layer l's MLP output reaches every later input, and the
+    # earliest layer is the one worth naming.
+    bad_y, bad_x = _bad_layers(y), _bad_layers(x)
+    if bad_x or bad_y:
+        site, bad = (output_site, bad_y) if bad_y and (not bad_x or bad_y[0] < bad_x[0]) else (input_site, bad_x)
+        check_finite(y if site == output_site else x, f"{site} activations", "harvest")
+    return x, y
+
+
+def _bad_layers(t: Tensor) -> list[int]:
+    """Layers of ``t [N, n_layers, d]`` holding NaN/inf."""
+    return (~torch.isfinite(t)).any(-1).any(0).nonzero().flatten().tolist()
+
+
+def check_finite(t: Tensor, what: str, where: str) -> None:
+    """Raise ``NonFiniteError`` naming the first bad layer when ``t [N, n_layers, d]`` holds NaN/inf."""
+    bad = ~torch.isfinite(t)
+    if not bad.any():
+        return
+    layers = _bad_layers(t.reshape(-1, *t.shape[-2:])) if t.ndim >= 2 else []
+    raise NonFiniteError(
+        f"{what} in {where} contain NaN or infinity (first at layer {layers[0] if layers else '?'}; "
+        f"layers {layers[:8]}{'…' if len(layers) > 8 else ''}, "
+        f"{int(bad.sum())} values). Fix: check the model's weights are finite; if it overflows in bf16, "
+        "train with autocast off (--no-autocast / TrainConfig(autocast=False)) or load the model in float32."
+    )

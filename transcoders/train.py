@@ -1,0 +1,308 @@
+"""Train a PLT or CLT on a model's MLPs: ``train(model, TrainConfig(...))``.
+
+One model forward per batch harvests every layer's (MLP input, MLP output) pair; the
+pairs stream through a shuffle buffer (``transcoders.buffer``) into Adam. Inputs and
+outputs are normalised per layer to unit scale (estimated from the first chunk) so
+one learning rate and one sparsity coefficient fit every layer; the scales are folded
+into the weights when the set is saved. Checkpoints are atomic and a killed run resumes
+bit-identically. Under ``torchrun`` the objective is wrapped in DDP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from transcoders.activations import step_l0
+from transcoders.buffer import PairStream, StreamSpec
+from transcoders.cache import cache_dir
+from transcoders.checkpoint import load_checkpoint, save_checkpoint
+from transcoders.distributed import all_reduce_mean, barrier, context
+from transcoders.harvest import HarvestModel, NonFiniteError
+from transcoders.model import Activation, Kind, Transcoder, TranscoderConfig, TranscoderOutput, build_transcoder
+from transcoders.precision import autocast
+from transcoders.sparse import sparse_decode
+
+Sparsity = Literal["tanh", "l0"]
+
+
+@dataclass
+class TrainConfig:
+    """What to train and how. Token counts are totals over all ranks."""
+
+    kind: Kind = "plt"
+    d_features: int = 2048  # features per layer (the CLI's --width)
+    activation: Activation = "batchtopk"
+    k: int = 32  # features per token and layer, for topk / batchtopk
+    l0: float | None = None  # JumpReLU: steer the sparsity coefficient to this L0 per layer
+    sparsity: Sparsity = "l0"  # JumpReLU penalty: straight-through L0, or Anthropic's tanh
+    sparsity_coeff: float = 1e-2  # its weight (the starting value when l0 is set)
+    tanh_scale: float = 4.0  # c in tanh(c · act · ‖decoder‖)
+    skip: bool = False  # learn a linear skip connection W_skip
+    n_tokens: int = 1_000_000  # training pairs (tokens) in all
+    seq_len: int = 128
+    model_batch: int = 8  # rows per harvest forward
+    chunk_batches: int = 16  # harvest forwards per shuffle-buffer chunk
+    chunk_epochs: int = 1  # passes over each chunk
+    batch_tokens: int = 1024  # pairs per optimiser step (per rank)
+    lr: float | None = None  # default: 2e-4 · sqrt(2^14 / d_features), as in sparsify
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2  # linear decay to zero over the last fraction of steps
+    grad_clip: float = 1.0
+    seed: int = 0
+    autocast: bool = True  # bf16 where the device supports it
+    skip_first: int = 1  # positions dropped from each row (the attention sink)
+    dead_window: int = 200_000  # a feature silent for this many tokens counts as dead (display only)
+    checkpoint_every: int = 200  # steps
+    num_threads: int | None = None  # torch CPU threads (None: leave torch's default)
+    input_site: str = "mlp_in"
+    output_site: str = "mlp_resid"
+    corpus_split: str = "train"
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the set
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("plt", "clt"):
+            raise ValueError(f"kind must be 'plt' or 'clt', not {self.kind!r}.")
+        if self.activation not in ("jumprelu", "topk", "batchtopk", "relu"):
+            raise ValueError(f"activation must be jumprelu, topk, batchtopk or relu, not {self.activation!r}.")
+        if self.activation in ("topk", "batchtopk") and not 0 < self.k <= self.d_features:
+            raise ValueError(f"k={self.k} must be in 1..d_features={self.d_features}. Fix: pass --k within that.")
+        if self.l0 is not None and self.activation != "jumprelu":
+            raise ValueError("a target --l0 steers a JumpReLU's sparsity penalty; TopK sets L0 with --k. "
+                             "Fix: pass --activation jumprelu with --l0, or use --k.")
+        if self.sparsity not in ("tanh", "l0"):
+            raise ValueError(f"sparsity must be 'tanh' or 'l0', not {self.sparsity!r}.")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 2e-4 * math.sqrt(2**14 / self.d_features)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Fields that may change between a run and its resumption without changing the result.
+RESUMABLE_CHANGES = ("checkpoint_every", "num_threads")
+
+
+class StepStats(NamedTuple):
+    loss: Tensor
+    """Total loss (scalar)."""
+    fvu: Tensor
+    """Fraction of variance unexplained per layer ``[n_layers]``."""
+    l0: Tensor
+    """Mean active features per token per layer ``[n_layers]``."""
+    fired: Tensor
+    """Whether each feature fired in this batch ``[n_layers, d_features]``."""
+
+
+class Objective(nn.Module):
+    """The training loss as a module, so DDP sees every parameter use inside ``forward``."""
+
+    def __init__(self, tc: Transcoder, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.tc, self.cfg = tc, cfg
+
+    def forward(self, x: Tensor, y: Tensor, coeff: Tensor) -> StepStats:
+        """``x, y``: ``[batch, n_layers, d_model]`` model units; ``coeff``: the sparsity weight."""
+        tc, cfg = self.tc, self.cfg
+        pre, acts = tc.encode(x)
+        # JumpReLU's threshold learns from inactive features near it, whose gradient only a dense decode gives.
+        decoded = tc.decode(acts) if cfg.activation == "jumprelu" else sparse_decode(tc, acts)
+        out = TranscoderOutput(acts, pre, decoded + tc.skip(x))
+        s_out = tc.output_scale[:, None]
+        # Errors in normalised units: every layer counts alike whatever its scale.
+        err = (out.recon.float() - y.float()) * s_out
+        target = y.float() * s_out
+        sq = err.square().sum(-1)  # [N, L]
+        var = (target - target.mean(0)).square().sum(-1)
+        loss = sq.mean() / x.shape[-1]  # ≈ FVU: targets have unit mean square per component
+        active = out.acts != 0
+        if cfg.activation == "jumprelu":
+            if cfg.sparsity == "l0":
+                penalty = step_l0(out.pre_acts.float(), tc.threshold, tc.cfg.jumprelu_bandwidth).sum(-1).mean()
+            else:
+                norms = decoder_norms(tc)  # [L, F]
+                penalty = torch.tanh(cfg.tanh_scale * out.acts.float() * norms).sum(-1).mean()
+            loss = loss + coeff * penalty
+        with torch.no_grad():
+            fvu = sq.sum(0) / var.sum(0).clamp_min(1e-12)
+            l0 = active.sum(-1).float().mean(0)
+            fired = active.any(0)
+        return StepStats(loss, fvu, l0, fired)
+
+
+def decoder_norms(tc: Transcoder) -> Tensor:
+    """Norm of each feature's whole decoder (over every layer it writes to), ``[n_layers, d_features]``."""
+    if tc.cfg.kind == "plt":
+        return tc.W_dec.norm(dim=-1)
+    return torch.stack([w.flatten(1).norm(dim=-1) for w in tc.W_dec])
+
+
+def run_name(model_name: str, cfg: TrainConfig) -> str:
+    """A readable run-directory name with a hash of everything that changes the result."""
+    keyed = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+    digest = hashlib.sha256(json.dumps([model_name, keyed], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_name.split("/")[-1].lower())
+    return f"{slug}-{cfg.kind}-{cfg.activation}-w{cfg.d_features}-{digest}"
+
+
+def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    decay_start = int(total * (1 - cfg.decay_fraction))
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        decay = 1.0 if step < decay_start else max(0.0, (total - step) / max(1, total - decay_start))
+        return warm * decay
+
+    return factor
+
+
+@torch.no_grad()
+def _init_normalisation(tc: Transcoder, x: Tensor, y: Tensor) -> None:
+    """Per-layer scales to unit RMS, from ``x, y [N, n_layers, d_model]`` (averaged over ranks),
+    and the decoder bias at the mean output, where an untrained transcoder should start."""
+    ms_x = all_reduce_mean(x.float().square().mean(dim=(0, 2)))
+    ms_y = all_reduce_mean(y.float().square().mean(dim=(0, 2)))
+    if (ms_x <= 0).any() or (ms_y <= 0).any():
+        dead = ((ms_x <= 0) | (ms_y <= 0)).nonzero().flatten().tolist()
+        raise ValueError(f"layers {dead} have all-zero MLP inputs or outputs, so they cannot be normalised. "
+                         "Fix: check the model (a zeroed MLP?) or the harvest sites.")
+    tc.input_scale.copy_(ms_x.rsqrt())
+    tc.output_scale.copy_(ms_y.rsqrt())
+    tc.b_dec.copy_(all_reduce_mean(y.float().mean(0)) * tc.output_scale[:, None])
+
+
+def _token_batches(model: HarvestModel, corpus: Any, cfg: TrainConfig) -> Callable[[], Iterator[Tensor]]:
+    if corpus is None:
+        from transcoders.corpus import Corpus
+
+        corpus = Corpus.packaged()
+    return lambda: corpus.batches(model.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.model_batch,
+                                  split=cfg.corpus_split, seed=cfg.seed, epochs=None)
+
+
+def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir: str | Path | None = None,
+          save_dir: str | Path | None = None, token_batches: Callable[[], Iterator[Tensor]] | None = None,
+          callback: Callable[[int, StepStats], None] | None = None, progress: bool = True) -> Transcoder:
+    """Train a transcoder set for ``model``; resume from ``run_dir`` when it holds a checkpoint.
+
+    Args:
+        model: a ``circuits`` model (or anything with ``dims``, ``name``, ``tokenizer``, ``device``
+            and ``record_batch``).
+        corpus: a ``transcoders.Corpus``; default ``Corpus.packaged()``.
+        run_dir: where checkpoints go; default ``cache_dir("transcoders", "runs", run_name(...))``.
+        save_dir: if given, the finished set is saved there in circuit-tracer's format.
+        token_batches: a factory of deterministic LongTensor ``[B, T]`` iterators, instead of a corpus.
+        callback: called as ``callback(step, stats)`` after every step (and its checkpoint).
+
+    Returns the trained transcoder in eval mode with its normalisation folded into the weights.
+    """
+    dctx = context()
+    device = model.device
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    n_layers, d_model = model.dims.n_layers, model.dims.d_model
+    per_step = cfg.batch_tokens * dctx.world
+    total = cfg.n_tokens // per_step
+    if total < 1:
+        raise ValueError(f"n_tokens={cfg.n_tokens} is less than one step ({per_step} tokens over {dctx.world} "
+                         "rank(s)). Fix: raise n_tokens or lower batch_tokens.")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    tc_cfg = TranscoderConfig(kind=cfg.kind, n_layers=n_layers, d_model=d_model, d_features=cfg.d_features,
+                              activation=cfg.activation, k=cfg.k, skip=cfg.skip, model_name=model.name,
+                              input_site=cfg.input_site, output_site=cfg.output_site)
+    tc = build_transcoder(tc_cfg).to(device).train()
+
+    spec = StreamSpec(cfg.chunk_batches, cfg.model_batch * (cfg.seq_len - cfg.skip_first), cfg.batch_tokens,
+                      cfg.chunk_epochs)
+    stream = PairStream(model, token_batches or _token_batches(model, corpus, cfg), spec, seed=cfg.seed,
+                        rank=dctx.rank, world=dctx.world, input_site=cfg.input_site, output_site=cfg.output_site,
+                        use_autocast=cfg.autocast, skip_first=cfg.skip_first)
+    run_dir = Path(run_dir) if run_dir is not None else cache_dir("transcoders", "runs", run_name(model.name, cfg))
+    cfg_dict = {**cfg.to_dict(), "model_name": model.name, "world": dctx.world}
+
+    opt = torch.optim.Adam([p for p in tc.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
+    log_coeff = torch.tensor(math.log(cfg.sparsity_coeff))
+    last_fired = torch.zeros(n_layers, cfg.d_features, dtype=torch.long)
+    start, tokens = 0, 0
+
+    state = load_checkpoint(run_dir, cfg_dict, RESUMABLE_CHANGES)
+    if state is not None:
+        tc.load_state_dict(state["transcoder"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        log_coeff = state["log_coeff"]
+        last_fired = state["last_fired"]
+        start, tokens = state["step"], state["tokens"]
+        batches = stream.iterate(start)
+    else:
+        x0, y0 = stream.chunk(0)
+        _init_normalisation(tc, x0, y0)
+        batches = stream.iterate(0, first=(x0, y0))
+        del x0, y0
+
+    objective: nn.Module = Objective(tc, cfg)
+    if dctx.active:
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+
+    bar = tqdm(total=total, initial=start, desc=f"train {cfg.kind}", unit="step", file=sys.stderr,
+               disable=not progress or not dctx.is_main, dynamic_ncols=True)
+    for step in range(start, total):
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        with autocast(device, cfg.autocast):
+            stats: StepStats = objective(x, y, log_coeff.exp().to(device))
+        if not torch.isfinite(stats.loss):
+            raise NonFiniteError(
+                f"the training loss became {float(stats.loss)} at step {step}. Fix: lower the learning rate "
+                f"(now {cfg.learning_rate:.2e}), or train with autocast off (--no-autocast).")
+        opt.zero_grad(set_to_none=True)
+        stats.loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(tc.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        tokens += per_step
+        l0 = all_reduce_mean(stats.l0.float().cpu())
+        fvu = all_reduce_mean(stats.fvu.float().cpu())
+        last_fired[stats.fired.cpu()] = tokens
+        if cfg.l0 is not None:
+            # An integral controller: raise the penalty while L0 is above target, lower it below.
+            log_coeff = log_coeff + 0.05 * ((l0.mean() / cfg.l0) - 1).clamp(-1, 1)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+            if dctx.is_main:
+                save_checkpoint(run_dir, {
+                    "step": step + 1, "tokens": tokens, "transcoder": tc.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "log_coeff": log_coeff,
+                    "last_fired": last_fired, "train_config": cfg_dict, "transcoder_config": tc_cfg.to_dict(),
+                })
+            barrier()
+        # Dead: silent for the last dead_window tokens (early on: never fired yet).
+        dead = (last_fired <= tokens - min(cfg.dead_window, tokens)).float().mean()
+        bar.set_postfix(fvu=f"{fvu.mean():.3f}", l0=f"{l0.mean():.1f}", dead=f"{dead:.3f}", refresh=False)
+        bar.update(1)
+        if callback is not None:
+            callback(step + 1, stats._replace(fvu=fvu, l0=l0))
+    bar.close()
+
+    tc.eval()
+    tc.fold_normalisation()
+    tc.cfg.model_name = model.name
+    if save_dir is not None and dctx.is_main:
+        from transcoders.io import save_transcoders
+
+        save_transcoders(tc, save_dir, metadata={"train_config": cfg_dict, "steps": total, "tokens": tokens})
+    barrier()
+    return tc
