@@ -1,0 +1,466 @@
+"""Edge patching in the original model, many edge sets per forward pass.
+
+The residual stream entering any node is a sum of source outputs (plus constants such as
+biases). An edge (u → v) is *removed* when v reads u's ablated output instead of its actual
+one, so v's input becomes
+
+    x_v = resid_v + Σ_{u removed into v} (ablated_u − actual_u),
+
+where ``actual_u`` is u's output in this very run (which itself may differ from the clean
+run when u's own inputs were patched) — the semantics of ACDC, auto-circuit and EAP-IG.
+x_v is formed *before* v's own pre-norm, which then runs on it: the norm is nonlinear, so
+patching after it would not be the same intervention.
+
+Each attention head needs its own q, k and v inputs, which the model's attention module
+cannot take, so hooks compute per-head q/k/v from the per-head normed inputs and replace
+the projections' outputs (GQA is ungrouped for the pass: every query head gets its own k
+and v, computed from its own input with its group's weights). Everything else (RoPE,
+q/k norms, softcapping, masks) stays the model's own code.
+
+Batching: ``removed`` is ``[K, n_src, n_dst]``; the K variants are stacked along the batch
+dimension (variant-major), so one forward pass evaluates K edge sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from circuits.models.adapter import Model
+from circuits.patching.graph import HeadGraph
+from circuits.patching.weights import (
+    HeadProjection,
+    output_weight,
+    post_attention_norm,
+    projection_modules,
+    qkv_projections,
+    rms_offset_factor,
+)
+
+
+@dataclass(frozen=True)
+class HeadWeights:
+    """Per-head weights of every layer, read once per model (see ``circuits.patching.weights``)."""
+
+    qkv: list[tuple[HeadProjection, HeadProjection, HeadProjection]]
+    W_O: list[Tensor]
+    """per layer ``[n_heads, d_head, d_model]``"""
+
+    @classmethod
+    def of(cls, model: Model) -> HeadWeights:
+        with torch.no_grad():
+            return cls([qkv_projections(model, l) for l in range(model.n_layers)],
+                       [output_weight(model, l) for l in range(model.n_layers)])
+
+
+@dataclass
+class GradRequest:
+    """Ask a forward pass for EAP scores: on backward, ``scores[u, v] += Σ diff_u · ∂m/∂x_v``."""
+
+    diff: Tensor
+    """``[n_src, batch, n_pos, d_model]``: ablated minus clean output of every source."""
+    scores: Tensor
+    """``[n_src, n_dst]`` float32 accumulator, updated in place during backward."""
+
+
+@dataclass
+class Prefix:
+    """A recorded base run to resume from: what the layers before ``start`` produced."""
+
+    layer_outputs: list[Any]
+    """What each decoder layer returned in the base run (batch ``B``)."""
+    diff: Tensor
+    """``[n_src, B, n_pos, d_model]`` ablated minus actual outputs in the base run."""
+    totals: Tensor
+    """``[n_layers + 1, B * n_pos * d_model]``: row l sums ``diff`` over the sources before layer l."""
+
+
+@dataclass
+class PatchOutput:
+    logits: Tensor
+    """``[K, batch, n_positions, d_vocab]`` next-token logits at the requested positions."""
+    outputs: Tensor | None = None
+    """``[n_src, batch, n_pos, d_model]`` every source's output (``record=True``)."""
+    prefix: Prefix | None = None
+    """The run's per-layer outputs and differences (``keep_prefix=True``)."""
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> tuple[Tensor, int | str]:
+    if args and isinstance(args[0], Tensor):
+        return args[0], 0
+    for key, value in kwargs.items():
+        if isinstance(value, Tensor):
+            return value, key
+    raise ValueError("the module was called without a tensor argument")
+
+
+def _with_first(args: tuple, kwargs: dict, where: int | str, new: Tensor) -> tuple[tuple, dict]:
+    if where == 0:
+        return (new,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, where: new}
+
+
+class _Pass:
+    """The hooks and buffers of one patched forward pass."""
+
+    def __init__(self, model: Model, graph: HeadGraph, batch: int, n_pos: int, ablated: Tensor,
+                 removed: Tensor | None, grad: GradRequest | None, input_override: Tensor | None,
+                 prefix: Prefix | None, start: int, keep_prefix: bool, weights: HeadWeights,
+                 record: bool) -> None:
+        self.model, self.g = model, graph
+        self.K = 1 if removed is None else removed.shape[0]
+        self.B, self.T, self.d = batch, n_pos, model.d_model
+        dtype, dev = model.dtype, model.device
+        self.ablated = ablated.to(dev, dtype)
+        self.removed = None if removed is None or not removed.any() else removed.to(dev)
+        self.grad, self.input_override = grad, input_override
+        self.prefix, self.start, self.keep_prefix = prefix, start, keep_prefix
+        self.weights = weights
+        # diff[k, u] = ablated_u - actual_u in variant k. Layout [K, n_src, B*T*d] so that a
+        # destination's correction is one batched matmul over its upstream sources. Only a pass
+        # that patches, records or keeps a prefix needs it; each slot is written before it is read.
+        # A resumed pass reads the sources before ``start`` from the base run (``self.base``,
+        # shared by all K variants, never copied) and stores only the later ones.
+        self.keep_diff = self.removed is not None or record or keep_prefix
+        self.n_base = graph.layer_src(start - 1).stop if prefix is not None and start > 0 else 0
+        n_diff = graph.n_src - self.n_base if self.keep_diff else 0
+        BTd = batch * n_pos * self.d
+        self.base = prefix.diff[: self.n_base].reshape(self.n_base, BTd) if prefix is not None else None
+        self.diff = torch.empty(self.K, n_diff, BTd, dtype=dtype, device=dev)
+        self.total = torch.zeros(self.K, BTd if self.keep_diff else 0, dtype=dtype, device=dev)
+        self.written = self.n_base
+        if self.n_base and self.keep_diff:
+            self.total += prefix.totals[start]  # type: ignore[union-attr]
+        self.resid: dict[int, Tensor] = {}
+        self.qkv: dict[int, tuple[Tensor, Tensor, Tensor] | None] = {}
+        self.layer_outputs: list[Any] = []
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def _write(self, first: int, diff: Tensor) -> None:
+        """Store sources ``first .. first + n`` (``diff``: ``[K or 1, n, B*T*d]``), in order."""
+        assert first == self.written, "sources must be written in topological order"
+        n = diff.shape[1]
+        self.written = first + n
+        if not self.keep_diff:
+            return
+        if self.removed is None:
+            diff = diff.detach()  # nothing reads it in this pass but EAP's scores, which use their own
+        self.diff[:, first - self.n_base:first - self.n_base + n] = diff
+        if self.removed is not None:  # only corrections read the running sum
+            self.total += diff.sum(1) if diff.shape[0] == self.K else diff.sum(1).expand(self.K, -1)
+
+    def _write_actual(self, first: int, actual: Tensor) -> None:
+        """``actual``: ``[K, n, B, T, d]`` outputs of sources ``first .. first + n`` in this run."""
+        n = actual.shape[1]
+        if not self.keep_diff:
+            self.written = first + n
+            return
+        abl = self.ablated[first:first + n]  # [n, B or 1, T or 1, d]
+        self._write(first, (abl.unsqueeze(0) - actual).reshape(self.K, n, -1))
+
+    def _delta(self, dsts: slice | int) -> Tensor | None:
+        """``[K, C, B*T*d]`` correction for destinations ``dsts`` (all with the same upstream set)."""
+        if self.removed is None:
+            return None
+        cols = self.removed[:, : self.written, dsts]  # [K, n_up, C] bool
+        if cols.ndim == 2:
+            cols = cols.unsqueeze(-1)
+        any_removed = cols.any(-1).any(0)
+        if not any_removed.any():
+            return None
+        any_kept = (~cols).any(-1).any(0)
+        # Δ = Σ_removed diff = total − Σ_kept diff: sum over whichever set of rows is smaller.
+        if int(any_removed.sum()) <= int(any_kept.sum()):
+            return self._weighted_sum(cols, any_removed.nonzero().squeeze(1))
+        total = self.total.unsqueeze(1).expand(-1, cols.shape[-1], -1)
+        idx = any_kept.nonzero().squeeze(1)
+        return total - self._weighted_sum(~cols, idx) if len(idx) else total
+
+    def _weighted_sum(self, weights: Tensor, idx: Tensor) -> Tensor:
+        """``Σ_{u ∈ idx} weights[k, u, c] · diff[k, u]`` → ``[K, C, B*T*d]`` (``weights``: bool ``[K, n_up, C]``)."""
+        m = weights[:, idx].to(self.diff.dtype).transpose(1, 2)  # [K, C, n_idx]
+        old = idx < self.n_base
+        out = torch.bmm(m[:, :, ~old], self.diff[:, idx[~old] - self.n_base])
+        if old.any():  # sources of the base run, the same in every variant
+            out = out + m[:, :, old] @ self.base[idx[old]]  # type: ignore[index]
+        return out
+
+    def _as_inputs(self, delta: Tensor, C: int) -> Tensor:
+        """``[K, C, B*T*d]`` → ``[K*B, T, C, d]``."""
+        return delta.reshape(self.K, C, self.B, self.T, self.d).permute(0, 2, 3, 1, 4).reshape(
+            self.K * self.B, self.T, C, self.d)
+
+    def _watch(self, x: Tensor, dsts: slice | int, n_up: int) -> None:
+        """On backward, add ``Σ diff_u · grad`` for every source u upstream of ``dsts``."""
+        if self.grad is None:
+            return
+        diff = self.grad.diff[:n_up].reshape(n_up, -1)  # [n_up, B*T*d]
+        scores = self.grad.scores
+
+        def hook(g: Tensor) -> None:
+            if g.ndim == 3:  # one destination: [B, T, d]
+                scores[:n_up, dsts] += (diff @ g.reshape(-1).to(diff.dtype)).float()
+            else:  # [B, T, C, d]
+                gc = g.permute(2, 0, 1, 3).reshape(g.shape[2], -1).to(diff.dtype)
+                scores[:n_up, dsts] += (diff @ gc.T).float()
+
+        x.register_hook(hook)
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def layer_pre(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if layer < self.start:
+            return None
+        x, where = _first_tensor(args, kwargs)
+        if layer == 0:
+            if self.input_override is not None:
+                x = self.input_override.to(x.dtype).repeat(self.K, 1, 1)
+            if self.grad is not None:
+                # The graph must reach back to the embeddings; parameters are frozen meanwhile.
+                x = x.detach().requires_grad_(True)
+            self._write_actual(0, x.reshape(self.K, 1, self.B, self.T, self.d))
+        self.resid[layer] = x
+        return _with_first(args, kwargs, where, x)
+
+    def layer_post(self, layer: int, output: Any) -> None:
+        if self.keep_prefix:
+            self.layer_outputs.append(output)
+
+    def attn_pre(self, layer: int) -> None:
+        """Per-head q/k/v from per-head corrected inputs, for the projection hooks to return."""
+        g = self.g
+        dsts = g.head_dsts(layer)
+        n_up = int(g.n_upstream[dsts.start])
+        assert n_up == self.written, "attention read before its upstream sources were written"
+        delta = self._delta(dsts)
+        if delta is None and self.grad is None:
+            self.qkv[layer] = None  # nothing patched: the projections run as they are
+            return
+        resid = self.resid[layer]
+        C = g.heads_per_layer_dst
+        if delta is None:
+            x = resid.unsqueeze(2).expand(-1, -1, C, -1)
+        else:
+            x = resid.unsqueeze(2) + self._as_inputs(delta, C)
+        self._watch(x, dsts, n_up)
+        normed = self.model.norm("ln_attn", layer)(x)  # [KB, T, C, d], each input through the norm
+        if g.split_qkv:
+            normed = normed.reshape(*normed.shape[:2], g.n_heads, 3, self.d)
+            ins = [normed[..., p, :] for p in range(3)]
+        else:
+            ins = [normed] * 3
+        q, k, v = self.weights.qkv[layer]
+        self.qkv[layer] = (q(ins[0]), k(ins[1]), v(ins[2]))
+
+    def proj_forward(self, module: nn.Module, layer: int, which: int, n_chunks: int, x: Tensor) -> Tensor:
+        """Stands in for the q (0), k (1) or v (2) projection, or all three when fused: returns
+        the per-head values ``attn_pre`` computed, without computing the shared ones."""
+        computed = self.qkv[layer]
+        if computed is None:
+            output = type(module).forward(module, x)
+            if n_chunks == 1 and which > 0 and self.ungroup:
+                # k/v of a grouped model while GQA is ungrouped: repeat each kv head per group.
+                dh = self.model.dims.d_head
+                o = output.reshape(*output.shape[:-1], -1, dh)
+                o = o.repeat_interleave(self.model.n_heads // o.shape[-2], dim=-2)
+                return o.reshape(*output.shape[:-1], -1)
+            return output
+        if n_chunks == 1:
+            return computed[which]
+        return torch.cat(computed, dim=-1)
+
+    def o_proj_post(self, layer: int, z: Tensor, out: Tensor) -> None:
+        """Record each head's write into the residual stream."""
+        if layer < self.start:
+            return
+        H, dh = self.g.n_heads, self.model.dims.d_head
+        KBT = z.shape[0] * z.shape[1]
+        zh = z.reshape(KBT, H, dh).transpose(0, 1)  # [H, KBT, dh]
+        heads = torch.bmm(zh, self.weights.W_O[layer])  # [H, KBT, d]
+        heads = heads.reshape(H, self.K, self.B, self.T, self.d).transpose(0, 1)
+        post = post_attention_norm(self.model, layer)
+        if post is not None:  # Gemma: the residual sees post_norm(Σ heads), linear once its scale is fixed
+            heads = heads * rms_offset_factor(post, out).reshape(self.K, 1, self.B, self.T, self.d)
+        self._write_actual(self.g.head_src(layer, 0), heads)
+
+    def mlp_norm_pre(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if layer < self.start:
+            return None
+        x, where = _first_tensor(args, kwargs)
+        dst = self.g.mlp_dst(layer)
+        x = self._corrected(x, dst)
+        return _with_first(args, kwargs, where, x)
+
+    def _corrected(self, x: Tensor, dst: int) -> Tensor:
+        """The input ``[KB, T, d]`` of a single destination (MLP or logits) after its removed edges."""
+        delta = self._delta(dst)
+        if delta is not None:
+            x = x + self._as_inputs(delta, 1).squeeze(2)
+        elif self.grad is not None:
+            x = x.clone()  # its own autograd node: the residual branch must not add to this gradient
+        self._watch(x, dst, self.written)
+        return x
+
+    def mlp_post(self, layer: int, out: Tensor) -> None:
+        if layer < self.start:
+            return
+        self._write_actual(self.g.mlp_src(layer), out.reshape(self.K, 1, self.B, self.T, self.d))
+
+    def final_norm_pre(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        x, where = _first_tensor(args, kwargs)
+        return _with_first(args, kwargs, where, self._corrected(x, self.g.logits_dst))
+
+    # --- installation ---------------------------------------------------------------------
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        model, g = self.model, self.g
+        handles: list[RemovableHandle] = []
+        replaced: list[tuple[nn.Module, Any]] = []
+        grouped: list[nn.Module] = []
+        self.ungroup = model.n_kv_heads != model.n_heads
+        try:
+            for l in range(g.n_layers):
+                layer = model.module("resid_pre", l)
+                handles.append(layer.register_forward_pre_hook(
+                    lambda m, a, kw, l=l: self.layer_pre(l, a, kw), with_kwargs=True))
+                if l < self.start:
+                    # Resume: the layer returns what it returned in the base run.
+                    cached = _repeat_output(self.prefix.layer_outputs[l], self.K)  # type: ignore[union-attr]
+                    replaced.append(_replace_forward(layer, lambda *a, _c=cached, **kw: _c))
+                    continue
+                if self.keep_prefix:
+                    handles.append(layer.register_forward_hook(lambda m, a, out, l=l: self.layer_post(l, out)))
+                attn = model.module("attn_pattern", l)
+                handles.append(attn.register_forward_pre_hook(lambda m, a, kw, l=l: self.attn_pre(l),
+                                                              with_kwargs=True))
+                if self.ungroup:
+                    attn.num_key_value_groups = 1  # every query head has its own k and v this pass
+                    grouped.append(attn)
+                for role, (module, _chunk, n) in enumerate(projection_modules(model, l)):
+                    if n > 1 and role > 0:
+                        continue  # fused: one call returns q, k and v together
+                    replaced.append(_replace_forward(
+                        module, lambda x, *a, _m=module, l=l, r=role, n=n, **kw: self.proj_forward(_m, l, r, n, x)))
+                handles.append(model.module("attn_z", l).register_forward_hook(
+                    lambda m, a, out, l=l: self.o_proj_post(l, _first_tensor(a, {})[0], out)))
+                handles.append(model.norm("ln_mlp", l).register_forward_pre_hook(
+                    lambda m, a, kw, l=l: self.mlp_norm_pre(l, a, kw), with_kwargs=True))
+                handles.append(model.module("mlp_resid", l).register_forward_hook(
+                    lambda m, a, out, l=l: self.mlp_post(l, out[0] if isinstance(out, tuple) else out)))
+            handles.append(model.norm("ln_final").register_forward_pre_hook(
+                lambda m, a, kw: self.final_norm_pre(a, kw), with_kwargs=True))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for module, previous in reversed(replaced):
+                _restore_forward(module, previous)
+            for attn in grouped:
+                attn.num_key_value_groups = model.n_heads // model.n_kv_heads
+
+
+_NO_FORWARD = object()
+
+
+def _replace_forward(module: nn.Module, fn: Any) -> tuple[nn.Module, Any]:
+    """Shadow ``module.forward`` with ``fn`` for one pass; returns what to restore. nnsight keeps
+    its own instance-level ``forward``, so the previous instance attribute is put back, not deleted."""
+    previous = module.__dict__.get("forward", _NO_FORWARD)
+    module.forward = fn
+    return module, previous
+
+
+def _restore_forward(module: nn.Module, previous: Any) -> None:
+    if previous is _NO_FORWARD:
+        del module.forward
+    else:
+        module.forward = previous
+
+
+def _repeat_output(output: Any, k: int) -> Any:
+    """A layer output (tensor or tuple of them) repeated ``k`` times along the batch."""
+    if k == 1:
+        return output
+    if isinstance(output, Tensor):
+        return output.repeat(k, *([1] * (output.ndim - 1)))
+    if isinstance(output, tuple):
+        return tuple(_repeat_output(o, k) for o in output)
+    return output
+
+
+@contextmanager
+def frozen_parameters(model: Model) -> Iterator[None]:
+    """No parameter gradients: EAP needs activation gradients only, and weight grads double the cost."""
+    params = [p for p in model.hf.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor, removed: Tensor | None,
+                    positions: Tensor, *, grad: GradRequest | None = None, input_override: Tensor | None = None,
+                    prefix: Prefix | None = None, start_layer: int = 0, record: bool = False,
+                    keep_prefix: bool = False, weights: HeadWeights | None = None) -> PatchOutput:
+    """One forward pass of ``ids`` under K edge sets.
+
+    Args:
+        ids: ``[B, T]`` token ids (equal lengths, no padding).
+        ablated: ``[n_src, B or 1, T, d_model]`` what each source's output becomes on a removed edge.
+        removed: ``[K, n_src, n_dst]`` bool, True = edge removed; None = the unpatched model.
+        positions: ``[P]`` positions whose next-token logits to return.
+        grad: accumulate EAP scores on backward (call ``.backward()`` on a metric of the logits).
+        input_override: ``[B, T, d_model]`` residual stream entering layer 0 (EAP-IG's interpolation).
+        prefix, start_layer: skip layers below ``start_layer``, replaying ``prefix`` (a base run
+            whose removed edges all agree with ``removed`` below that layer).
+        record: also return every source's output (``removed`` must be None).
+        keep_prefix: also return this run as a ``Prefix`` (needs K = 1).
+        weights: ``HeadWeights.of(model)``, to reuse across passes.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long, device=model.device)
+    B, T = ids.shape
+    if removed is not None and removed.ndim == 2:
+        removed = removed.unsqueeze(0)
+    if removed is not None and removed.shape[1:] != (graph.n_src, graph.n_dst):
+        raise ValueError(f"removed has shape {tuple(removed.shape)}; expected [K, {graph.n_src}, {graph.n_dst}] "
+                         "for this graph: build edge sets with graph.empty()")
+    if start_layer > 0 and prefix is None:
+        raise ValueError("start_layer > 0 needs the base run's prefix: pass prefix=")
+    if record:
+        if removed is not None:
+            raise ValueError("record=True reads the unpatched model: pass removed=None")
+        ablated = torch.zeros(graph.n_src, 1, 1, 1, dtype=model.dtype, device=model.device)
+    weights = weights if weights is not None else HeadWeights.of(model)
+    state = _Pass(model, graph, B, T, ablated, removed, grad, input_override, prefix, start_layer, keep_prefix,
+                  weights, record)
+    K = state.K
+    run_ids = ids.repeat(K, 1) if K > 1 else ids
+    positions = torch.as_tensor(positions, dtype=torch.long, device=model.device)
+    ctx = torch.enable_grad() if grad is not None else torch.no_grad()
+    with ctx, state.installed():
+        logits = model.hf(run_ids, logits_to_keep=positions, use_cache=False).logits
+    out = PatchOutput(logits.reshape(K, B, len(positions), -1))
+    if record:
+        out.outputs = (-state.diff[0]).reshape(graph.n_src, B, T, -1)
+    if keep_prefix:
+        if K != 1:
+            raise ValueError("keep_prefix=True needs a single edge set")
+        diff = state.diff[0]
+        bounds = [0] + [graph.layer_src(l).start for l in range(1, graph.n_layers)] + [graph.n_src]
+        groups = torch.stack([diff[a:b].sum(0) for a, b in pairwise(bounds)])
+        # Row l: the sum over the sources before layer l (row 0 is never read: nothing resumes at 0).
+        totals = torch.cat([torch.zeros_like(groups[:1]), groups.cumsum(0)])
+        out.prefix = Prefix(state.layer_outputs, diff.reshape(graph.n_src, B, T, -1), totals)
+    return out
