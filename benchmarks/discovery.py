@@ -1,0 +1,138 @@
+"""Head-level IOI circuit discovery on the default model: EAP, EAP-IG and ACDC.
+
+Prints, per method, wall time, circuit size (edges, heads) and faithfulness under resample
+ablation (ABC corruption) with the logit-difference metric, and with ``--curves`` MIB's CPR
+and CMD over edge budgets for the attribution methods. Run:
+
+    .venv/bin/python -m benchmarks.discovery [--n 64] [--candidates 100] [--curves] [--threads 1]
+
+CPU contention matters on a shared machine: the script prints the load average before and
+after, and beside each wall time the CPU time the process itself used (user + system, all
+threads), which with ``--threads 1`` is close to what the run takes on an idle core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# OpenMP threads that spin-wait for a parked peer make every small op ~50x slower on a shared
+# CPU; passive waiting costs nothing on an idle one. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Run as a file, Python puts benchmarks/ first on sys.path, where benchmarks/transcoders.py
+# would shadow the transcoders package; `python -m benchmarks.discovery` does not need this.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+import torch
+
+from circuits import load_model
+from circuits.discovery import acdc, attribution_circuit
+from circuits.discovery.prune import prune_dead, top_edges
+from circuits.patching import MIB_BUDGETS, Patcher, area_under_curve
+from circuits.tasks import ioi
+
+
+class Clock:
+    """Wall and process CPU seconds since creation."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def __call__(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+    def __str__(self) -> str:
+        wall, cpu = self()
+        return f"{wall:.0f} s wall, {cpu:.0f} s CPU"
+
+
+def faithfulness_curve(patcher: Patcher, scores: torch.Tensor) -> list[float]:
+    g = patcher.graph
+    removed = torch.stack([g.valid & ~prune_dead(g, top_edges(g, scores, max(1, int(k * g.n_edges))))
+                           for k in MIB_BUDGETS])
+    values = patcher.evaluate(removed)
+    return [(float(v) - patcher.m_empty) / (patcher.m_full - patcher.m_empty) for v in values]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=64, help="IOI prompt pairs")
+    ap.add_argument("--top-n", type=int, default=200, help="edges kept by EAP / EAP-IG")
+    ap.add_argument("--steps", type=int, default=5, help="EAP-IG steps")
+    ap.add_argument("--candidates", type=int, default=100, help="edges ACDC tests (largest EAP-IG |score|)")
+    ap.add_argument("--tau", type=float, default=None, help="ACDC threshold (logits); default 1%% of m(M) - m(∅)")
+    ap.add_argument("--batch", type=int, default=1, help="ACDC edge sets per forward pass (speculative)")
+    ap.add_argument("--no-split-qkv", action="store_true", help="one input per head instead of q/k/v")
+    ap.add_argument("--curves", action="store_true", help="also CPR/CMD over MIB's edge budgets")
+    ap.add_argument("--methods", default="eap,eap-ig,acdc", help="comma-separated subset of eap, eap-ig, acdc")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (on a shared, oversubscribed CPU 1 is faster than 2)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    t0 = time.perf_counter()
+    model = load_model()
+    task = ioi.dataset(model.tokenizer, n=args.n, seed=0)
+    print(f"# model {model.name} loaded in {time.perf_counter() - t0:.1f} s; {task.n} prompts of {task.n_pos} tokens")
+    clock = Clock()
+    patcher = Patcher(model, task, ablation="resample", split_qkv=not args.no_split_qkv)
+    g = patcher.graph
+    print(f"# setup (clean, corrupted and empty-circuit passes) {clock}; {g.n_edges} edges; "
+          f"m(M) = {patcher.m_full:.3f}, m(∅) = {patcher.m_empty:.3f}")
+
+    methods = args.methods.split(",")
+    rows = []
+    scores = {}
+    for method in [m for m in ("eap", "eap-ig") if m in methods]:
+        clock = Clock()
+        c = attribution_circuit(patcher, method, top_n=args.top_n, steps=args.steps)
+        dt = clock()
+        scores[method] = torch.nan_to_num(c.scores)
+        extra = ""
+        if args.curves:
+            curve_clock = Clock()
+            curve = faithfulness_curve(patcher, scores[method])
+            cpr, cmd = area_under_curve(MIB_BUDGETS, curve)
+            extra = f"; CPR {cpr:.3f}, CMD {cmd:.3f}"
+            print(f"# {method} faithfulness at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in curve]} "
+                  f"({curve_clock})", flush=True)
+        rows.append((method, dt, c.n_edges, len(c.heads), c.faithfulness, f"top {args.top_n} edges" + extra))
+        print(rows[-1], flush=True)
+
+    if "acdc" not in methods:
+        _table(rows)
+        return
+    if "eap-ig" not in scores:
+        clock = Clock()
+        scores["eap-ig"] = patcher.edge_scores("eap-ig", steps=args.steps, progress=True)
+        print(f"# EAP-IG scores for ACDC's candidates: {clock}", flush=True)
+    clock = Clock()
+    c = acdc(patcher, args.tau, scores=scores["eap-ig"], candidates=args.candidates, order="scores", batch=args.batch)
+    dt = clock()
+    note = (f"tau {c.info['tau']:.3f}, {args.candidates} EAP-IG candidates (f = "
+            f"{c.info['faithfulness_candidates']:.3f} before pruning), {c.info['edges_tested']} tested, "
+            f"{c.info['evaluations']} evaluations (+ EAP-IG scoring)")
+    rows.append(("acdc", dt, c.n_edges, len(c.heads), c.faithfulness, note))
+    print(rows[-1], flush=True)
+    print(f"# ACDC heads: {sorted(c.heads)}")
+    _table(rows)
+
+
+def _table(rows: list[tuple]) -> None:
+    print(f"\n# load average after: {os.getloadavg()[0]:.1f}")
+    print("| method | wall s | CPU s | edges | heads | faithfulness | notes |")
+    print("|---|---|---|---|---|---|---|")
+    for method, (wall, cpu), ne, nh, f, note in rows:
+        print(f"| {method} | {wall:.0f} | {cpu:.0f} | {ne} | {nh} | {f:.3f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()

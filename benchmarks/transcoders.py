@@ -1,0 +1,127 @@
+"""Transcoder throughput and quality: harvest vs a bare forward, training steps, and every built preset.
+
+    python benchmarks/transcoders.py [--threads 2] [--eval-tokens 16384] [--skip-eval]
+
+Prints three tables: harvest tokens/s next to the bare model forward (fp32 and bf16
+autocast); training tokens/s of one optimiser step on harvested-size batches, PLT and
+CLT; and for each preset set found in the cache, FVU, L0, dead fraction, CE recovered
+and KL from ``transcoders.evaluate`` on held-out packaged text.
+"""
+
+from __future__ import annotations
+
+import os
+
+# On a shared CPU, OpenMP threads that spin while waiting burn the cores the other jobs need
+# (and inflate CPU time); this must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from circuits import load_model  # noqa: E402
+from transcoders import (  # noqa: E402
+    PRESETS,
+    TrainConfig,
+    TranscoderConfig,
+    build_transcoder,
+    evaluate,
+    harvest,
+    load_transcoders,
+)
+from transcoders.io import preset_dir  # noqa: E402
+from transcoders.precision import autocast  # noqa: E402
+from transcoders.train import Objective  # noqa: E402
+
+
+def _rate(fn: Callable[[], object], tokens: int, reps: int) -> float:
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return tokens * reps / (time.perf_counter() - t0)
+
+
+def harvest_table(model, batch: int, seq_len: int, reps: int) -> pd.DataFrame:
+    ids = torch.randint(0, model.dims.d_vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    n = ids.numel()
+    rows = []
+    with torch.no_grad():
+        rows.append(("bare forward, fp32", _rate(lambda: model.hf(ids), n, reps)))
+        with autocast(model.device):
+            rows.append(("bare forward, bf16 autocast", _rate(lambda: model.hf(ids), n, reps)))
+    rows.append(("harvest all layers, fp32", _rate(lambda: harvest(model, ids, use_autocast=False), n, reps)))
+    rows.append(("harvest all layers, bf16 autocast", _rate(lambda: harvest(model, ids), n, reps)))
+    return pd.DataFrame(rows, columns=["what", "tokens/s"]).set_index("what")
+
+
+def train_table(model, batch_tokens: int, reps: int) -> pd.DataFrame:
+    L, D = model.dims.n_layers, model.dims.d_model
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch_tokens, L, D, generator=g), torch.randn(batch_tokens, L, D, generator=g)
+    rows = []
+    for kind, activation, width, k, skip in (("plt", "topk", 1024, 64, True), ("plt", "jumprelu", 1024, 64, True),
+                                             ("clt", "topk", 1024, 64, True)):
+        cfg = TrainConfig(kind=kind, activation=activation, d_features=width, k=k, skip=skip,
+                          l0=float(k) if activation == "jumprelu" else None)
+        torch.manual_seed(0)
+        tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=L, d_model=D, d_features=width,
+                                               activation=activation, k=k, skip=skip)).train()
+        objective = Objective(tc, cfg)
+        opt = torch.optim.Adam([p for p in tc.parameters() if p.requires_grad], lr=1e-4)
+        coeff = torch.tensor(1e-2)
+
+        def step() -> None:
+            with autocast(model.device):
+                stats = objective(x, y, coeff)
+            opt.zero_grad()
+            stats.loss.backward()
+            opt.step()
+
+        rows.append((f"{kind} {activation} width {width} k {k}{' skip' if skip else ''}",
+                     _rate(step, batch_tokens, reps)))
+    return pd.DataFrame(rows, columns=["training step", "tokens/s"]).set_index("training step")
+
+
+def eval_table(model, n_tokens: int) -> pd.DataFrame:
+    rows = []
+    for name in PRESETS:
+        if not (preset_dir(name) / "config.yaml").is_file():
+            print(f"(preset {name} is not built: `transcoders train --preset {name}`)")
+            continue
+        tc = load_transcoders(model, name)
+        t0 = time.perf_counter()
+        ev = evaluate(model, tc, n_tokens=n_tokens)
+        meta = preset_dir(name) / "eval.json"
+        train_s = json.loads(meta.read_text()).get("train_wall_s") if meta.is_file() else None
+        rows.append({"set": name, **ev.summary(), "eval_s": time.perf_counter() - t0,
+                     "train_min": None if train_s is None else train_s / 60})
+    return pd.DataFrame(rows).set_index("set") if rows else pd.DataFrame()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--eval-tokens", type=int, default=16_384)
+    parser.add_argument("--skip-eval", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model()
+    print(f"{model}; torch {torch.__version__}, {args.threads} threads\n")
+    fmt = {"float_format": lambda v: f"{v:,.1f}"}
+    print(harvest_table(model, batch=8, seq_len=128, reps=args.reps).to_string(**fmt), "\n")
+    print(train_table(model, batch_tokens=1024, reps=max(1, args.reps - 1)).to_string(**fmt), "\n")
+    if not args.skip_eval:
+        table = eval_table(model, args.eval_tokens)
+        if len(table):
+            print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
