@@ -34,7 +34,6 @@ import copy
 import math
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -46,7 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from transcoders.cache import atomic_path, cache_dir
+from transcoders.cache import atomic_path, cache_dir, hub_reachable
 from transcoders.harvest import NonFiniteError
 from transcoders.model import Transcoder, TranscoderConfig, TranscoderShapeError, build_transcoder
 
@@ -399,18 +398,6 @@ def parse_hf(uri: str) -> tuple[str, str | None, str | None]:
     if not repo:
         raise ValueError(f"{uri!r} names no repository. Fix: write hf://org/repo.")
     return f"{parsed.netloc}/{repo}", sub.strip("/") or None, revision
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hugging Face hub answers, without huggingface_hub's half minute of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _hub_call(uri: str, fn: Any, **kwargs: Any) -> str:
