@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
