@@ -48,6 +48,8 @@ def test_acdc_recovers_exactly_the_planted_edges(planted, batch, order):
     c = acdc(p, tau=0.05, scores=scores, order=order, batch=batch, progress=False)
     assert _names(c) == set(PLANTED_EDGES)
     assert c.faithfulness == pytest.approx(1.0, abs=1e-6)
+    # The metric ACDC tracked through resumed passes is the circuit's, evaluated afresh.
+    assert c.metric_circuit == pytest.approx(float(p.evaluate(c.graph.valid & ~c.kept)[0]), abs=1e-9)
     for e in c.edges:  # every kept edge carries its measured effect, above tau
         assert abs(e["effect"]) >= 0.05
 

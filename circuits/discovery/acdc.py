@@ -60,9 +60,8 @@ def acdc(patcher: Patcher, tau: float | None = None, *, scores: Tensor | None = 
     t0 = time.perf_counter()
     testable = g.valid.clone() if candidates is None else top_edges(g, scores, candidates)  # type: ignore[arg-type]
     removed = g.valid & ~testable
-    current = float(patcher.evaluate(removed)[0]) if removed.any() else patcher.m_full
+    current, prefixes = patcher.base_run(removed)
     start = current
-    prefixes = patcher.prefix(removed)
     effects = nan_matrix(g)
     n_tested = n_evaluations = 0
     owner = torch.tensor(g.dst_node)
@@ -109,7 +108,7 @@ def acdc(patcher: Patcher, tau: float | None = None, *, scores: Tensor | None = 
         bar.set_postfix(kept=int((g.valid & ~removed).sum()) if progress else 0, refresh=False)
 
     kept = prune_dead(g, g.valid & ~removed)
-    m = float(patcher.evaluate(g.valid & ~kept)[0])
+    m = current  # the metric of the final state; dropping dead edges changes nothing (prune_dead)
     f = (m - patcher.m_empty) / (patcher.m_full - patcher.m_empty)
     s = nan_matrix(g)
     if scores is not None:

@@ -147,10 +147,18 @@ class Patcher:
 
     def prefix(self, removed: Tensor) -> list[Prefix]:
         """Record a base run (one edge set) per prompt chunk, to resume later passes from."""
+        return self.base_run(removed)[1]
+
+    def base_run(self, removed: Tensor) -> tuple[float, list[Prefix]]:
+        """The metric under one edge set, and that run recorded per prompt chunk (see ``prefix``)."""
         removed = removed & self.graph.valid
-        return [patched_forward(self.model, self.graph, c.ids, c.ablated, removed, self.positions,
-                                keep_prefix=True, weights=self.weights).prefix  # type: ignore[misc]
-                for c in self.chunks]
+        value, prefixes = 0.0, []
+        for c in self.chunks:
+            out = patched_forward(self.model, self.graph, c.ids, c.ablated, removed, self.positions,
+                                  keep_prefix=True, weights=self.weights)
+            value += float(self._metric(out.logits[0], c)) * (c.rows.stop - c.rows.start) / self.task.n
+            prefixes.append(out.prefix)  # type: ignore[arg-type]
+        return value, prefixes
 
     def faithfulness(self, kept: Tensor) -> float:
         """f of the circuit whose edges are ``kept`` (``[n_src, n_dst]`` bool); every other edge is removed."""
