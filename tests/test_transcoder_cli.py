@@ -49,5 +49,5 @@ def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: p
     tc = load_transcoders(load_model(str(tmp_path / "model")), out)
     assert tc.cfg.kind == "clt" and tc.cfg.d_features == 32 and tc.cfg.k == 4
     main(["evaluate", "--model", str(tmp_path / "model"), "--set", str(out), "--n-tokens", "256",
-          "--text", str(text), "--no-autocast"])
+          "--seq-len", "32", "--text", str(text), "--no-autocast"])
     assert "recovered" in capsys.readouterr().out

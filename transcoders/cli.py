@@ -107,7 +107,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model, args.device)
     tc = load_transcoders(model, args.set)
-    ev = evaluate(model, tc, _corpus(args.text), n_tokens=args.n_tokens, use_autocast=not args.no_autocast)
+    ev = evaluate(model, tc, _corpus(args.text), n_tokens=args.n_tokens, seq_len=args.seq_len,
+                  use_autocast=not args.no_autocast)
     print(ev.layers.to_string(float_format=lambda v: f"{v:.3f}"))
     print(ev)
     return 0
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model")
     e.add_argument("--set", help="preset name, directory or hf://org/repo (default: the model's default set)")
     e.add_argument("--n-tokens", type=int, default=16_384)
+    e.add_argument("--seq-len", type=int, default=128)
     e.add_argument("--no-autocast", action="store_true")
     e.add_argument("--text", action="append", help="evaluate on these files' held-out split (default: packaged text)")
     e.add_argument("--device")
