@@ -2,20 +2,20 @@
 
 Discovered the way Wang et al. define the circuit — the kept heads run, every other head is
 mean-ablated over the ABC prompts, MLPs always run — by node-level ACDC over the 100 heads
-of largest EAP score (tau = 2% of m(M) − m(∅); search in bf16, faithfulness re-measured in
-float32), on 64 prompt pairs. It must:
+of largest EAP score (tau = 2% of m(M) − m(∅), swept until stable; search in bf16,
+faithfulness re-measured in float32), on 64 prompt pairs. It must:
 
 - reach faithfulness ≥ 0.8;
 - contain heads that the probes (no circuit needed) recognise as each of Wang et al.'s
   classes: name movers, a negative name mover, S-inhibition, induction, duplicate-token and
   previous-token heads;
-- have its effect carried mostly by heads with a recognised role (see the note below);
+- have heads that pass a role probe (``circuits.probes.ioi_head_roles``), carrying ≥ 90% of
+  the circuit's |effect|, at a rate well above the rate among all the model's heads;
 - stay within tolerance of the stored golden circuit (tests/golden/smollm2_ioi_heads.json;
   ``CIRCUITS_UPDATE_GOLDEN=1`` rewrites it after an intended change).
 
-Not every head passes a probe: in this 30-layer model a circuit with f ≥ 0.8 also holds heads
-that no IOI probe recognises (e.g. a29.h1, a29.h0, a24.h5, which write near the logits). The
-test pins what share of the circuit's effect the recognised heads carry instead.
+Not every head passes a probe: the circuit keeps a few small heads (|effect| ≤ 0.32 logits
+of the 4.69 logit difference) that no role probe recognises; the test prints them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from _threads import one_thread  # noqa: F401
 
 from circuits.discovery import discover_nodes
 from circuits.patching.nodes import NodePatcher
-from circuits.probes import ioi_head_roles
+from circuits.probes import ioi_head_roles, role_base_rate
 from circuits.tasks import ioi
 from circuits.testing import assert_matches_golden
 
@@ -53,8 +53,13 @@ def circuit(default_model, task):
 
 
 @pytest.fixture(scope="module")
-def roles(default_model, task, circuit):
-    return ioi_head_roles(default_model, task, circuit.heads)
+def all_roles(default_model, task):
+    return ioi_head_roles(default_model, task)
+
+
+@pytest.fixture(scope="module")
+def roles(circuit, all_roles):
+    return {head: all_roles[head] for head in circuit.heads}
 
 
 def test_circuit_is_faithful(circuit):
@@ -71,17 +76,20 @@ def test_every_wang_class_is_present(circuit, roles):
     assert roles[(layer, head)], f"{strongest}, the circuit's strongest head, passes no role probe"
 
 
-def test_recognised_heads_carry_most_of_the_effect(circuit, roles):
+def test_heads_pass_their_role_probes(circuit, roles, all_roles):
     rows = [r for r in circuit.table() if r["node"].startswith("a")]
     def key(name: str) -> tuple[int, int]:
         layer, head = name[1:].split(".h")
         return int(layer), int(head)
     total = sum(abs(r["effect"]) for r in rows)
     recognised = sum(abs(r["effect"]) for r in rows if roles[key(r["node"])])
+    rate = sum(1 for r in rows if roles[key(r["node"])]) / len(rows)
+    base = role_base_rate(all_roles)["any"]
     table = "\n".join(f"  {r['node']:>7} {r['effect']:+.3f} {', '.join(roles[key(r['node'])]) or '—'}" for r in rows)
-    print(f"\nrecognised heads: {sum(1 for r in rows if roles[key(r['node'])])}/{len(rows)}, "
-          f"{recognised / total:.0%} of |effect|\n{table}")
-    assert recognised / total >= 0.6, table
+    print(f"\nheads passing a role probe: {rate:.0%} of the circuit ({recognised / total:.0%} of |effect|), "
+          f"{base:.0%} of all {len(all_roles)} heads\n{table}")
+    assert recognised / total >= 0.9, table
+    assert rate >= 2 * base, f"the probes pass {base:.0%} of all heads: they do not single out the circuit's"
 
 
 def test_matches_the_golden_circuit(circuit):

@@ -4,6 +4,9 @@ The decision rule is ACDC's (Conmy et al., 2023) applied to nodes instead of edg
 nodes from the last layer down; remove a node (ablate its output everywhere) on top of the
 nodes removed so far, and keep it only if that moves the metric by at least ``tau``. This is
 the head-level circuit of Wang et al.: the kept heads run, every other head is ablated.
+ACDC makes one sweep; here the kept nodes are swept again until a sweep removes nothing, so
+every node of the result moves the metric by at least ``tau`` when removed from the result
+itself (one sweep leaves nodes that only mattered next to nodes removed after them).
 
 It is fast because a node test is a plain forward pass from the node's layer upwards (no
 per-head q/k/v inputs), resumed from one base run (decisions are made top-down, so the layers
@@ -31,7 +34,7 @@ from circuits.patching.nodes import NodePatcher, droppable_nodes, strongest_node
 
 def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor | None = None,
                candidates: int | None = None, include_mlps: bool = True, screen_layers: bool = False,
-               progress: bool = True) -> NodeCircuit:
+               max_sweeps: int = 4, progress: bool = True) -> NodeCircuit:
     """Run node-level ACDC; see the module docstring.
 
     Args:
@@ -40,10 +43,17 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
         candidates: test only this many nodes, those of largest |score|.
         include_mlps: MLPs are nodes too (tested and ablatable); if False they always run, as in
             Wang et al.'s head circuit.
+        max_sweeps: sweep the kept nodes again until a sweep removes none (at most this many
+            sweeps in all; 1 is ACDC's single pass). A node kept early in a sweep is judged with
+            nodes still present that later decisions remove, so its effect in the final circuit
+            can fall under ``tau``; re-sweeping removes it. Each kept node's recorded effect is
+            the one measured in the last sweep.
     """
     g = patcher.graph
     if candidates is not None and scores is None:
         raise ValueError("candidates= needs per-node attribution scores: pass scores=")
+    if max_sweeps < 1:
+        raise ValueError(f"max_sweeps must be at least 1, got {max_sweeps}")
     if tau is None:
         tau = 0.01 * abs(patcher.m_full - patcher.m_empty)
     t0 = time.perf_counter()
@@ -53,11 +63,39 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
     # Untested nodes are ablated up front, except MLPs when they are not nodes of the circuit.
     removed = ~testable & (torch.ones_like(is_mlp) if include_mlps else ~is_mlp)
     removed[0] = False
-    current, base = patcher.base_run(removed)
-    start = current
+    start: float | None = None
+    n_passes = sweeps = 0
+    while sweeps < max_sweeps:
+        sweeps += 1
+        before = int(removed.sum())
+        current, base = patcher.base_run(removed)
+        start = current if start is None else start
+        effects, current, removed, used = _sweep(patcher, tau, testable, removed, current, base, screen_layers,
+                                                 progress and sweeps == 1)
+        n_passes += used
+        if int(removed.sum()) == before:  # a sweep that removed nothing: the circuit is stable
+            break
+
+    kept = ~removed
+    kept[0] = True
+    f = (current - patcher.m_empty) / (patcher.m_full - patcher.m_empty)
+    return NodeCircuit(patcher, kept, effects, scores, f, current, "acdc",
+                       info={"tau": tau, "candidates": -1 if candidates is None else candidates,
+                             "include_mlps": include_mlps, "screen_layers": screen_layers,
+                             "faithfulness_candidates": (start - patcher.m_empty) / (patcher.m_full - patcher.m_empty),
+                             "nodes_tested": int(testable.sum()), "passes": n_passes, "sweeps": sweeps,
+                             "seconds": time.perf_counter() - t0})
+
+
+def _sweep(patcher: NodePatcher, tau: float, testable: Tensor, removed: Tensor, current: float, base: list,
+           screen_layers: bool, progress: bool) -> tuple[Tensor, float, Tensor, int]:
+    """One top-down ACDC sweep over the testable nodes not yet removed.
+
+    Returns (effects ``[n_src]``, NaN where not kept, the metric after the sweep, the removed
+    mask ``[n_src]``, the number of forward passes)."""
+    g = patcher.graph
     effects = torch.full((g.n_src,), float("nan"), dtype=torch.float64)
     n_passes = 0
-
     bar = tqdm(range(g.n_layers - 1, -1, -1), desc=f"ACDC nodes tau={tau:.3g}", file=sys.stderr,
                disable=not progress)
     for layer in bar:
@@ -84,14 +122,4 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
             else:
                 effects[node] = effect
         bar.set_postfix(kept=int((testable & ~removed).sum()), refresh=False)
-
-    kept = ~removed
-    kept[0] = True
-    f = (current - patcher.m_empty) / (patcher.m_full - patcher.m_empty)
-    return NodeCircuit(patcher, kept, effects, scores, f, current, "acdc",
-                       info={"tau": tau, "candidates": -1 if candidates is None else candidates,
-                             "include_mlps": include_mlps, "screen_layers": screen_layers,
-                             "faithfulness_candidates": (start - patcher.m_empty) / (patcher.m_full - patcher.m_empty),
-                             "nodes_tested": int(testable.sum()), "passes": n_passes,
-                             "seconds": time.perf_counter() - t0})
-
+    return effects, current, removed, n_passes

@@ -17,7 +17,7 @@ from circuits.tasks.task import Task
 def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap", "eap-ig"] = "acdc",
                    tau: float | None = None, ablation: NodeAblation = "mean", metric: Literal["task", "kl"] = "task",
                    candidates: int | None = None, top_n: int | None = None, include_mlps: bool = True,
-                   screen_layers: bool = False, autocast: bool = False, batch_size: int = 64,
+                   screen_layers: bool = False, max_sweeps: int = 4, autocast: bool = False, batch_size: int = 64,
                    patcher: NodePatcher | None = None, progress: bool = True) -> NodeCircuit:
     """The node circuit of ``model`` for ``task`` (see ``acdc_nodes`` for ACDC's options).
 
@@ -36,7 +36,7 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap", "
     t_scores = time.perf_counter() - t0
     if method == "acdc":
         circuit = acdc_nodes(patcher, tau, scores=scores, candidates=candidates, include_mlps=include_mlps,
-                             screen_layers=screen_layers, progress=progress)
+                             screen_layers=screen_layers, max_sweeps=max_sweeps, progress=progress)
     elif method == "eap":
         circuit = eap_nodes(patcher, scores, tau=tau, top_n=top_n, include_mlps=include_mlps)  # type: ignore[arg-type]
     else:

@@ -1,0 +1,77 @@
+"""OV probes: what a head writes when it reads a given vector (Wang et al.'s copying score).
+
+A token's representation goes through one head's OV circuit alone, then the final norm and
+the unembedding, as a direct logit contribution; the probe asks whether the unembedding ranks
+a target token among its top ``k``. Name movers copy names (positive); negative name movers and
+copy-suppression heads suppress them (``sign=-1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from circuits.models.adapter import Model
+from circuits.patching.weights import output_weight, qkv_projections
+
+
+@torch.no_grad()
+def ov_copying(model: Model, layer: int, resid: Tensor, targets: Tensor, *, k: int = 5, sign: float = 1.0) -> Tensor:
+    """For each head of ``layer``: the fraction of rows whose ``targets`` token ranks in the top ``k``
+    of the unembedding of ``sign * OV_h(norm(resid))``.
+
+    ``resid``: ``[n, d_model]`` residual vectors the head would read (through its own pre-norm);
+    ``targets``: ``[n]`` token ids. Returns ``[n_heads]``.
+    """
+    x = model.norm("ln_attn", layer)(resid.to(model.device, model.dtype))  # [n, d]
+    x = x[None, :, None, :].expand(-1, -1, model.n_heads, -1)  # [1, n, H, d]
+    _, _, v_proj = qkv_projections(model, layer)
+    v = v_proj(x).reshape(1, resid.shape[0], model.n_heads, -1)  # [1, n, H, dh]
+    o = torch.einsum("bnhe,hed->bnhd", v, output_weight(model, layer)) * sign  # [1, n, H, d]
+    logits = model.norm("ln_final")(o) @ model.W_U.T  # [1, n, H, vocab]
+    hit = (logits.topk(k, dim=-1).indices == targets.to(logits.device).view(1, -1, 1, 1)).any(-1)
+    return hit[0].float().mean(0).cpu()
+
+
+@torch.no_grad()
+def copying_scores(model: Model, tokens: Sequence[int] | Tensor, *, k: int = 5, sign: float = 1.0) -> Tensor:
+    """Copying score of every head ``[n_layers, n_heads]`` on bare token embeddings: does a head's OV
+    circuit, fed a token's embedding, write that token? (Wang et al. feed GPT-2's embedding after
+    MLP0; in deeper models names are better read from the residual stream, see ``residual_copying``.)"""
+    tokens = torch.as_tensor(tokens, dtype=torch.long, device=model.device)
+    emb = model.W_E[tokens]
+    if model.spec.scaled_embedding:
+        emb = emb * model.d_model ** 0.5
+    return torch.stack([ov_copying(model, layer, emb, tokens, k=k, sign=sign) for layer in range(model.n_layers)])
+
+
+@torch.no_grad()
+def residual_at(model: Model, ids: Tensor, positions: Tensor) -> Tensor:
+    """The residual stream entering every layer at one position per prompt: ``[n_layers, n, d_model]``."""
+    seen: list[Tensor] = []
+    rows = torch.arange(ids.shape[0])
+
+    def grab(m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, Tensor))
+        seen.append(x[rows, positions.to(x.device)])
+
+    handles = [model.module("resid_pre", layer).register_forward_pre_hook(grab, with_kwargs=True)
+               for layer in range(model.n_layers)]
+    try:
+        model.hf(torch.as_tensor(ids, device=model.device), use_cache=False, logits_to_keep=1)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(seen)
+
+
+def residual_copying(model: Model, ids: Tensor, positions: Tensor, targets: Tensor, *, k: int = 5,
+                     sign: float = 1.0) -> Tensor:
+    """Copying score ``[n_layers, n_heads]`` on the residual stream: feed each head of layer l what
+    enters layer l at ``positions`` (``[n]``, one per prompt of ``ids`` ``[n, n_pos]``) and count the
+    prompts whose ``targets`` (``[n]``) token is in the top ``k`` of ``sign`` times its direct logits."""
+    resid = residual_at(model, ids, positions)
+    return torch.stack([ov_copying(model, layer, resid[layer], targets, k=k, sign=sign)
+                        for layer in range(model.n_layers)])
