@@ -170,3 +170,38 @@ def test_node_circuit_golden_round_trip(tmp_path, monkeypatch):
     golden.write_text("{broken")
     with pytest.raises(ValueError, match="cannot read a node circuit"):
         NodeCircuit.read(golden)
+
+
+def _violations(p: NodePatcher, circuit, tau: float) -> list[int]:
+    """Kept nodes whose removal from the circuit itself moves the metric by less than tau (fresh passes)."""
+    removed = ~circuit.kept
+    current = float(p.evaluate(removed)[0])
+    assert current == pytest.approx(circuit.metric_circuit, abs=1e-9)
+    out = []
+    for node in [i for i in range(1, p.graph.n_src) if circuit.kept[i]]:
+        trial = removed.clone()
+        trial[node] = True
+        moved = float(p.evaluate(trial)[0]) - current
+        if abs(moved) < tau:
+            out.append(node)
+        elif circuit.info["sweeps"] > 1:  # the recorded effect is the move in the final circuit
+            assert float(circuit.effects[node]) == pytest.approx(moved, abs=1e-9)
+    return out
+
+
+def test_swept_node_acdc_keeps_only_nodes_that_matter_in_the_result():
+    # A random model with no planted circuit (seed 4: one sweep leaves a node that only mattered
+    # next to nodes removed after it). Sweeping until stable leaves a circuit in which every kept
+    # node, removed from the circuit itself, moves the metric by at least tau.
+    model = tiny_model("llama", dtype=torch.float64, n_layers=3, n_heads=4, n_kv_heads=2, init_scale=3.0, seed=4)
+    task = _task(model, n=8, seq_len=5)
+    p = NodePatcher(model, task, ablation="mean")
+    tau = 0.05 * abs(p.m_full - p.m_empty)
+    one = acdc_nodes(p, tau, include_mlps=True, max_sweeps=1, progress=False)
+    assert _violations(p, one, tau), "this model should show what one sweep leaves behind"
+    swept = acdc_nodes(p, tau, include_mlps=True, progress=False)
+    assert 1 < swept.info["sweeps"] < 4  # stable before the cap
+    assert _violations(p, swept, tau) == []
+    assert swept.kept.sum() < one.kept.sum()
+    with pytest.raises(ValueError, match="max_sweeps"):
+        acdc_nodes(p, tau, max_sweeps=0, progress=False)
