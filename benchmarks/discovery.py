@@ -159,7 +159,7 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
                  f"top {len(c.heads)} heads by node EAP (same size as ACDC's), scores above"))
     rows.append(("ACDC nodes", dt, "", len(c.heads), f,
                  f"tau {tau:.3f} ({args.node_tau:.0%}), {args.node_candidates} candidate heads (f = "
-                 f"{c.info['faithfulness_candidates']:.3f} before pruning), {c.info['passes']} passes"))
+                 f"{c.info['faithfulness_candidates']:.3f} before pruning), {c.info['passes']} passes in {c.info['sweeps']} sweeps"))
     print(rows[-2], rows[-1], flush=True)
     print(f"# ACDC node heads: {c.heads}")
     return rows
