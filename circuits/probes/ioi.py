@@ -2,8 +2,8 @@
 
 Positions (Wang et al., 2022): IO and S1 are the two names of the first clause, S2 the
 repeated subject, END the last token. A role is a place a head acts, what it reads there
-(attention, without the sink: see ``circuits.probes.attention``) and, where the role writes
-the answer, what its OV circuit writes:
+(attention; at END, shares of the attention not on the sink, see ``circuits.probes.attention``)
+and, where the role writes the answer, what its OV circuit writes:
 
 - ``name mover``: attends END → IO and copies IO (Wang et al.);
 - ``negative name mover``: attends END → IO and suppresses IO (Wang et al.);
@@ -18,8 +18,10 @@ the answer, what its OV circuit writes:
   already formed at END and scale it; Wang's 12-layer GPT-2 circuit has none, SmolLM2's
   layer 29 has two of the largest effects;
 - ``induction``, ``duplicate-token``, ``previous-token``: S2 → S1+1, S2 → S1, S1+1 → S1 on the
-  IOI prompts, or the same patterns on random repeated tokens (Wang et al.);
-- ``current-token``: a name attends to itself (early heads that carry the name's identity).
+  IOI prompts (raw shares: the early name positions have too few keys for sink-free shares to
+  mean much), or the same patterns on random repeated tokens without the sink (Wang et al.);
+- ``current-token``: a token attends to itself, on random repeated tokens without the sink
+  (early heads that carry a token's identity).
 
 ``role_base_rate`` says how many of all the model's heads pass some role: a probe that passes
 most heads says little about a circuit whose heads pass it.
