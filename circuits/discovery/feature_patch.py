@@ -42,7 +42,7 @@ from circuits.attribution.hooks import hooked, read_hook, write_hook
 from circuits.attribution.replacement import as_compute
 from circuits.models.adapter import Model
 from circuits.models.arch import Location
-from circuits.patching.engine import _repeat_output, _replace_forward, _restore_forward
+from circuits.patching.engine import _repeat_output, _replace_forward, _undo
 from circuits.tasks.task import Task
 
 _IN = Location("", "input", 0)
@@ -396,10 +396,7 @@ class FeaturePatcher:
                     handles.append(module.register_forward_hook(lambda m, a, out: record.append(_detached(out))))
             yield
         finally:
-            for h in handles:
-                h.remove()
-            for module, previous in reversed(replaced):
-                _restore_forward(module, previous)
+            _undo(handles, replaced)
 
     def _ablated_write(self, layer: int, x: Tensor, out: Tensor, K: int, rows: slice, move_feat: Tensor,
                        move_err: Tensor, live: dict[int, Tensor], diff: dict[int, Tensor],

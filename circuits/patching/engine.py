@@ -360,10 +360,7 @@ class _Pass:
                 lambda m, a, kw: self.final_norm_pre(a, kw), with_kwargs=True))
             yield
         finally:
-            for h in handles:
-                h.remove()
-            for module, previous in reversed(replaced):
-                _restore_forward(module, previous)
+            _undo(handles, replaced)
             for attn in grouped:
                 attn.num_key_value_groups = model.n_heads // model.n_kv_heads
 
@@ -379,11 +376,15 @@ def _replace_forward(module: nn.Module, fn: Any) -> tuple[nn.Module, Any]:
     return module, previous
 
 
-def _restore_forward(module: nn.Module, previous: Any) -> None:
-    if previous is _NO_FORWARD:
-        del module.forward
-    else:
-        module.forward = previous
+def _undo(handles: list[RemovableHandle], replaced: list[tuple[nn.Module, Any]]) -> None:
+    """Remove ``handles`` and put back the forwards ``_replace_forward`` shadowed, last first."""
+    for h in handles:
+        h.remove()
+    for module, previous in reversed(replaced):
+        if previous is _NO_FORWARD:
+            del module.forward
+        else:
+            module.forward = previous
 
 
 def _repeat_output(output: Any, k: int) -> Any:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from circuits.models.adapter import Model
-from circuits.patching.engine import frozen_parameters, _first_tensor, _repeat_output, _replace_forward, _restore_forward, _with_first
+from circuits.patching.engine import frozen_parameters, _first_tensor, _repeat_output, _replace_forward, _undo, _with_first
 from circuits.patching.graph import HeadGraph
 from circuits.patching.metrics import kl_to_clean
 from circuits.tasks.task import Task
@@ -159,10 +159,7 @@ class _NodePass:
                     lambda m, a, out, l=l: self.mlp_post(l, out)))
             yield
         finally:
-            for h in handles:
-                h.remove()
-            for module, previous in reversed(replaced):
-                _restore_forward(module, previous)
+            _undo(handles, replaced)
 
 
 def _detached(out: Any) -> Any:

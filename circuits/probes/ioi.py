@@ -36,7 +36,7 @@ from torch import Tensor
 
 from circuits.models.adapter import Model
 from circuits.probes.attention import attention_patterns, attention_score, repeated_token_scores, without_sink
-from circuits.probes.ov import residual_copying
+from circuits.probes.ov import residual_at, residual_copying
 from circuits.tasks.task import Task
 
 Head = tuple[int, int]
@@ -73,18 +73,21 @@ def ioi_attention_scores(model: Model, task: Task, *, exclude_sink: bool = False
 
 
 def ioi_copying_scores(model: Model, task: Task, *, k: int = 5, sign: float = 1.0, read: str = "io",
-                       target: str = "io") -> Tensor:
+                       target: str = "io", resid: Tensor | None = None) -> Tensor:
     """OV check ``[n_layers, n_heads]``: feed each head the residual stream at position ``read``
     (``"io"``, ``"s1"``, ``"s2"`` or ``"end"``: what it reads when it attends there) and count the prompts
     whose ``target`` name (``"io"`` or ``"s"``) is in the top ``k`` of its direct logits; ``sign=-1``
-    for suppression. The default is Wang et al.'s name-mover check."""
+    for suppression. The default is Wang et al.'s name-mover check. ``resid``: the residual stream
+    at ``read`` (``residual_at``, ``[n_layers, n, d_model]``) when the caller already has it."""
     info = _check(task)
     positions = {"io": info["io_pos"], "s1": info["s1_pos"], "s2": info["s2_pos"], "end": info["end_pos"]}
     targets = {"io": task.answers[:, 0], "s": task.wrong[:, 0]}
     if read not in positions or target not in targets:
         raise ValueError(f"read is one of {sorted(positions)} and target one of {sorted(targets)}; "
                          f"got {read!r}, {target!r}")
-    return residual_copying(model, task.clean, positions[read], targets[target], k=k, sign=sign)
+    if resid is None:
+        resid = residual_at(model, task.clean, positions[read])
+    return residual_copying(model, resid, targets[target], k=k, sign=sign)
 
 
 # A head passes a role when its probe clears the threshold: shares of the non-sink attention for
@@ -98,14 +101,17 @@ def ioi_probe_scores(model: Model, task: Task) -> dict[str, Tensor]:
     scores = {f"att_{k}": v for k, v in ioi_attention_scores(model, task, exclude_sink=True).items()}
     scores.update({f"raw_{k}": v for k, v in ioi_attention_scores(model, task).items()})
     scores.update({f"rep_{k}": v for k, v in repeated_token_scores(model, exclude_sink=True).items()})
-    scores["copies_io"] = ioi_copying_scores(model, task)
-    scores["suppresses_io"] = ioi_copying_scores(model, task, sign=-1)
+    info = task.info
+    resid = {read: residual_at(model, task.clean, info[f"{read}_pos"]) for read in ("io", "s1", "s2", "end")}
+
+    def ov(read: str, target: str, sign: float) -> Tensor:
+        return ioi_copying_scores(model, task, sign=sign, read=read, target=target, resid=resid[read])
+
+    scores["copies_io"], scores["suppresses_io"] = ov("io", "io", 1.0), ov("io", "io", -1.0)
     # S is read at S1 or S2; a head passes with either.
-    for name, sign in (("copies_s", 1.0), ("suppresses_s", -1.0)):
-        scores[name] = torch.maximum(ioi_copying_scores(model, task, sign=sign, read="s1", target="s"),
-                                     ioi_copying_scores(model, task, sign=sign, read="s2", target="s"))
-    scores["amplifies_io"] = ioi_copying_scores(model, task, read="end")
-    scores["damps_io"] = ioi_copying_scores(model, task, sign=-1, read="end")
+    scores["copies_s"] = torch.maximum(ov("s1", "s", 1.0), ov("s2", "s", 1.0))
+    scores["suppresses_s"] = torch.maximum(ov("s1", "s", -1.0), ov("s2", "s", -1.0))
+    scores["amplifies_io"], scores["damps_io"] = ov("end", "io", 1.0), ov("end", "io", -1.0)
     return scores
 
 

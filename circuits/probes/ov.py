@@ -67,11 +67,9 @@ def residual_at(model: Model, ids: Tensor, positions: Tensor) -> Tensor:
     return torch.stack(seen)
 
 
-def residual_copying(model: Model, ids: Tensor, positions: Tensor, targets: Tensor, *, k: int = 5,
-                     sign: float = 1.0) -> Tensor:
-    """Copying score ``[n_layers, n_heads]`` on the residual stream: feed each head of layer l what
-    enters layer l at ``positions`` (``[n]``, one per prompt of ``ids`` ``[n, n_pos]``) and count the
-    prompts whose ``targets`` (``[n]``) token is in the top ``k`` of ``sign`` times its direct logits."""
-    resid = residual_at(model, ids, positions)
+def residual_copying(model: Model, resid: Tensor, targets: Tensor, *, k: int = 5, sign: float = 1.0) -> Tensor:
+    """Copying score ``[n_layers, n_heads]`` on the residual stream: feed each head of layer l
+    ``resid[l]`` (``[n_layers, n, d_model]``, e.g. from ``residual_at``) and count the rows whose
+    ``targets`` (``[n]``) token is in the top ``k`` of ``sign`` times its direct logits."""
     return torch.stack([ov_copying(model, layer, resid[layer], targets, k=k, sign=sign)
                         for layer in range(model.n_layers)])
