@@ -150,9 +150,6 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
     w = graph.logit_weights
     always = np.zeros(n, dtype=bool)
     always[graph.span("token")] = always[graph.span("logit")] = True
-    is_feature = graph.nodes["kind"] == "feature"
-    needs_out = np.isin(graph.nodes["kind"], ("feature", "error"))
-
     levels = graph.nodes["layer"]
     infl = influence(graph.adjacency, w, levels)
     node_mask = (infl >= find_threshold(infl, node_threshold)) | always
@@ -163,22 +160,31 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
     edge_mask = sp.csr_matrix((kept, scores.indices, scores.indptr), shape=scores.shape)
     edge_mask.eliminate_zeros()
 
-    # Drop features and errors that feed nothing kept, and features fed by nothing kept, until stable
-    # (each round can strand more; it settles within n_layers + 1 rounds).
-    while True:
-        has_out = np.asarray(edge_mask.sum(axis=0)).ravel() > 0
-        has_in = np.asarray(edge_mask.sum(axis=1)).ravel() > 0
-        new_mask = node_mask & ~(needs_out & ~has_out) & ~(is_feature & ~has_in)
-        if np.array_equal(new_mask, node_mask):
-            break
-        node_mask = new_mask
-        edge_mask = restrict(edge_mask, node_mask)
+    node_mask, edge_mask = drop_stranded(graph, node_mask, edge_mask)
 
     order = np.argsort(-infl, kind="stable")
     cumulative = np.empty(n)
     total = infl.sum()
     cumulative[order] = np.cumsum(infl[order]) / (total if total > 0 else 1.0)
     return PruneResult(node_mask, edge_mask, cumulative, subgraph(graph, node_mask, edge_mask))
+
+
+def drop_stranded(graph: AttributionGraph, node_mask: np.ndarray, edge_mask: sp.csr_matrix
+                  ) -> tuple[np.ndarray, sp.csr_matrix]:
+    """Drop features and errors that feed nothing kept, and features fed by nothing kept, until
+    stable (each round can strand more; it settles within n_layers + 1 rounds).
+
+    ``node_mask`` ``[n_nodes]`` bool, ``edge_mask`` ``[n_nodes(target), n_nodes(source)]``; returns both, pruned."""
+    kind = graph.nodes["kind"]
+    is_feature, needs_out = kind == "feature", np.isin(kind, ("feature", "error"))
+    while True:
+        has_out = np.asarray(edge_mask.sum(axis=0)).ravel() > 0
+        has_in = np.asarray(edge_mask.sum(axis=1)).ravel() > 0
+        new_mask = node_mask & ~(needs_out & ~has_out) & ~(is_feature & ~has_in)
+        if np.array_equal(new_mask, node_mask):
+            return node_mask, edge_mask
+        node_mask = new_mask
+        edge_mask = restrict(edge_mask, node_mask)
 
 
 def restrict(matrix: sp.spmatrix, node_mask: np.ndarray) -> sp.csr_matrix:

@@ -35,7 +35,7 @@ from circuits.models.adapter import Model
 from circuits.patching.features import CleanState, EditBuilder, Edits, PatchRun, feature_pre_acts, patch_forward
 from graphs.effects import set_effect_flags, set_measured_effect
 from graphs.graph import AttributionGraph
-from graphs.metrics import restrict, row_abs_sums, subgraph
+from graphs.metrics import drop_stranded, row_abs_sums, subgraph
 
 log = logging.getLogger("circuits.attribution")
 VERIFY_KEY = "verification"
@@ -140,17 +140,8 @@ def _drop(graph: AttributionGraph, rows: np.ndarray, cols: np.ndarray, keep: np.
     n = graph.n_nodes
     edges = sp.csr_matrix((keep[keep], (rows[keep], cols[keep])), shape=(n, n), dtype=bool)
     node_mask = np.ones(n, dtype=bool)
-    kind = graph.nodes["kind"]
-    is_feature, needs_out = kind == "feature", np.isin(kind, ("feature", "error"))
     if not keep.all():
-        while True:  # each round can strand more nodes; it settles within n_layers + 1 rounds
-            has_out = np.asarray(edges.sum(axis=0)).ravel() > 0
-            has_in = np.asarray(edges.sum(axis=1)).ravel() > 0
-            new = node_mask & ~(needs_out & ~has_out) & ~(is_feature & ~has_in)
-            if np.array_equal(new, node_mask):
-                break
-            node_mask = new
-            edges = restrict(edges, node_mask)
+        node_mask, edges = drop_stranded(graph, node_mask, edges)
     out = subgraph(graph, node_mask, edges)
     if keep.all():
         out.metadata.pop("pruned_from", None)  # nothing was pruned here; keep what the input said
