@@ -20,6 +20,6 @@ from circuits.discovery import Circuit, discover
 __all__ += ["Circuit", "discover"]
 
 # Feature interventions in the replacement model.
-from circuits.intervene import InterventionResult, intervene
+from circuits.intervention import InterventionResult, intervene
 
 __all__ += ["InterventionResult", "intervene"]

@@ -15,7 +15,7 @@ from _threads import one_thread  # noqa: F401
 from test_attribution_exact import _model, _transcoder
 
 from circuits import intervene, trace
-from circuits.intervene import InterventionError
+from circuits.intervention import InterventionError
 
 
 def _setup(family: str, kind: str = "clt", seed: int = 2, init_scale: float | None = None):
