@@ -205,3 +205,45 @@ def test_swept_node_acdc_keeps_only_nodes_that_matter_in_the_result():
     assert swept.kept.sum() < one.kept.sum()
     with pytest.raises(ValueError, match="max_sweeps"):
         acdc_nodes(p, tau, max_sweeps=0, progress=False)
+
+
+def _metric_with_heads_zeroed(model, task, heads: list[tuple[int, int]]) -> float:
+    """Direct intervention, no patching engine: zero the heads' rows of GPT-2's output projection."""
+    import copy
+
+    hf = copy.deepcopy(model.hf)
+    d_head = hf.config.n_embd // hf.config.n_head
+    with torch.no_grad():
+        for layer, head in heads:
+            hf.transformer.h[layer].attn.c_proj.weight[head * d_head:(head + 1) * d_head] = 0.0
+        logits = hf(task.clean, use_cache=False).logits[:, task.positions]
+    return float(task.metric_fn(logits, task.answers, task.wrong))
+
+
+def test_completeness_compares_the_circuit_and_the_model_without_each_subset():
+    # The planted model's other heads and MLPs are zero, so the whole planted circuit is complete:
+    # removing any subset does the same to the circuit as to the model. A circuit that leaves out
+    # the backup induction head a1.h2 is not: without a1.h0 the model still has a1.h2, the circuit not.
+    model = planted_induction_model(second_head=0.5)
+    task = induction.dataset(model.tokenizer, n=8, seq_len=6, bos=None, vocab=torch.arange(1, V), seed=0)
+    p = NodePatcher(model, task, ablation="zero")
+    full = acdc_nodes(p, include_mlps=False, progress=False)
+    assert full.heads == [(0, 0), (1, 0), (1, 2)]
+    rows = full.completeness() + full.completeness([["a0.h0", "a1.h2"], ["a1.h0", "a1.h2"]], variants_per_pass=1)
+    assert [r["removed"] for r in rows[:5]] == [["a0.h0"], ["m0"], ["a1.h0"], ["a1.h2"], ["m1"]]  # MLPs always run
+    for r in rows:
+        assert r["gap"] == pytest.approx(0.0, abs=1e-9)
+        assert r["effect_circuit"] == pytest.approx(r["effect_model"], abs=1e-9)
+    assert rows[2]["effect_circuit"] == pytest.approx(float(full.effects[p.graph.head_src(1, 0)]), abs=1e-9)
+
+    partial = acdc_nodes(p, tau=0.5 * abs(float(full.effects[p.graph.head_src(1, 0)])), include_mlps=False,
+                         progress=False)
+    assert partial.heads == [(0, 0), (1, 0)]
+    (row,) = partial.completeness([["a1.h0"]])
+    assert row["circuit"] == pytest.approx(_metric_with_heads_zeroed(model, task, [(1, 0), (1, 2)]), abs=1e-9)
+    assert row["model"] == pytest.approx(_metric_with_heads_zeroed(model, task, [(1, 0)]), abs=1e-9)
+    assert row["gap"] > 0.1 * abs(p.m_full - p.m_empty)  # the backup head carries the task in the model
+    with pytest.raises(ValueError, match="not in the circuit"):
+        partial.completeness([["a1.h2"]])
+    with pytest.raises(ValueError, match="is empty"):
+        partial.completeness([[]])

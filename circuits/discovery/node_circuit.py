@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,52 @@ class NodeCircuit:
                  "score": float("nan") if self.scores is None else float(self.scores[i])}
                 for i in self.kept.nonzero().flatten().tolist() if i > 0]
         return sorted(rows, key=lambda r: -abs(r["effect"]) if not math.isnan(r["effect"]) else 0.0)
+
+    def completeness(self, subsets: Sequence[Sequence[str]] | None = None, *, variants_per_pass: int = 8
+                     ) -> list[dict[str, Any]]:
+        """Wang et al.'s (2022) completeness: for each set K of the circuit's nodes, the metric with
+        K removed from the circuit, F(C ∖ K), against K removed from the whole model, F(M ∖ K).
+
+        A complete circuit has the model's backups and compensations in it, so the two agree for
+        every K; a large ``gap`` names a K whose job something outside the circuit also does, or
+        a node that matters only because the rest of the model is ablated. ``subsets``: lists of
+        node names (``table()``'s ``node``), default each kept node alone. One row per subset:
+        ``removed``, ``circuit`` and ``model`` (the two metric values), ``effect_circuit`` =
+        F(C ∖ K) − F(C), ``effect_model`` = F(M ∖ K) − F(M), ``gap`` = |F(C ∖ K) − F(M ∖ K)|.
+        ``variants_per_pass``: node sets per batched forward (memory grows with it). Layers below
+        a subset's first node replay recorded runs of C and of M, so late nodes cost little.
+        """
+        g, names = self.graph, self.graph.src_names
+        kept = set(self.nodes)
+        if subsets is None:
+            subsets = [[n] for n in self.nodes]
+        rows: list[list[int]] = []
+        for subset in subsets:
+            outside = [n for n in subset if n not in kept]
+            if not subset or outside:
+                raise ValueError(f"completeness removes sets of the circuit's own nodes; {list(subset)} "
+                                 f"{'is empty' if not subset else f'has {outside}, not in the circuit'}. "
+                                 f"Pick from circuit.nodes: {self.nodes}")
+            rows.append([names.index(n) for n in subset])
+        p = self.patcher
+        circuit_removed = ~self.kept
+        model_removed = torch.zeros_like(self.kept)
+        m_circuit, base_circuit = p.base_run(circuit_removed)
+        m_model, base_model = p.base_run(model_removed)
+        values = torch.zeros(len(rows), 2, dtype=torch.float64)  # [subset, (C ∖ K, M ∖ K)]
+        start = [min(g.src_layer(i) for i in idx) for idx in rows]
+        for layer in sorted(set(start)):
+            at = [i for i, s in enumerate(start) if s == layer]
+            for chunk in (at[c:c + variants_per_pass] for c in range(0, len(at), variants_per_pass)):
+                for col, (removed, base) in enumerate(((circuit_removed, base_circuit), (model_removed, base_model))):
+                    trial = removed.repeat(len(chunk), 1)
+                    for row, i in enumerate(chunk):
+                        trial[row, rows[i]] = True
+                    values[chunk, col] = p.evaluate(trial, base=base, start_layer=layer)
+        return [{"removed": list(subset), "circuit": float(c), "model": float(m),
+                 "effect_circuit": float(c) - m_circuit, "effect_model": float(m) - m_model,
+                 "gap": abs(float(c) - float(m))}
+                for subset, (c, m) in zip(subsets, values.tolist())]
 
     def as_edge_circuit(self) -> Circuit:
         """The same circuit as a ``Circuit`` of ``HeadGraph`` edges: every edge between kept nodes
