@@ -139,7 +139,7 @@ def main() -> None:
 
 
 def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
-    """Node level: mean ablation over the ABC prompts, MLPs always run, search in bf16 autocast
+    """Node level: mean ablation over the ABC prompts of each template, MLPs always run, search in bf16 autocast
     (faithfulness re-measured in float32)."""
     rows = []
     clock = Clock()

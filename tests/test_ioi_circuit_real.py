@@ -1,7 +1,7 @@
 """Tier 3 regression: the head-level IOI circuit of the default model (SmolLM2-135M-Instruct).
 
 Discovered the way Wang et al. define the circuit — the kept heads run, every other head is
-mean-ablated over the ABC prompts, MLPs always run — by node-level ACDC over the 100 heads
+mean-ablated over the ABC prompts of its prompt's template, MLPs always run — by node-level ACDC over the 100 heads
 of largest EAP score (tau = 2% of m(M) − m(∅), swept until stable; search in bf16,
 faithfulness re-measured in float32), on 64 prompt pairs. It must:
 
@@ -14,7 +14,7 @@ faithfulness re-measured in float32), on 64 prompt pairs. It must:
 - stay within tolerance of the stored golden circuit (tests/golden/smollm2_ioi_heads.json;
   ``CIRCUITS_UPDATE_GOLDEN=1`` rewrites it after an intended change).
 
-Not every head passes a probe: the circuit keeps a few small heads (|effect| ≤ 0.4 logits
+Not every head passes a probe: the circuit keeps a few small heads (|effect| ≤ 0.35 logits
 of the 4.69 logit difference) that no role probe recognises. The test prints every head's
 roles next to its effect in the circuit and in the whole model (Wang et al.'s completeness,
 one head at a time): a head whose effect differs between the two, or flips sign, does its

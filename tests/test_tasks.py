@@ -114,6 +114,18 @@ def test_ioi_metric_and_subset(task):
     assert float(logit_diff(logits[:, -1:], task.answers, task.wrong)) == pytest.approx(3.0)
     sub = task.subset([0, 5])
     assert sub.n == 2 and sub.clean_prompts == [task.clean_prompts[0], task.clean_prompts[5]]
+    # Per-prompt facts follow the subset (the probes read the name positions); word lists stay whole.
+    assert sub.info["io_pos"].tolist() == [int(task.info["io_pos"][0]), int(task.info["io_pos"][5])]
+    assert sub.info["templates"] == [task.info["templates"][0], task.info["templates"][5]]
+    assert sub.info["names"] == task.info["names"] and sub.groups.tolist() == task.groups[[0, 5]].tolist()
+
+
+def test_ioi_groups_are_the_templates(task):
+    # Mean ablation averages within a group, so a group must be exactly one template.
+    templates = task.info["templates"]
+    for i in range(task.n):
+        for j in range(task.n):
+            assert (task.groups[i] == task.groups[j]) == (templates[i] == templates[j])
     with pytest.raises(ValueError, match="equal token length"):
         Task("x", task.clean, task.corrupted[:, :-1], task.answers, task.wrong, task.positions, logit_diff)
 

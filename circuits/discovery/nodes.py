@@ -49,6 +49,7 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap", "
         circuit.faithfulness = (circuit.metric_circuit - exact.m_empty) / (exact.m_full - exact.m_empty)
         circuit.patcher = exact
     circuit.info.update(task=task.name, model=model.name, ablation=patcher.ablation, metric=patcher.metric_name,
+                        mean_within_groups=patcher.ablation == "mean" and patcher.groups is not None,
                         n_prompts=task.n, autocast=autocast, seconds_setup_and_scores=t_scores,
                         seconds_total=time.perf_counter() - t0)
     return circuit

@@ -30,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 from circuits.models.adapter import Model
 from circuits.patching.engine import frozen_parameters, _first_tensor, _repeat_output, _replace_forward, _undo, _with_first
 from circuits.patching.graph import HeadGraph
+from circuits.patching.means import group_counts, group_sums, rows_of
 from circuits.patching.metrics import kl_to_clean
 from circuits.tasks.task import Task
 
@@ -50,8 +51,19 @@ class NodeValues:
     embed: list[Tensor] = field(default_factory=list)
     """``[B, T, D]`` (one entry): the residual stream entering layer 0, the ``input`` node."""
 
-    def mean(self) -> NodeValues:
-        return NodeValues(*([t.mean(0, keepdim=True) for t in ts] for ts in (self.z, self.mlp, self.embed)))
+    def _map(self, fn: Any) -> NodeValues:
+        return NodeValues(*([fn(t) for t in ts] for ts in (self.z, self.mlp, self.embed)))
+
+    def mean(self, groups: Tensor | None = None) -> NodeValues:
+        """The per-position mean over prompts: ``[1, ...]``, or ``[n_groups, ...]`` within each
+        group of ``groups`` ``[B]`` (see ``circuits.patching.means``)."""
+        n_groups = 1 if groups is None else int(groups.max()) + 1
+        counts = group_counts(groups, n_groups, self.z[0].shape[0])
+        return self._map(lambda t: group_sums(t, groups, n_groups) / counts.to(t).view(-1, *[1] * (t.ndim - 1)))
+
+    def rows(self, groups: Tensor | None, rows: slice) -> NodeValues:
+        """Of group means (``mean(groups)``), the one each prompt of ``rows`` is ablated to."""
+        return self._map(lambda t: rows_of(t, groups, rows))
 
     def zeros(self) -> NodeValues:
         return NodeValues(*([torch.zeros_like(t[:1]) for t in ts] for ts in (self.z, self.mlp, self.embed)))
@@ -224,7 +236,8 @@ class NodePatcher:
 
     Args:
         ablation: ``"mean"`` (per-position mean over ``reference``, default the task's corrupted
-            prompts: Wang et al.'s ABC mean), ``"resample"`` (each prompt's corrupted partner), ``"zero"``.
+            prompts: Wang et al.'s ABC mean, taken within each template when the task has
+            ``groups``), ``"resample"`` (each prompt's corrupted partner), ``"zero"``.
         metric: ``"task"`` or ``"kl"`` (to the clean output).
         batch_size: prompts per forward pass.
         autocast: run the passes in bf16 autocast (about 2.5x faster on this CPU, less exact).
@@ -243,12 +256,14 @@ class NodePatcher:
         self.autocast = autocast
         self.batch_size = max(1, min(batch_size, task.n))
         mean = None
+        # A reference set of the caller's has no template labels: one mean over all of it.
+        self.groups = task.groups if reference is None else None
         if ablation == "mean":
             ref = reference if reference is not None else task.corrupted
             if ref.shape[1] != task.n_pos:
                 raise ValueError(f"reference prompts are {ref.shape[1]} tokens long, the task's {task.n_pos}: mean "
                                  "ablation is per position, so pass a reference set of the task's length")
-            mean = self._record(ref).mean()
+            mean = self._record(ref).mean(self.groups)
         self.chunks: list[_Chunk] = []
         for start in range(0, task.n, self.batch_size):
             rows = slice(start, min(start + self.batch_size, task.n))
@@ -258,7 +273,7 @@ class NodePatcher:
             if ablation == "resample":
                 abl = self._record(task.corrupted[rows])
             elif ablation == "mean":
-                abl = mean  # type: ignore[assignment]
+                abl = mean.rows(self.groups, rows)  # type: ignore[union-attr]
             else:
                 abl = rec.zeros()  # type: ignore[union-attr]
             self.chunks.append(_Chunk(ids, rows, abl, logits[0]))

@@ -25,6 +25,7 @@ from circuits.patching.engine import (
     patched_forward,
 )
 from circuits.patching.graph import HeadGraph
+from circuits.patching.means import group_counts, group_sums, rows_of
 from circuits.patching.metrics import answer_prob, faithfulness, kl_to_clean
 from circuits.tasks.task import Task
 
@@ -46,7 +47,8 @@ class Patcher:
     Args:
         ablation: what a removed edge carries instead of its source's output: ``"resample"`` (the
             paired corrupted prompt's output), ``"mean"`` (the per-position mean over ``reference``,
-            default the task's corrupted prompts, i.e. Wang et al.'s ABC distribution), ``"zero"``.
+            default the task's corrupted prompts, i.e. Wang et al.'s ABC distribution, within each
+            template when the task has ``groups``), ``"zero"``.
         metric: ``"task"`` (the task's metric), ``"kl"`` (KL divergence from the clean output,
             0 for the full model) or ``"prob"`` (probability of the first answer token).
         split_qkv: separate q, k and v inputs per head (ACDC, MIB) or one input per head.
@@ -70,6 +72,8 @@ class Patcher:
         per_set = self.graph.n_src * task.n_pos * model.d_model * torch.finfo(model.dtype).bits // 8
         self.max_rows = max(1, int(memory_gb * 2**30 // per_set))  # prompt-variants per pass
         self.batch_size = min(self.batch_size, self.max_rows)
+        # A reference set of the caller's has no template labels: one mean over all of it.
+        self.groups = task.groups if reference is None else None
         mean = self._mean_outputs(reference if reference is not None else task.corrupted) if ablation == "mean" else None
         self.chunks: list[_Chunk] = []
         for start in range(0, task.n, self.batch_size):
@@ -80,7 +84,7 @@ class Patcher:
             if ablation == "resample":
                 abl = self.outputs(task.corrupted[rows])
             elif ablation == "mean":
-                abl = mean
+                abl = rows_of(mean, self.groups, rows, dim=1)  # type: ignore[arg-type]
             else:
                 abl = _zeros(self.graph, model)
             self.chunks.append(_Chunk(ids, rows, abl, clean))
@@ -99,11 +103,16 @@ class Patcher:
         if ids.shape[1] != self.task.n_pos:
             raise ValueError(f"reference prompts are {ids.shape[1]} tokens long, the task's {self.task.n_pos}: mean "
                              "ablation is per position, so pass a reference set of the task's length")
+        """``[n_src, n_groups (1 without groups), T, d_model]``: the sources' mean outputs."""
+        groups = self.groups
+        n_groups = 1 if groups is None else int(groups.max()) + 1
+        counts = group_counts(groups, n_groups, ids.shape[0])
         total = None
         for start in range(0, ids.shape[0], self.batch_size):
-            out = self.outputs(ids[start:start + self.batch_size]).sum(1, keepdim=True)
+            part = None if groups is None else groups[start:start + self.batch_size]
+            out = group_sums(self.outputs(ids[start:start + self.batch_size]), part, n_groups, dim=1)
             total = out if total is None else total + out
-        return total / ids.shape[0]
+        return total / counts.to(total).view(1, -1, 1, 1)
 
     # --- metrics --------------------------------------------------------------------------
 

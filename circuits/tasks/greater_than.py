@@ -121,7 +121,7 @@ def dataset(tokenizer: PreTrainedTokenizerBase, n: int = 64, seed: int = 0, *, m
         name="greater_than", clean=torch.tensor(ids), corrupted=torch.tensor(ids_c), answers=_pad(ans),
         wrong=_pad(wrong), positions=torch.tensor([length - 1]), metric_fn=prob_diff,
         clean_prompts=clean, corrupted_prompts=corrupt,
-        info={"mode": mode, "xx": torch.tensor(xx_list), "nouns": nouns_ok, "seed": seed,
+        info={"mode": mode, "xx": torch.tensor(xx_list), "nouns": tuple(nouns_ok), "seed": seed,
               "metric": ("sum p(YY > XX) - sum p(YY <= XX) over two-digit tokens" if mode == "pairs" else
                          "first digit only: sum p(d > tens(XX)) - sum p(d < tens(XX)) over digit tokens")},
     )

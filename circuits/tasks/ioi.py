@@ -143,10 +143,11 @@ def dataset(tokenizer: PreTrainedTokenizerBase, n: int = 64, seed: int = 0, *,
         name="ioi", clean=clean_ids, corrupted=corrupt_ids, answers=io, wrong=s,
         positions=torch.tensor([length - 1]), metric_fn=logit_diff,
         clean_prompts=clean_p, corrupted_prompts=corrupt_p,
+        groups=torch.tensor([group.index(r[0]) for r in rows]),  # the template: names sit at its positions
         info={"metric": "logit difference logit(IO) - logit(S) at END, mean over prompts",
               "templates": [templates[r[0]] for r in rows], "pattern": [r[1] for r in rows],
               "io_pos": pos(4), "s1_pos": pos(5), "s2_pos": pos(6), "end_pos": torch.full((n,), length - 1),
-              "names": names_ok, "places": places_ok, "objects": objects_ok, "seed": seed},
+              "names": tuple(names_ok), "places": tuple(places_ok), "objects": tuple(objects_ok), "seed": seed},
     )
 
 

@@ -39,7 +39,13 @@ class Task:
     clean_prompts: list[str] = field(default_factory=list)
     corrupted_prompts: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-    """Plain facts: templates, word lists, token positions of names, what the metric means."""
+    """Plain facts: templates, word lists, token positions of names, what the metric means.
+    Tensors and lists with one item per prompt are per-prompt facts and follow ``subset``; word
+    lists are tuples."""
+    groups: Tensor | None = None
+    """``[n]`` ints from 0: prompts that share a template (token layout), or None for one layout.
+    Mean ablation averages within a group (``circuits.patching.means``); a prompt and its
+    corrupted partner share a group."""
 
     def __post_init__(self) -> None:
         if self.clean.shape != self.corrupted.shape or self.clean.ndim != 2:
@@ -49,6 +55,10 @@ class Task:
             raise ValueError("a task needs at least one position for its metric")
         if self.answers.shape[0] != self.n or self.wrong.shape[0] != self.n:
             raise ValueError("answers and wrong need one row per prompt")
+        if self.groups is not None and (self.groups.shape != (self.n,) or self.groups.dtype != torch.long
+                                        or int(self.groups.min()) < 0):
+            raise ValueError(f"groups must be [n] = [{self.n}] non-negative int64 ids, one per prompt; got "
+                             f"{tuple(self.groups.shape)} {self.groups.dtype}")
 
     @property
     def n(self) -> int:
@@ -67,12 +77,21 @@ class Task:
         return self.score(logits[:, self.positions.to(logits.device)])
 
     def subset(self, idx: Tensor | slice | list[int]) -> Task:
-        """The task restricted to some prompts."""
+        """The task restricted to some prompts (per-prompt ``info`` entries and groups too)."""
         idx = idx if isinstance(idx, Tensor) else torch.arange(self.n)[idx]
         pick = idx.tolist()
+
+        def per_prompt(v: Any) -> Any:
+            if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == self.n:
+                return v[idx]
+            if isinstance(v, list) and len(v) == self.n:
+                return [v[i] for i in pick]
+            return v
+
         return Task(self.name, self.clean[idx], self.corrupted[idx], self.answers[idx], self.wrong[idx],
                     self.positions, self.metric_fn, [self.clean_prompts[i] for i in pick],
-                    [self.corrupted_prompts[i] for i in pick], self.info)
+                    [self.corrupted_prompts[i] for i in pick], {k: per_prompt(v) for k, v in self.info.items()},
+                    None if self.groups is None else self.groups[idx])
 
 
 def at_least_float32(x: Tensor) -> Tensor:
