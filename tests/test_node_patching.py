@@ -247,3 +247,20 @@ def test_completeness_compares_the_circuit_and_the_model_without_each_subset():
         partial.completeness([["a1.h2"]])
     with pytest.raises(ValueError, match="is empty"):
         partial.completeness([[]])
+
+
+def test_autocast_discovery_remeasures_under_the_callers_ablation():
+    # A caller's patcher with its own reference set: the float32 faithfulness after a bf16 search
+    # must use that reference too, not the task's corrupted prompts.
+    from circuits.discovery import discover_nodes
+
+    model = _model("llama")
+    task = _task(model, n=8, seq_len=5)
+    reference = induction.dataset(model.tokenizer, n=8, seq_len=5, bos=None, seed=7).clean
+    search = NodePatcher(model, task, ablation="mean", reference=reference, autocast=True)
+    circuit = discover_nodes(model, task, patcher=search, autocast=True, progress=False)
+    exact = NodePatcher(model, task, ablation="mean", reference=reference)
+    default = NodePatcher(model, task, ablation="mean")
+    assert abs(exact.m_empty - default.m_empty) > 1e-3  # the two references ablate differently
+    assert circuit.patcher.m_empty == pytest.approx(exact.m_empty, abs=1e-12)
+    assert circuit.faithfulness == pytest.approx(exact.faithfulness(circuit.kept), abs=1e-12)

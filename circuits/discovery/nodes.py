@@ -42,8 +42,9 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap", "
     else:
         raise ValueError(f"unknown method {method!r}: use 'acdc' or 'eap'")
     if autocast:
+        # The same ablation as the search (a caller's patcher may carry its own reference set).
         exact = NodePatcher(model, task, ablation=patcher.ablation, metric=patcher.metric_name,
-                            batch_size=batch_size)
+                            reference=patcher.reference, batch_size=patcher.batch_size)
         circuit.info["faithfulness_bf16"] = circuit.faithfulness
         circuit.metric_circuit = float(exact.evaluate(~circuit.kept)[0])
         circuit.faithfulness = (circuit.metric_circuit - exact.m_empty) / (exact.m_full - exact.m_empty)

@@ -256,6 +256,7 @@ class NodePatcher:
         self.autocast = autocast
         self.batch_size = max(1, min(batch_size, task.n))
         mean = None
+        self.reference = reference  # kept so a second patcher (e.g. float32 after a bf16 search) ablates alike
         # A reference set of the caller's has no template labels: one mean over all of it.
         self.groups = task.groups if reference is None else None
         if ablation == "mean":
