@@ -100,10 +100,10 @@ class Patcher:
                                weights=self.weights).outputs
 
     def _mean_outputs(self, ids: Tensor) -> Tensor:
+        """``[n_src, n_groups (1 without groups), T, d_model]``: the sources' mean outputs on ``ids``."""
         if ids.shape[1] != self.task.n_pos:
             raise ValueError(f"reference prompts are {ids.shape[1]} tokens long, the task's {self.task.n_pos}: mean "
                              "ablation is per position, so pass a reference set of the task's length")
-        """``[n_src, n_groups (1 without groups), T, d_model]``: the sources' mean outputs."""
         groups = self.groups
         n_groups = 1 if groups is None else int(groups.max()) + 1
         counts = group_counts(groups, n_groups, ids.shape[0])

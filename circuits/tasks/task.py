@@ -56,7 +56,7 @@ class Task:
         if self.answers.shape[0] != self.n or self.wrong.shape[0] != self.n:
             raise ValueError("answers and wrong need one row per prompt")
         if self.groups is not None and (self.groups.shape != (self.n,) or self.groups.dtype != torch.long
-                                        or int(self.groups.min()) < 0):
+                                        or (self.n > 0 and int(self.groups.min()) < 0)):
             raise ValueError(f"groups must be [n] = [{self.n}] non-negative int64 ids, one per prompt; got "
                              f"{tuple(self.groups.shape)} {self.groups.dtype}")
 
