@@ -67,3 +67,18 @@ def test_pattern_roles_pass_on_ioi_prompts_or_on_repeats():
 def test_role_base_rate():
     rate = role_base_rate({(0, 0): ["induction"], (0, 1): [], (1, 0): ["induction", "name mover"], (1, 1): []})
     assert rate == {"induction": 0.5, "name mover": 0.25, "any": 0.5}
+
+
+def test_copying_and_suppression_from_one_pass_match_the_single_sign_probes():
+    from circuits import tiny_model
+    from circuits.probes.ov import residual_copying, residual_copying_both
+
+    model = tiny_model("llama", dtype=torch.float64, n_layers=2, n_heads=4, n_kv_heads=2, init_scale=3.0)
+    gen = torch.Generator().manual_seed(0)
+    resid = torch.randn(model.n_layers, 16, model.d_model, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, model.dims.d_vocab, (16,), generator=gen)
+    copy, suppress = residual_copying_both(model, resid, targets, k=5)
+    assert 0 < float(copy.mean()) < 1 and 0 < float(suppress.mean()) < 1  # hits and misses both
+    assert torch.equal(copy, residual_copying(model, resid, targets, k=5, sign=1.0))
+    assert torch.equal(suppress, residual_copying(model, resid, targets, k=5, sign=-1.0))
+    assert copy.shape == suppress.shape == (model.n_layers, model.n_heads)

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from circuits.models.adapter import Model
 from circuits.probes.attention import attention_patterns, attention_score, repeated_token_scores, without_sink
-from circuits.probes.ov import residual_at, residual_copying
+from circuits.probes.ov import residual_at, residual_copying, residual_copying_both
 from circuits.tasks.task import Task
 
 Head = tuple[int, int]
@@ -104,14 +104,12 @@ def ioi_probe_scores(model: Model, task: Task) -> dict[str, Tensor]:
     info = task.info
     resid = {read: residual_at(model, task.clean, info[f"{read}_pos"]) for read in ("io", "s1", "s2", "end")}
 
-    def ov(read: str, target: str, sign: float) -> Tensor:
-        return ioi_copying_scores(model, task, sign=sign, read=read, target=target, resid=resid[read])
-
-    scores["copies_io"], scores["suppresses_io"] = ov("io", "io", 1.0), ov("io", "io", -1.0)
+    io, s = task.answers[:, 0], task.wrong[:, 0]
+    scores["copies_io"], scores["suppresses_io"] = residual_copying_both(model, resid["io"], io)
     # S is read at S1 or S2; a head passes with either.
-    scores["copies_s"] = torch.maximum(ov("s1", "s", 1.0), ov("s2", "s", 1.0))
-    scores["suppresses_s"] = torch.maximum(ov("s1", "s", -1.0), ov("s2", "s", -1.0))
-    scores["amplifies_io"], scores["damps_io"] = ov("end", "io", 1.0), ov("end", "io", -1.0)
+    (copy_s1, supp_s1), (copy_s2, supp_s2) = (residual_copying_both(model, resid[r], s) for r in ("s1", "s2"))
+    scores["copies_s"], scores["suppresses_s"] = torch.maximum(copy_s1, copy_s2), torch.maximum(supp_s1, supp_s2)
+    scores["amplifies_io"], scores["damps_io"] = residual_copying_both(model, resid["end"], io)
     return scores
 
 

@@ -18,6 +18,24 @@ from circuits.patching.weights import output_weight, qkv_projections
 
 
 @torch.no_grad()
+def ov_logits(model: Model, layer: int, resid: Tensor) -> Tensor:
+    """Direct logits ``[n, n_heads, d_vocab]`` of each head of ``layer`` fed ``resid`` ``[n, d_model]``
+    (through its own pre-norm, its OV circuit, the final norm and the unembedding)."""
+    x = model.norm("ln_attn", layer)(resid.to(model.device, model.dtype))  # [n, d]
+    x = x[None, :, None, :].expand(-1, -1, model.n_heads, -1)  # [1, n, H, d]
+    _, _, v_proj = qkv_projections(model, layer)
+    v = v_proj(x).reshape(1, resid.shape[0], model.n_heads, -1)  # [1, n, H, dh]
+    o = torch.einsum("bnhe,hed->bnhd", v, output_weight(model, layer))  # [1, n, H, d]
+    return (model.norm("ln_final")(o) @ model.W_U.T)[0]
+
+
+def top_k_hits(logits: Tensor, targets: Tensor, *, k: int, sign: float) -> Tensor:
+    """Per head ``[n_heads]``: the fraction of rows whose ``targets`` ``[n]`` token ranks in the top
+    ``k`` of ``sign * logits`` (``[n, n_heads, d_vocab]``)."""
+    hit = ((logits * sign).topk(k, dim=-1).indices == targets.to(logits.device).view(-1, 1, 1)).any(-1)
+    return hit.float().mean(0).cpu()
+
+
 def ov_copying(model: Model, layer: int, resid: Tensor, targets: Tensor, *, k: int = 5, sign: float = 1.0) -> Tensor:
     """For each head of ``layer``: the fraction of rows whose ``targets`` token ranks in the top ``k``
     of the unembedding of ``sign * OV_h(norm(resid))``.
@@ -25,14 +43,7 @@ def ov_copying(model: Model, layer: int, resid: Tensor, targets: Tensor, *, k: i
     ``resid``: ``[n, d_model]`` residual vectors the head would read (through its own pre-norm);
     ``targets``: ``[n]`` token ids. Returns ``[n_heads]``.
     """
-    x = model.norm("ln_attn", layer)(resid.to(model.device, model.dtype))  # [n, d]
-    x = x[None, :, None, :].expand(-1, -1, model.n_heads, -1)  # [1, n, H, d]
-    _, _, v_proj = qkv_projections(model, layer)
-    v = v_proj(x).reshape(1, resid.shape[0], model.n_heads, -1)  # [1, n, H, dh]
-    o = torch.einsum("bnhe,hed->bnhd", v, output_weight(model, layer)) * sign  # [1, n, H, d]
-    logits = model.norm("ln_final")(o) @ model.W_U.T  # [1, n, H, vocab]
-    hit = (logits.topk(k, dim=-1).indices == targets.to(logits.device).view(1, -1, 1, 1)).any(-1)
-    return hit[0].float().mean(0).cpu()
+    return top_k_hits(ov_logits(model, layer, resid), targets, k=k, sign=sign)
 
 
 @torch.no_grad()
@@ -73,3 +84,14 @@ def residual_copying(model: Model, resid: Tensor, targets: Tensor, *, k: int = 5
     ``targets`` (``[n]``) token is in the top ``k`` of ``sign`` times its direct logits."""
     return torch.stack([ov_copying(model, layer, resid[layer], targets, k=k, sign=sign)
                         for layer in range(model.n_layers)])
+
+
+def residual_copying_both(model: Model, resid: Tensor, targets: Tensor, *, k: int = 5) -> tuple[Tensor, Tensor]:
+    """``residual_copying`` with ``sign`` +1 and −1 (copying, suppression), ``[n_layers, n_heads]``
+    each, from one pass of the unembedding: the logits are the cost, the two rankings are cheap."""
+    copy, suppress = [], []
+    for layer in range(model.n_layers):
+        logits = ov_logits(model, layer, resid[layer])
+        copy.append(top_k_hits(logits, targets, k=k, sign=1.0))
+        suppress.append(top_k_hits(logits, targets, k=k, sign=-1.0))
+    return torch.stack(copy), torch.stack(suppress)
