@@ -69,12 +69,18 @@ def test_role_base_rate():
     assert rate == {"induction": 0.5, "name mover": 0.25, "any": 0.5}
 
 
-def test_copying_and_suppression_from_one_pass_match_the_single_sign_probes():
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_copying_and_suppression_from_one_pass_match_the_single_sign_probes(family):
     from circuits import tiny_model
     from circuits.probes.ov import residual_copying, residual_copying_both
 
-    model = tiny_model("llama", dtype=torch.float64, n_layers=2, n_heads=4, n_kv_heads=2, init_scale=3.0)
+    model = tiny_model(family, dtype=torch.float64, n_layers=2, n_heads=4, n_kv_heads=2 if family != "gpt2" else None,
+                       init_scale=3.0)
     gen = torch.Generator().manual_seed(0)
+    final = model.norm("ln_final")
+    if getattr(final, "bias", None) is not None:  # GPT-2's LayerNorm: a bias that does not flip with the sign
+        with torch.no_grad():
+            final.bias.copy_(torch.randn(final.bias.shape, generator=gen, dtype=torch.float64))
     resid = torch.randn(model.n_layers, 16, model.d_model, generator=gen, dtype=torch.float64)
     targets = torch.randint(0, model.dims.d_vocab, (16,), generator=gen)
     copy, suppress = residual_copying_both(model, resid, targets, k=5)

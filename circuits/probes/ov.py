@@ -18,32 +18,33 @@ from circuits.patching.weights import output_weight, qkv_projections
 
 
 @torch.no_grad()
-def ov_logits(model: Model, layer: int, resid: Tensor) -> Tensor:
-    """Direct logits ``[n, n_heads, d_vocab]`` of each head of ``layer`` fed ``resid`` ``[n, d_model]``
-    (through its own pre-norm, its OV circuit, the final norm and the unembedding)."""
+def head_outputs(model: Model, layer: int, resid: Tensor) -> Tensor:
+    """What each head of ``layer`` writes when it reads ``resid`` ``[n, d_model]`` with all its
+    attention (through its own pre-norm and its OV circuit): ``[n, n_heads, d_model]``."""
     x = model.norm("ln_attn", layer)(resid.to(model.device, model.dtype))  # [n, d]
     x = x[None, :, None, :].expand(-1, -1, model.n_heads, -1)  # [1, n, H, d]
     _, _, v_proj = qkv_projections(model, layer)
     v = v_proj(x).reshape(1, resid.shape[0], model.n_heads, -1)  # [1, n, H, dh]
-    o = torch.einsum("bnhe,hed->bnhd", v, output_weight(model, layer))  # [1, n, H, d]
-    return (model.norm("ln_final")(o) @ model.W_U.T)[0]
+    return torch.einsum("bnhe,hed->bnhd", v, output_weight(model, layer))[0]
 
 
-def top_k_hits(logits: Tensor, targets: Tensor, *, k: int, sign: float) -> Tensor:
+def top_k_hits(logits: Tensor, targets: Tensor, *, k: int) -> Tensor:
     """Per head ``[n_heads]``: the fraction of rows whose ``targets`` ``[n]`` token ranks in the top
-    ``k`` of ``sign * logits`` (``[n, n_heads, d_vocab]``)."""
-    hit = ((logits * sign).topk(k, dim=-1).indices == targets.to(logits.device).view(-1, 1, 1)).any(-1)
+    ``k`` of ``logits`` ``[n, n_heads, d_vocab]``."""
+    hit = (logits.topk(k, dim=-1).indices == targets.to(logits.device).view(-1, 1, 1)).any(-1)
     return hit.float().mean(0).cpu()
 
 
+@torch.no_grad()
 def ov_copying(model: Model, layer: int, resid: Tensor, targets: Tensor, *, k: int = 5, sign: float = 1.0) -> Tensor:
     """For each head of ``layer``: the fraction of rows whose ``targets`` token ranks in the top ``k``
-    of the unembedding of ``sign * OV_h(norm(resid))``.
+    of the unembedding of ``final_norm(sign * OV_h(norm(resid)))``.
 
     ``resid``: ``[n, d_model]`` residual vectors the head would read (through its own pre-norm);
     ``targets``: ``[n]`` token ids. Returns ``[n_heads]``.
     """
-    return top_k_hits(ov_logits(model, layer, resid), targets, k=k, sign=sign)
+    logits = model.norm("ln_final")(sign * head_outputs(model, layer, resid)) @ model.W_U.T  # [n, H, vocab]
+    return top_k_hits(logits, targets, k=k)
 
 
 @torch.no_grad()
@@ -88,10 +89,18 @@ def residual_copying(model: Model, resid: Tensor, targets: Tensor, *, k: int = 5
 
 def residual_copying_both(model: Model, resid: Tensor, targets: Tensor, *, k: int = 5) -> tuple[Tensor, Tensor]:
     """``residual_copying`` with ``sign`` +1 and −1 (copying, suppression), ``[n_layers, n_heads]``
-    each, from one pass of the unembedding: the logits are the cost, the two rankings are cheap."""
+    each, from one pass of the unembedding: the logits are the cost, the two rankings are cheap.
+
+    The final norm is odd but for its bias (LayerNorm; RMSNorm has none): norm(−o) = −(norm(o) − b) + b,
+    so the suppression logits are the copying ones with the bias-free part negated."""
+    final, W_U = model.norm("ln_final"), model.W_U
+    bias = getattr(final, "bias", None)
+    even = torch.zeros(W_U.shape[0], dtype=W_U.dtype, device=W_U.device) if bias is None else bias @ W_U.T  # [vocab]
     copy, suppress = [], []
-    for layer in range(model.n_layers):
-        logits = ov_logits(model, layer, resid[layer])
-        copy.append(top_k_hits(logits, targets, k=k, sign=1.0))
-        suppress.append(top_k_hits(logits, targets, k=k, sign=-1.0))
+    with torch.no_grad():
+        for layer in range(model.n_layers):
+            normed = final(head_outputs(model, layer, resid[layer]))  # [n, H, d]
+            odd = (normed if bias is None else normed - bias) @ W_U.T  # [n, H, vocab]
+            copy.append(top_k_hits(odd + even, targets, k=k))
+            suppress.append(top_k_hits(even - odd, targets, k=k))
     return torch.stack(copy), torch.stack(suppress)
