@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from circuits.discovery.circuit import Circuit, nan_matrix
 from circuits.discovery.prune import prune_dead, top_edges
+from circuits.patching.metrics import faithfulness
 from circuits.patching.patcher import Patcher
 
 
@@ -109,7 +110,7 @@ def acdc(patcher: Patcher, tau: float | None = None, *, scores: Tensor | None = 
 
     kept = prune_dead(g, g.valid & ~removed)
     m = current  # the metric of the final state; dropping dead edges changes nothing (prune_dead)
-    f = (m - patcher.m_empty) / (patcher.m_full - patcher.m_empty)
+    f = faithfulness(m, patcher.m_full, patcher.m_empty)
     s = nan_matrix(g)
     if scores is not None:
         s[g.valid] = scores[g.valid].float()
@@ -117,6 +118,6 @@ def acdc(patcher: Patcher, tau: float | None = None, *, scores: Tensor | None = 
     return Circuit(g, kept, s, effects, f, m, patcher.m_full, patcher.m_empty, "acdc",
                    info={"tau": tau, "candidates": -1 if candidates is None else candidates, "order": order,
                          # f of the start state (only the candidates kept): ACDC can only remove from there.
-                         "faithfulness_candidates": (start - patcher.m_empty) / (patcher.m_full - patcher.m_empty),
+                         "faithfulness_candidates": faithfulness(start, patcher.m_full, patcher.m_empty),
                          "edges_tested": n_tested, "evaluations": n_evaluations, "batch": batch,
                          "seconds": time.perf_counter() - t0})

@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from circuits.discovery.node_circuit import NodeCircuit
+from circuits.patching.metrics import faithfulness
 from circuits.patching.nodes import NodePatcher, droppable_nodes, strongest_nodes
 
 
@@ -78,11 +79,11 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
 
     kept = ~removed
     kept[0] = True
-    f = (current - patcher.m_empty) / (patcher.m_full - patcher.m_empty)
+    f = faithfulness(current, patcher.m_full, patcher.m_empty)
     return NodeCircuit(patcher, kept, effects, scores, f, current, "acdc",
                        info={"tau": tau, "candidates": -1 if candidates is None else candidates,
                              "include_mlps": include_mlps, "screen_layers": screen_layers,
-                             "faithfulness_candidates": (start - patcher.m_empty) / (patcher.m_full - patcher.m_empty),
+                             "faithfulness_candidates": faithfulness(start, patcher.m_full, patcher.m_empty),
                              "nodes_tested": int(testable.sum()), "passes": n_passes, "sweeps": sweeps,
                              "seconds": time.perf_counter() - t0})
 

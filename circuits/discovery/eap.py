@@ -9,6 +9,7 @@ import torch
 
 from circuits.discovery.circuit import Circuit, nan_matrix
 from circuits.discovery.prune import prune_dead, top_edges
+from circuits.patching.metrics import faithfulness
 from circuits.patching.patcher import Patcher
 
 
@@ -32,7 +33,7 @@ def attribution_circuit(patcher: Patcher, method: Literal["eap", "eap-ig"] = "ea
         kept = g.valid & (scores.abs() >= tau)
     kept = prune_dead(g, kept)
     m = float(patcher.evaluate(g.valid & ~kept)[0])
-    f = (m - patcher.m_empty) / (patcher.m_full - patcher.m_empty)
+    f = faithfulness(m, patcher.m_full, patcher.m_empty)
     s = nan_matrix(g)
     s[g.valid] = scores[g.valid]
     return Circuit(g, kept, s, nan_matrix(g), f, m, patcher.m_full, patcher.m_empty, method,

@@ -37,6 +37,7 @@ from circuits.discovery.feature_graph import LOGITS_NAME, FeatureCircuit, Featur
 from circuits.discovery.feature_patch import FeaturePatcher
 from circuits.discovery.feature_scores import LOGITS, edge_scores, node_scores
 from circuits.models.adapter import Model
+from circuits.patching.metrics import faithfulness
 from circuits.tasks.task import Task
 
 
@@ -156,7 +157,7 @@ def _acdc(p: FeaturePatcher, scores: Tensor, tau: float, candidates: int, batch:
                 effects[node] = effect
                 break
     bar.close()
-    fc = (start - p.m_empty) / (p.m_full - p.m_empty)
+    fc = faithfulness(start, p.m_full, p.m_empty)
     return kept, effects, current, {"candidates": candidates, "faithfulness_candidates": fc, "resumed": resume,
                                     "nodes_tested": len(todo), "evaluations": n_evaluations, "batch": batch,
                                     "seconds_acdc": time.perf_counter() - t0}
@@ -192,6 +193,6 @@ def _build(p: FeaturePatcher, kept: Tensor, scores: Tensor, effects: Tensor,
     kept_edges = [FeatureEdge(nodes[u].name, LOGITS_NAME if d == LOGITS else nodes[d].name, w, e)
                   for (u, d), (w, e) in edges.items()]
     kept_edges.sort(key=lambda e: -abs(e.weight))
-    f = (m_c - p.m_empty) / (p.m_full - p.m_empty)
+    f = faithfulness(m_c, p.m_full, p.m_empty)
     return FeatureCircuit(list(nodes.values()), kept_edges, f, m_c, p.m_full, p.m_empty, method,
                           p.model.n_layers, scores=scores, index=p.index)

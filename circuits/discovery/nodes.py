@@ -10,6 +10,7 @@ import torch
 from circuits.discovery.acdc_nodes import acdc_nodes
 from circuits.discovery.node_circuit import NodeCircuit
 from circuits.models.adapter import Model
+from circuits.patching.metrics import faithfulness
 from circuits.patching.nodes import NodeAblation, NodePatcher, droppable_nodes, strongest_nodes
 from circuits.tasks.task import Task
 
@@ -47,7 +48,7 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap", "
                             reference=patcher.reference, batch_size=patcher.batch_size)
         circuit.info["faithfulness_bf16"] = circuit.faithfulness
         circuit.metric_circuit = float(exact.evaluate(~circuit.kept)[0])
-        circuit.faithfulness = (circuit.metric_circuit - exact.m_empty) / (exact.m_full - exact.m_empty)
+        circuit.faithfulness = faithfulness(circuit.metric_circuit, exact.m_full, exact.m_empty)
         circuit.patcher = exact
     circuit.info.update(task=task.name, model=model.name, ablation=patcher.ablation, metric=patcher.metric_name,
                         mean_within_groups=patcher.ablation == "mean" and patcher.groups is not None,
@@ -69,6 +70,6 @@ def eap_nodes(patcher: NodePatcher, scores: torch.Tensor, *, tau: float | None, 
     if not include_mlps:
         kept |= is_mlp
     m = float(patcher.evaluate(~kept)[0])
-    f = (m - patcher.m_empty) / (patcher.m_full - patcher.m_empty)
+    f = faithfulness(m, patcher.m_full, patcher.m_empty)
     return NodeCircuit(patcher, kept, torch.full((g.n_src,), float("nan"), dtype=torch.float64), scores, f, m, "eap",
                        info={"tau": tau, "top_n": top_n, "include_mlps": include_mlps})

@@ -31,7 +31,7 @@ from circuits.models.adapter import Model
 from circuits.patching.engine import frozen_parameters, _first_tensor, _repeat_output, _replace_forward, _undo, _with_first
 from circuits.patching.graph import HeadGraph
 from circuits.patching.means import group_counts, group_sums, rows_of
-from circuits.patching.metrics import kl_to_clean
+from circuits.patching.metrics import faithfulness, kl_to_clean
 from circuits.tasks.task import Task
 
 NodeAblation = Literal["zero", "mean", "resample"]
@@ -66,7 +66,7 @@ class NodeValues:
         return self._map(lambda t: rows_of(t, groups, rows))
 
     def zeros(self) -> NodeValues:
-        return NodeValues(*([torch.zeros_like(t[:1]) for t in ts] for ts in (self.z, self.mlp, self.embed)))
+        return self._map(lambda t: torch.zeros_like(t[:1]))
 
 
 @dataclass
@@ -376,4 +376,4 @@ class NodePatcher:
     def faithfulness(self, kept: Tensor) -> float:
         """f = (m(C) − m(∅)) / (m(M) − m(∅)) of the circuit whose nodes are ``kept`` (``[n_src]`` bool)."""
         m = float(self.evaluate(~kept)[0])
-        return (m - self.m_empty) / (self.m_full - self.m_empty)
+        return faithfulness(m, self.m_full, self.m_empty)

@@ -56,8 +56,11 @@ def ioi_attention_scores(model: Model, task: Task, *, exclude_sink: bool = False
     not on position 0."""
     info = _check(task)
     pat = attention_patterns(model, task.clean)
-    if exclude_sink:
-        pat = without_sink(pat)
+    return _pattern_scores(without_sink(pat) if exclude_sink else pat, info)
+
+
+def _pattern_scores(pat: Tensor, info: dict) -> dict[str, Tensor]:
+    """``ioi_attention_scores`` from patterns ``[L, B, H, T, T]`` already taken."""
     end, io, s1, s2 = info["end_pos"], info["io_pos"], info["s1_pos"], info["s2_pos"]
     names = torch.stack([io, s1, s2], 1)  # [B, 3]
     return {
@@ -98,10 +101,11 @@ IOI_ROLE_THRESHOLDS: dict[str, float] = {"attention": 0.3, "pattern": 0.3, "ov":
 
 def ioi_probe_scores(model: Model, task: Task) -> dict[str, Tensor]:
     """Every score the roles read, ``[n_layers, n_heads]`` each (see ``ioi_head_roles``)."""
-    scores = {f"att_{k}": v for k, v in ioi_attention_scores(model, task, exclude_sink=True).items()}
-    scores.update({f"raw_{k}": v for k, v in ioi_attention_scores(model, task).items()})
+    info = _check(task)
+    pat = attention_patterns(model, task.clean)  # one forward for the sink-free and the raw shares
+    scores = {f"att_{k}": v for k, v in _pattern_scores(without_sink(pat), info).items()}
+    scores.update({f"raw_{k}": v for k, v in _pattern_scores(pat, info).items()})
     scores.update({f"rep_{k}": v for k, v in repeated_token_scores(model, exclude_sink=True).items()})
-    info = task.info
     resid = {read: residual_at(model, task.clean, info[f"{read}_pos"]) for read in ("io", "s1", "s2", "end")}
 
     io, s = task.answers[:, 0], task.wrong[:, 0]
