@@ -13,6 +13,7 @@ inputs and outputs are ``[..., n_layers, d_model]``, activations ``[..., n_layer
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, NamedTuple
 
@@ -155,6 +156,22 @@ class Transcoder(nn.Module):
         (n_targets is 1 for a PLT, ``n_layers - source_layer`` for a CLT)."""
         raise NotImplementedError
 
+    def sources(self, layer: int) -> range:
+        """The layers whose features write to ``layer``: itself for a PLT, ``0 … layer`` for a CLT."""
+        raise NotImplementedError
+
+    def decoder_at(self, source_layer: int, layer: int) -> Tensor:
+        """``[d_features, d_model]``: what the features read at ``source_layer`` write to ``layer``, in
+        model units; ``decoder_vectors(source_layer)[:, layer - source_layer]`` without the rest."""
+        raise NotImplementedError
+
+    def add_decoded(self, out: Tensor, acts: Mapping[int, Tensor] | Sequence[Tensor], layer: int) -> Tensor:
+        """``out`` plus the features' write to ``layer`` (no bias, no skip) from per-layer activations
+        ``acts[s]`` ``[..., d_features]`` for every ``s`` in ``sources(layer)``. ``[..., d_model]``."""
+        for s in self.sources(layer):
+            out = out + acts[s] @ self.decoder_at(s, layer)
+        return out
+
     def decode_layer(self, acts: Tensor, layer: int) -> Tensor:
         """The MLP output at one ``layer`` (no skip) from ``acts [..., n_sources, d_features]``,
         the activations of layers ``0 … n_sources-1`` with ``n_sources > layer`` (a PLT reads only
@@ -217,6 +234,15 @@ class PerLayerTranscoder(Transcoder):
     def decoder_vectors(self, source_layer: int) -> Tensor:
         return (self.W_dec[source_layer] / self.output_scale[source_layer])[:, None, :]
 
+    def sources(self, layer: int) -> range:
+        return range(layer, layer + 1)
+
+    def decoder_at(self, source_layer: int, layer: int) -> Tensor:
+        if source_layer != layer:
+            raise ValueError(f"a per-layer transcoder's layer-{source_layer} features write only to layer "
+                             f"{source_layer}, not {layer}")
+        return self.W_dec[layer] / self.output_scale[layer]
+
     def _fold_decoder(self, s_out: Tensor) -> None:
         self.W_dec.div_(s_out[:, None, None])
 
@@ -254,6 +280,15 @@ class CrossLayerTranscoder(Transcoder):
 
     def decoder_vectors(self, source_layer: int) -> Tensor:
         return self.W_dec[source_layer] / self.output_scale[source_layer:, None]
+
+    def sources(self, layer: int) -> range:
+        return range(layer + 1)
+
+    def decoder_at(self, source_layer: int, layer: int) -> Tensor:
+        if not 0 <= layer - source_layer < self.W_dec[source_layer].shape[1]:
+            raise ValueError(f"layer-{source_layer} features write to layers {source_layer}…{self.cfg.n_layers - 1}, "
+                             f"not {layer}")
+        return self.W_dec[source_layer][:, layer - source_layer] / self.output_scale[layer]
 
     def _fold_decoder(self, s_out: Tensor) -> None:
         for s, w in enumerate(self.W_dec):

@@ -130,12 +130,7 @@ def run_replacement(model: Model, frozen: FrozenForward, transcoder: nn.Module, 
 
         def mlp_write(_: Tensor, layer: int = layer) -> Tensor:
             x = seen_in[layer]
-            out = tc.b_dec[layer] / tc.output_scale[layer] + err[:, layer]
-            for source in range(layer + 1):
-                vecs = tc.decoder_vectors(source)                       # [F, n_targets, D]
-                t = layer - source
-                if t < vecs.shape[1]:
-                    out = out + seen_acts[source] @ vecs[:, t]
+            out = tc.add_decoded(tc.b_dec[layer] / tc.output_scale[layer] + err[:, layer], seen_acts, layer)
             if getattr(tc, "W_skip", None) is not None:
                 out = out + (x * tc.input_scale[layer]) @ tc.W_skip[layer] / tc.output_scale[layer]
             return out

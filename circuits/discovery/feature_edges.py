@@ -81,10 +81,8 @@ def _own_write(p: FeaturePatcher, base: dict[str, Tensor], rows: slice, u: int, 
     kind, s, pos, f = p.index.describe(u)
     held = base[f"write{t}"]
     change = torch.zeros_like(held)
-    if kind == "feature":
-        vecs = p.tc.decoder_vectors(s)                                   # [F, n_targets, D]
-        if t - s < vecs.shape[1]:
-            delta = strength * (p.corrupted.acts[s, rows, pos, f] - base[f"acts{s}"][:, pos, f])   # [b]
-            change[:, pos] = delta[:, None] * vecs[f, t - s]
+    if kind == "feature" and s in p.tc.sources(t):
+        delta = strength * (p.corrupted.acts[s, rows, pos, f] - base[f"acts{s}"][:, pos, f])   # [b]
+        change[:, pos] = delta[:, None] * p.tc.decoder_at(s, t)[f]
     return change
 

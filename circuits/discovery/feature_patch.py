@@ -185,7 +185,7 @@ class FeaturePatcher:
         only: a CLT's later layers read earlier layers' activations, which a replay skips).
         """
         keep = keep.reshape(-1, self.index.n_nodes)
-        if start_layer > 0 and (base is None or self.tc.decoder_vectors(0).shape[1] > 1):
+        if start_layer > 0 and (base is None or len(self.tc.sources(self.model.n_layers - 1)) > 1):
             raise ValueError("start_layer > 0 needs base= from base_run and per-layer transcoders (a CLT cannot "
                              "replay layers); pass start_layer=0")
         out = torch.zeros(keep.shape[0], dtype=torch.float64)
@@ -221,7 +221,7 @@ class FeaturePatcher:
         """The part of an error that depends on its own MLP input: MLP(x) minus this layer's
         features and skip (earlier CLT features are nodes of their own). ``x``, ``mlp_out``: ``[b, D]``."""
         tc = self.tc
-        return mlp_out - tc.encode(x, layer).acts @ tc.decoder_vectors(layer)[:, 0] - tc.skip_layer(x, layer)
+        return mlp_out - tc.encode(x, layer).acts @ tc.decoder_at(layer, layer) - tc.skip_layer(x, layer)
 
     def all_kept(self) -> Tensor:
         return torch.ones(self.index.n_nodes, dtype=torch.bool)
@@ -418,18 +418,11 @@ class FeaturePatcher:
             else:
                 err_fix.append((k, pos, add))
         diff[layer] = d.reshape(live[layer].shape)
-        delta = torch.zeros_like(out)
-        for s in range(layer + 1):
-            vecs = tc.decoder_vectors(s)                                 # [F, n_targets, D]
-            if layer - s < vecs.shape[1]:
-                delta = delta + diff[s] @ vecs[:, layer - s]
+        # Only the decoder rows that reach this layer: this sits in every hooked layer of every pass.
+        delta = tc.add_decoded(torch.zeros_like(out), diff, layer)
         m_err = move_err[:, layer]                                       # [K, 1, P, 1]
         if bool(m_err.any()):
-            recon = tc.b_dec[layer] / tc.output_scale[layer] + tc.skip_layer(x, layer)
-            for s in range(layer + 1):
-                vecs = tc.decoder_vectors(s)
-                if layer - s < vecs.shape[1]:
-                    recon = recon + live[s] @ vecs[:, layer - s]
+            recon = tc.add_decoded(tc.b_dec[layer] / tc.output_scale[layer] + tc.skip_layer(x, layer), live, layer)
             e_live = (out - recon).reshape(*shape, -1)
             e_corr = self.corrupted.errors[layer, rows]
             delta = delta + (m_err * (e_corr[None] - e_live)).reshape(out.shape)

@@ -301,7 +301,6 @@ def patch_forward(clean: CleanState, edits: Edits | None = None, *, freeze_atten
     seen_in: dict[int, Tensor] = {}
     used: dict[int, Tensor] = {}
     natural: dict[int, Tensor] = {}
-    decoders = {s: tc.decoder_vectors(s) for s in range(L)}                  # [F, n_targets, D]
     final: list[Tensor] = []
     handles = []
     if freeze_attention:
@@ -317,12 +316,7 @@ def patch_forward(clean: CleanState, edits: Edits | None = None, *, freeze_atten
 
     def write(layer: int, acts: dict[int, Tensor], x: Tensor) -> Tensor:
         """The transcoders' write at ``layer`` ``[B, T, D]`` from the activations of layers ``<= layer``."""
-        out = tc.b_dec[layer] / tc.output_scale[layer] + tc.skip_layer(x, layer)
-        for source in range(layer + 1):
-            t = layer - source
-            if t < decoders[source].shape[1]:
-                out = out + acts[source] @ decoders[source][:, t]
-        return out
+        return tc.add_decoded(tc.b_dec[layer] / tc.output_scale[layer] + tc.skip_layer(x, layer), acts, layer)
 
     for layer in range(L):
         def keep_in(x: Tensor, layer: int = layer) -> None:
