@@ -42,7 +42,7 @@ from circuits.attribution.hooks import hooked, read_hook, write_hook
 from circuits.attribution.replacement import as_compute
 from circuits.models.adapter import Model
 from circuits.models.arch import Location
-from circuits.patching.engine import _repeat_output, _replace_forward, _undo
+from circuits.patching.engine import _detached, _repeat_output, _replace_forward, _undo
 from circuits.tasks.task import Task
 
 _IN = Location("", "input", 0)
@@ -106,8 +106,6 @@ class Run(NamedTuple):
 
     embed: Tensor
     """``[n, P, D]`` the residual stream entering layer 0."""
-    mlp_in: Tensor
-    """``[L, n, P, D]`` each transcoder's input."""
     acts: Tensor
     """``[L, n, P, F]`` feature activations."""
     errors: Tensor
@@ -262,9 +260,9 @@ class FeaturePatcher:
 
     @torch.no_grad()
     def _record(self, ids: Tensor) -> Run:
-        """One unpatched pass over ``ids [n, P]``: embeddings, MLP inputs, activations, errors, metric."""
+        """One unpatched pass over ``ids [n, P]``: embeddings, activations, errors, metric."""
         L = self.model.n_layers
-        parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        parts: list[tuple[Tensor, Tensor, Tensor]] = []
         metric = 0.0
         for c, rows in enumerate(self.chunks):
             seen: dict[str, Tensor] = {}
@@ -273,9 +271,9 @@ class FeaturePatcher:
             x = torch.stack([seen[f"in{l}"] for l in range(L)], dim=2)      # [b, P, L, D]
             out = self.tc(x)
             write = torch.stack([seen[f"out{l}"] for l in range(L)], dim=2)
-            parts.append((seen["embed"], x, out.acts, write - out.recon))
-        embed, x, acts, err = (torch.cat(t) for t in zip(*parts))
-        return Run(embed, x.permute(2, 0, 1, 3), acts.permute(2, 0, 1, 3), err.permute(2, 0, 1, 3), metric)
+            parts.append((seen["embed"], out.acts, write - out.recon))
+        embed, acts, err = (torch.cat(t) for t in zip(*parts))
+        return Run(embed, acts.permute(2, 0, 1, 3), err.permute(2, 0, 1, 3), metric)
 
     def _forward(self, chunk: int, keep: Tensor | None, *, strength: float = 1.0, alpha: float | None = None,
                  leaves: list[Tensor] | None = None, ids: Tensor | None = None,
@@ -430,8 +428,3 @@ class FeaturePatcher:
             delta[k * b:(k + 1) * b, pos] += add.to(delta.dtype)
         return delta
 
-
-def _detached(out: Any) -> Any:
-    if isinstance(out, Tensor):
-        return out.detach()
-    return tuple(_detached(o) for o in out) if isinstance(out, tuple) else out

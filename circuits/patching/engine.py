@@ -398,6 +398,15 @@ def _repeat_output(output: Any, k: int) -> Any:
     return output
 
 
+def _detached(output: Any) -> Any:
+    """A layer output (tensor or tuple of them) cut from the autograd graph, to record and replay."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(_detached(o) for o in output)
+    return output
+
+
 @contextmanager
 def frozen_parameters(model: Model) -> Iterator[None]:
     """No parameter gradients: EAP needs activation gradients only, and weight grads double the cost."""

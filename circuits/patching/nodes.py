@@ -28,7 +28,15 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from circuits.models.adapter import Model
-from circuits.patching.engine import frozen_parameters, _first_tensor, _repeat_output, _replace_forward, _undo, _with_first
+from circuits.patching.engine import (
+    _detached,
+    _first_tensor,
+    _repeat_output,
+    _replace_forward,
+    _undo,
+    _with_first,
+    frozen_parameters,
+)
 from circuits.patching.graph import HeadGraph
 from circuits.patching.means import group_counts, group_sums, rows_of
 from circuits.patching.metrics import faithfulness, kl_to_clean
@@ -172,14 +180,6 @@ class _NodePass:
             yield
         finally:
             _undo(handles, replaced)
-
-
-def _detached(out: Any) -> Any:
-    if isinstance(out, Tensor):
-        return out.detach()
-    if isinstance(out, tuple):
-        return tuple(_detached(o) for o in out)
-    return out
 
 
 def node_forward(model: Model, graph: HeadGraph, ids: Tensor, positions: Tensor, *, removed: Tensor | None = None,
