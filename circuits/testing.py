@@ -79,54 +79,44 @@ def assert_matches_golden(circuit: Circuit | NodeCircuit, golden_path: str | Pat
         return {"updated": str(path)}
     if not path.exists():
         raise AssertionError(f"no golden circuit at {path}: run once with {UPDATE_GOLDEN_ENV}=1 to write it")
+    # A node circuit is compared by its nodes and faithfulness; an edge circuit by its edges too.
+    edges: dict[str, Any] | None = None
     if isinstance(circuit, NodeCircuit):
-        return _nodes_match_golden(circuit, path, tolerance)
-    golden = Circuit.load(path, circuit.graph)
-    nodes = _overlap(golden.components, circuit.components)
-    edges = _overlap(_edge_names(golden), _edge_names(circuit))
+        record = NodeCircuit.read(path)
+        nodes = _overlap({r["node"] for r in record["nodes"]}, set(circuit.nodes))
+        golden_f, label = record["faithfulness"], ""
+    else:
+        golden = Circuit.load(path, circuit.graph)
+        nodes = _overlap(golden.components, circuit.components)
+        golden_f, label = golden.faithfulness, f" ({golden!r})"
+        edges = _overlap(_edge_names(golden), _edge_names(circuit))
+        n_golden_edges = golden.n_edges
     union = nodes["found"] + len(nodes["missing"]) + len(nodes["extra"])
     jaccard = nodes["found"] / union if union else 1.0
-    delta = circuit.faithfulness - golden.faithfulness
+    delta = circuit.faithfulness - golden_f
     floor = 1.0 - tolerance
     failures = []
     if jaccard < floor:
         failures.append(f"heads/MLPs Jaccard {jaccard:.3f} < {floor:.3f} (short by {floor - jaccard:.3f}): "
                         f"missing {_list(nodes['missing'])}; extra {_list(nodes['extra'])}")
-    if edges["recall"] < floor:
+    if edges is not None and edges["recall"] < floor:
         failures.append(f"golden edge recall {edges['recall']:.3f} < {floor:.3f} (short by "
                         f"{floor - edges['recall']:.3f}): missing {len(edges['missing'])} of "
-                        f"{golden.n_edges} golden edges: {_list(edges['missing'])}")
+                        f"{n_golden_edges} golden edges: {_list(edges['missing'])}")
     if not abs(delta) <= tolerance:
-        failures.append(f"faithfulness {circuit.faithfulness:.4f} vs golden {golden.faithfulness:.4f}: "
+        failures.append(f"faithfulness {circuit.faithfulness:.4f} vs golden {golden_f:.4f}: "
                         f"off by {delta:+.4f}, more than the tolerance {tolerance}")
     if failures:
-        raise AssertionError(f"{circuit!r} does not match the golden circuit {path} ({golden!r}):\n  "
+        raise AssertionError(f"{circuit!r} does not match the golden circuit {path}{label}:\n  "
                              + "\n  ".join(failures)
                              + f"\n(if the change is intended, rerun with {UPDATE_GOLDEN_ENV}=1 to rewrite it)")
-    return {"jaccard": jaccard, "edge_recall": edges["recall"], "faithfulness_delta": delta,
-            "missing_nodes": nodes["missing"], "extra_nodes": nodes["extra"], "missing_edges": edges["missing"],
-            "extra_edges": edges["extra"]}
-
-
-def _nodes_match_golden(circuit: NodeCircuit, path: Path, tolerance: float) -> dict[str, Any]:
-    golden = NodeCircuit.read(path)
-    nodes = _overlap({r["node"] for r in golden["nodes"]}, set(circuit.nodes))
-    union = nodes["found"] + len(nodes["missing"]) + len(nodes["extra"])
-    jaccard = nodes["found"] / union if union else 1.0
-    delta = circuit.faithfulness - golden["faithfulness"]
-    floor = 1.0 - tolerance
-    failures = []
-    if jaccard < floor:
-        failures.append(f"heads/MLPs Jaccard {jaccard:.3f} < {floor:.3f} (short by {floor - jaccard:.3f}): "
-                        f"missing {_list(nodes['missing'])}; extra {_list(nodes['extra'])}")
-    if not abs(delta) <= tolerance:
-        failures.append(f"faithfulness {circuit.faithfulness:.4f} vs golden {golden['faithfulness']:.4f}: "
-                        f"off by {delta:+.4f}, more than the tolerance {tolerance}")
-    if failures:
-        raise AssertionError(f"{circuit!r} does not match the golden circuit {path}:\n  " + "\n  ".join(failures)
-                             + f"\n(if the change is intended, rerun with {UPDATE_GOLDEN_ENV}=1 to rewrite it)")
-    return {"jaccard": jaccard, "faithfulness_delta": delta, "missing_nodes": nodes["missing"],
-            "extra_nodes": nodes["extra"]}
+    result: dict[str, Any] = {"jaccard": jaccard}
+    if edges is not None:
+        result["edge_recall"] = edges["recall"]
+    result.update(faithfulness_delta=delta, missing_nodes=nodes["missing"], extra_nodes=nodes["extra"])
+    if edges is not None:
+        result.update(missing_edges=edges["missing"], extra_edges=edges["extra"])
+    return result
 
 
 def _sets(circuit: Circuit, expected: Expected) -> tuple[str, set[str], set[str]]:

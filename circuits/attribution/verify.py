@@ -32,7 +32,15 @@ from torch import Tensor, nn
 
 from circuits.attribution.tracing import demeaned_unembedding
 from circuits.models.adapter import Model
-from circuits.patching.features import CleanState, EditBuilder, Edits, PatchRun, feature_pre_acts, patch_forward
+from circuits.patching.features import (
+    CleanState,
+    Edits,
+    PatchRun,
+    ablation_edits,
+    ablation_values,
+    feature_pre_acts,
+    patch_forward,
+)
 from graphs.effects import set_effect_flags, set_measured_effect
 from graphs.graph import AttributionGraph
 from graphs.metrics import drop_stranded, row_abs_sums, subgraph
@@ -64,21 +72,10 @@ def verify_edges(graph: AttributionGraph, model: Model, transcoders: nn.Module, 
     base = run()[0]                                                           # [n_targets]
     measured = np.zeros(len(weights))
     ids = graph.node_ids
+    zero = ablation_values(clean)
     for lo in range(0, len(sources), batch_size):
         chunk = sources[lo:lo + batch_size]
-        b = EditBuilder(len(chunk), model.d_model)
-        for row, s in enumerate(chunk):
-            kind, layer, pos = graph.nodes["kind"][s], int(graph.nodes["layer"][s]), int(graph.nodes["position"][s])
-            if kind == "feature":
-                b.feature(row, layer, pos, int(graph.nodes["feature"][s]))
-            elif kind == "error":
-                b.error(row, layer, pos)
-            elif kind == "token":
-                b.token(row, pos)
-            else:
-                raise ValueError(f"node {ids[s]} is a {kind} but has outgoing edges; only features, errors "
-                                 "and tokens are sources")
-        values = run(b.build(model.device, model.dtype))                      # [len(chunk), n_targets]
+        values = run(ablation_edits(zero, [[ids[s]] for s in chunk]))        # [len(chunk), n_targets]
         mine = (s_of_edge >= lo) & (s_of_edge < lo + len(chunk))
         effect = base[None] - values
         measured[mine] = effect[s_of_edge[mine] - lo, t_of_edge[mine]].double().cpu().numpy()
