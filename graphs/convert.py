@@ -19,7 +19,7 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
-from graphs.effects import effect_flags, measured_effects, set_effect_flags, set_measured_effect
+from graphs.effects import FLAGS_KEY, effect_flags, measured_effects, set_effect_flags, set_measured_effect
 from graphs.graph import NODE_COLUMNS, AttributionGraph, empty_nodes
 from graphs.metrics import node_influence
 from graphs.node_labels import node_labels
@@ -89,6 +89,6 @@ def from_networkx(g: nx.DiGraph) -> AttributionGraph:
     if effects:
         set_measured_effect(graph, effects)
     flags = {(t, s): f for s, t, f in g.edges(data="effect_flag") if f is not None}
-    if flags or graph.metadata.get("effect_flags"):
+    if flags or graph.metadata.get(FLAGS_KEY):
         set_effect_flags(graph, flags)
     return graph

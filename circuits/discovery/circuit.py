@@ -144,16 +144,16 @@ class Circuit:
         doc: dict[str, Any] = {
             "format": FORMAT, "version": VERSION,
             "graph": {"n_layers": g.n_layers, "n_heads": g.n_heads, "split_qkv": g.split_qkv},
-            "method": self.method, "faithfulness": _json_float(self.faithfulness),
-            "metric_circuit": _json_float(self.metric_circuit), "metric_full": _json_float(self.metric_full),
-            "metric_empty": _json_float(self.metric_empty), "n_edges": self.n_edges,
-            "edges": [{"name": g.edge_name(s, d), "score": _json_float(float(self.scores[s, d])),
-                       "effect": _json_float(float(self.effects[s, d]))} for s, d in self.kept.nonzero().tolist()],
+            "method": self.method, "faithfulness": finite_or_none(self.faithfulness),
+            "metric_circuit": finite_or_none(self.metric_circuit), "metric_full": finite_or_none(self.metric_full),
+            "metric_empty": finite_or_none(self.metric_empty), "n_edges": self.n_edges,
+            "edges": [{"name": g.edge_name(s, d), "score": finite_or_none(float(self.scores[s, d])),
+                       "effect": finite_or_none(float(self.effects[s, d]))} for s, d in self.kept.nonzero().tolist()],
             "info": _jsonable(self.info),
         }
         if (~self.kept[g.valid] & ~valid_scores.isnan()).any():
             # Every valid edge, row-major over [n_src, n_dst] (the order of graph.valid.nonzero()).
-            doc["all_scores"] = [_json_float(v) for v in valid_scores.tolist()]
+            doc["all_scores"] = [finite_or_none(v) for v in valid_scores.tolist()]
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc, allow_nan=False, indent=1))
         return path
@@ -197,25 +197,26 @@ def _from_doc(doc: dict[str, Any], graph: HeadGraph | None) -> Circuit:
         flat = doc["all_scores"]
         if len(flat) != g.n_edges:
             raise CircuitFileError(f"all_scores has {len(flat)} values for a graph of {g.n_edges} edges")
-        scores[g.valid] = torch.tensor([_from_json(v) for v in flat], dtype=scores.dtype)
+        scores[g.valid] = torch.tensor([nan_if_none(v) for v in flat], dtype=scores.dtype)
     for e in doc["edges"]:
         s, d = g.parse_edge(e["name"])
         if not g.valid[s, d]:
             raise CircuitFileError(f"{e['name']} is not an edge of this graph (its source is not upstream)")
         kept[s, d] = True
-        scores[s, d], effects[s, d] = _from_json(e["score"]), _from_json(e["effect"])
+        scores[s, d], effects[s, d] = nan_if_none(e["score"]), nan_if_none(e["effect"])
     if int(kept.sum()) != doc["n_edges"]:
         raise CircuitFileError(f"the file lists {int(kept.sum())} distinct edges but says it has {doc['n_edges']}")
-    return Circuit(g, kept, scores, effects, _from_json(doc["faithfulness"]), _from_json(doc["metric_circuit"]),
-                   _from_json(doc["metric_full"]), _from_json(doc["metric_empty"]), str(doc["method"]),
+    return Circuit(g, kept, scores, effects, nan_if_none(doc["faithfulness"]), nan_if_none(doc["metric_circuit"]),
+                   nan_if_none(doc["metric_full"]), nan_if_none(doc["metric_empty"]), str(doc["method"]),
                    info=dict(doc.get("info", {})))
 
 
-def _json_float(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
+    """A float for JSON, which has no NaN or infinity: those become null (``nan_if_none`` reads them back)."""
     return x if math.isfinite(x) else None
 
 
-def _from_json(x: float | None) -> float:
+def nan_if_none(x: float | None) -> float:
     return float("nan") if x is None else float(x)
 
 
@@ -223,7 +224,7 @@ def _jsonable(v: Any) -> Any:
     """``v`` with everything JSON cannot hold dropped (``_DROP`` if ``v`` itself cannot be held);
     non-finite floats become None."""
     if isinstance(v, float):
-        return _json_float(v)
+        return finite_or_none(v)
     if v is None or isinstance(v, (str, int, bool)):
         return v
     if isinstance(v, dict):

@@ -20,6 +20,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
+from circuits.discovery.circuit import finite_or_none, nan_if_none
 from circuits.discovery.feature_patch import NodeIndex
 from transcoders.cache import atomic_path
 
@@ -140,17 +141,17 @@ class FeatureCircuit:
         path = Path(path)
         doc: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "method": self.method, "n_layers": self.n_layers,
-            "faithfulness": _num(self.faithfulness), "metric_circuit": _num(self.metric_circuit),
-            "metric_full": _num(self.metric_full), "metric_empty": _num(self.metric_empty),
-            "nodes": [{k: _num(v) if isinstance(v, float) else v for k, v in asdict(n).items()} for n in self.nodes],
-            "edges": [{k: _num(v) if isinstance(v, float) else v for k, v in asdict(e).items()} for e in self.edges],
-            "info": {k: _num(v) if isinstance(v, float) else v for k, v in self.info.items()
+            "faithfulness": finite_or_none(self.faithfulness), "metric_circuit": finite_or_none(self.metric_circuit),
+            "metric_full": finite_or_none(self.metric_full), "metric_empty": finite_or_none(self.metric_empty),
+            "nodes": [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in asdict(n).items()} for n in self.nodes],
+            "edges": [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in asdict(e).items()} for e in self.edges],
+            "info": {k: finite_or_none(v) if isinstance(v, float) else v for k, v in self.info.items()
                      if isinstance(v, (str, int, float, bool)) or v is None},
         }
         if self.scores is not None and self.index is not None:
             top = self.scores.abs().nan_to_num(-1.0).argsort(descending=True, stable=True)[:SAVED_SCORES]
             doc["index"] = asdict(self.index)
-            doc["scores"] = [[int(i), _num(float(self.scores[i]))] for i in top.tolist()]
+            doc["scores"] = [[int(i), finite_or_none(float(self.scores[i]))] for i in top.tolist()]
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc, allow_nan=False, indent=1))
         return path
@@ -172,19 +173,13 @@ class FeatureCircuit:
             index = NodeIndex(**doc["index"])
             scores = torch.full((index.n_nodes,), math.nan, dtype=torch.float64)
             for i, v in doc["scores"]:
-                scores[i] = _nan(v)
-        nodes = [FeatureNode(**{k: _nan(v) if k in _FLOATS else v for k, v in n.items()}) for n in doc["nodes"]]
-        edges = [FeatureEdge(**{k: _nan(v) if k in _FLOATS else v for k, v in e.items()}) for e in doc["edges"]]
-        return cls(nodes, edges, _nan(doc["faithfulness"]), _nan(doc["metric_circuit"]), _nan(doc["metric_full"]),
-                   _nan(doc["metric_empty"]), doc["method"], doc["n_layers"], scores, index, doc["info"])
+                scores[i] = nan_if_none(v)
+        nodes = [FeatureNode(**{k: nan_if_none(v) if k in _FLOATS else v for k, v in n.items()}) for n in doc["nodes"]]
+        edges = [FeatureEdge(**{k: nan_if_none(v) if k in _FLOATS else v for k, v in e.items()}) for e in doc["edges"]]
+        return cls(nodes, edges, nan_if_none(doc["faithfulness"]), nan_if_none(doc["metric_circuit"]), nan_if_none(doc["metric_full"]),
+                   nan_if_none(doc["metric_empty"]), doc["method"], doc["n_layers"], scores, index, doc["info"])
 
 
 _FLOATS = ("score", "effect", "delta", "weight")
 
 
-def _num(x: float) -> float | None:
-    return None if math.isnan(x) or math.isinf(x) else x
-
-
-def _nan(x: float | None) -> float:
-    return math.nan if x is None else float(x)
