@@ -14,6 +14,8 @@ patching will ablate nodes.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -55,17 +57,24 @@ def as_compute(transcoder: nn.Module, device: torch.device, dtype: torch.dtype) 
     return copy.deepcopy(transcoder).to(device=device, dtype=dtype)
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """BatchTopK keeps k per token only in eval mode; restore the caller's mode after."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
 @torch.no_grad()
 def replace_mlps(transcoder: nn.Module, frozen: FrozenForward, *, device: torch.device,
                  dtype: torch.dtype) -> MlpReplacement:
     """Encode the frozen MLP inputs and measure the error at every (layer, position)."""
-    was_training = transcoder.training
-    transcoder.eval()  # BatchTopK keeps k per token at inference
-    try:
-        x = frozen.mlp_in.to(device=device, dtype=dtype).transpose(0, 1)   # [P, L, D]
+    x = frozen.mlp_in.to(device=device, dtype=dtype).transpose(0, 1)   # [P, L, D]
+    with eval_mode(transcoder):
         out = transcoder(x)
-    finally:
-        transcoder.train(was_training)
     recon = out.recon.transpose(0, 1)
     errors = frozen.mlp_write.to(device=device, dtype=dtype) - recon
     return MlpReplacement(out.pre_acts, out.acts, out.acts != 0, recon, errors)

@@ -25,8 +25,7 @@ Nodes are named by the attribution graph's ids: ``F{layer}.{feature}@{pos}``, ``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -35,7 +34,7 @@ from torch import Tensor, nn
 
 from circuits.attribution.freeze import FrozenForward, freeze
 from circuits.attribution.hooks import hooked, read_hook, write_hook
-from circuits.attribution.replacement import MlpReplacement, as_compute, frozen_attention_hooks, replace_mlps
+from circuits.attribution.replacement import MlpReplacement, as_compute, eval_mode, frozen_attention_hooks, replace_mlps
 from circuits.models.adapter import Model
 from circuits.models.arch import Location
 
@@ -47,17 +46,6 @@ _NODE = re.compile(r"^(?:F(\d+)\.(\d+)@(\d+)|E(\d+)@(\d+)|T@(\d+))$")
 
 class PatchError(ValueError):
     """An edit names a node or a mode the replacement model does not have."""
-
-
-@contextmanager
-def _eval(module: nn.Module) -> Iterator[None]:
-    """BatchTopK keeps k per token only in eval mode; restore the caller's mode after."""
-    was = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was)
 
 
 @dataclass
@@ -349,7 +337,7 @@ def patch_forward(clean: CleanState, edits: Edits | None = None, *, freeze_atten
         handles.append(read_hook(model.module(frozen.input_site, layer), in_loc, keep_in))
         handles.append(write_hook(model.module(frozen.output_site, layer), out_loc, mlp_write))
 
-    with _eval(tc), hooked(handles):
+    with eval_mode(tc), hooked(handles):
         logits = model.hf(ids[None].to(dev).expand(B, -1)).logits
     mlp_in = torch.stack([seen_in[l].expand(B, -1, -1) for l in range(L)], dim=1)
     acts = torch.stack([used[l] for l in range(L)], dim=2) if keep_acts else None
