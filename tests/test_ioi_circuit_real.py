@@ -12,7 +12,9 @@ faithfulness re-measured in float32), on 64 prompt pairs. It must:
 - have heads that pass a role probe (``circuits.probes.ioi_head_roles``), carrying ≥ 90% of
   the circuit's |effect|, at a rate well above the rate among all the model's heads;
 - stay within tolerance of the stored golden circuit (tests/golden/smollm2_ioi_heads.json;
-  ``CIRCUITS_UPDATE_GOLDEN=1`` rewrites it after an intended change).
+  ``CIRCUITS_UPDATE_GOLDEN=1`` rewrites it after an intended change);
+- reach the same faithfulness and share of |effect| recognised on a fresh draw of 64 pairs
+  (seed 3), on which nothing was tuned.
 
 Not every head passes a probe: the circuit keeps a few small heads (|effect| ≤ 0.35 logits
 of the 4.69 logit difference) that no role probe recognises. The test prints every head's
@@ -28,7 +30,7 @@ from pathlib import Path
 import pytest
 from _threads import one_thread  # noqa: F401
 
-from circuits.discovery import discover_nodes
+from circuits.discovery import NodeCircuit, discover_nodes
 from circuits.patching.nodes import NodePatcher
 from circuits.probes import ioi_head_roles, role_base_rate
 from circuits.tasks import ioi
@@ -45,14 +47,33 @@ def task(default_model):
     return ioi.dataset(default_model.tokenizer, n=64, seed=0)
 
 
-@pytest.fixture(scope="module")
-def circuit(default_model, task):
-    patcher = NodePatcher(default_model, task, ablation="mean", autocast=True)
-    c = discover_nodes(default_model, task, patcher=patcher, method="acdc", candidates=100, include_mlps=False,
+def discover(model, task) -> NodeCircuit:
+    patcher = NodePatcher(model, task, ablation="mean", autocast=True)
+    c = discover_nodes(model, task, patcher=patcher, method="acdc", candidates=100, include_mlps=False,
                        autocast=True, tau=0.02 * abs(patcher.m_full - patcher.m_empty), progress=False)
     print(f"\nIOI node circuit: {len(c.heads)} heads, faithfulness {c.faithfulness:.3f} "
           f"(bf16 search {c.info['faithfulness_bf16']:.3f}), {c.info['seconds_total']:.0f} s")
     return c
+
+
+def head_effects(circuit: NodeCircuit) -> dict[tuple[int, int], float]:
+    """``{(layer, head): effect}`` of the circuit's heads, strongest first."""
+    out = {}
+    for row in circuit.table():
+        if row["node"].startswith("a"):
+            layer, head = row["node"][1:].split(".h")
+            out[(int(layer), int(head))] = row["effect"]
+    return out
+
+
+def recognised_share(effects: dict[tuple[int, int], float], all_roles) -> float:
+    """The share of the circuit's |effect| carried by heads that pass a role probe."""
+    return sum(abs(e) for h, e in effects.items() if all_roles[h]) / sum(abs(e) for e in effects.values())
+
+
+@pytest.fixture(scope="module")
+def circuit(default_model, task):
+    return discover(default_model, task)
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +101,30 @@ def test_every_wang_class_is_present(circuit, roles):
 
 
 def test_heads_pass_their_role_probes(circuit, roles, all_roles):
-    rows = [r for r in circuit.table() if r["node"].startswith("a")]
-    def key(name: str) -> tuple[int, int]:
-        layer, head = name[1:].split(".h")
-        return int(layer), int(head)
-    total = sum(abs(r["effect"]) for r in rows)
-    recognised = sum(abs(r["effect"]) for r in rows if roles[key(r["node"])])
-    rate = sum(1 for r in rows if roles[key(r["node"])]) / len(rows)
+    effects = head_effects(circuit)
+    share = recognised_share(effects, all_roles)
+    rate = sum(1 for h in effects if roles[h]) / len(effects)
     base = role_base_rate(all_roles)["any"]
-    in_model = {c["removed"][0]: c["effect_model"] for c in circuit.completeness([[r["node"]] for r in rows])}
-    table = "\n".join(f"  {r['node']:>7} {r['effect']:+.3f} {in_model[r['node']]:+.3f}  "
-                      f"{', '.join(roles[key(r['node'])]) or '—'}" for r in rows)
-    print(f"\nheads passing a role probe: {rate:.0%} of the circuit ({recognised / total:.0%} of |effect|), "
+    in_model = {c["removed"][0]: c["effect_model"] for c in circuit.completeness([[f"a{l}.h{h}"] for l, h in effects])}
+    table = "\n".join(f"  a{l}.h{h:<3} {e:+.3f} {in_model[f'a{l}.h{h}']:+.3f}  {', '.join(roles[(l, h)]) or '—'}"
+                      for (l, h), e in effects.items())
+    print(f"\nheads passing a role probe: {rate:.0%} of the circuit ({share:.0%} of |effect|), "
           f"{base:.0%} of all {len(all_roles)} heads\n     head  effect (circuit, model)  roles\n{table}")
-    assert recognised / total >= 0.9, table
+    assert share >= 0.9, table
     assert rate >= 2 * base, f"the probes pass {base:.0%} of all heads: they do not single out the circuit's"
+
+
+def test_holds_on_another_draw_of_the_dataset(default_model, all_roles):
+    # Tau, the candidates and the golden circuit were all looked at on seed 0's prompts; a fresh
+    # draw of 64 pairs checks that faithfulness and the probes' share do not hang on that draw.
+    # (benchmarks/node_stability.py: seeds 0–3 give f 0.84–0.91 and 94–97% recognised.)
+    circuit = discover(default_model, ioi.dataset(default_model.tokenizer, n=64, seed=3))
+    assert circuit.faithfulness >= 0.8
+    effects = head_effects(circuit)
+    unknown = {f"{l}.{h}": round(e, 2) for (l, h), e in effects.items() if not all_roles[(l, h)]}
+    print(f"seed 3: {len(effects)} heads, {recognised_share(effects, all_roles):.0%} of |effect| recognised; "
+          f"no probe recognises {unknown}")
+    assert recognised_share(effects, all_roles) >= 0.9, unknown
 
 
 def test_matches_the_golden_circuit(circuit):
