@@ -35,8 +35,6 @@ from circuits.patching.nodes import NodePatcher
 from circuits.probes import ioi_head_roles
 from circuits.tasks import ioi
 
-Head = tuple[int, int]
-
 
 def parse_runs(spec: str) -> list[tuple[int, int]]:
     """``"0:64,1:64"`` -> ``[(0, 64), (1, 64)]`` (dataset seed, prompt pairs)."""
@@ -55,12 +53,8 @@ def one_run(model, seed: int, n: int, tau_fraction: float) -> dict:
                              autocast=True, tau=tau_fraction * abs(patcher.m_full - patcher.m_empty), progress=False)
     seconds = time.perf_counter() - start
     roles = ioi_head_roles(model, task, circuit.heads)
-    effects = {}
-    for row in circuit.table():
-        if row["node"].startswith("a"):
-            layer, head = row["node"][1:].split(".h")
-            effects[(int(layer), int(head))] = row["effect"]
-    return {"seed": seed, "n": n, "f": circuit.faithfulness, "seconds": seconds, "effects": effects, "roles": roles}
+    return {"seed": seed, "n": n, "f": circuit.faithfulness, "seconds": seconds, "effects": circuit.head_effects(),
+            "roles": roles}
 
 
 def main() -> None:

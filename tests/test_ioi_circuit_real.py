@@ -56,16 +56,6 @@ def discover(model, task) -> NodeCircuit:
     return c
 
 
-def head_effects(circuit: NodeCircuit) -> dict[tuple[int, int], float]:
-    """``{(layer, head): effect}`` of the circuit's heads, strongest first."""
-    out = {}
-    for row in circuit.table():
-        if row["node"].startswith("a"):
-            layer, head = row["node"][1:].split(".h")
-            out[(int(layer), int(head))] = row["effect"]
-    return out
-
-
 def recognised_share(effects: dict[tuple[int, int], float], all_roles) -> float:
     """The share of the circuit's |effect| carried by heads that pass a role probe."""
     return sum(abs(e) for h, e in effects.items() if all_roles[h]) / sum(abs(e) for e in effects.values())
@@ -95,13 +85,12 @@ def test_every_wang_class_is_present(circuit, roles):
     missing = [c for c in WANG_CLASSES if c not in present]
     assert not missing, f"no head of the circuit passes the probe for: {missing}"
     # The head with the largest effect is one the probes recognise.
-    strongest = circuit.table()[0]["node"]
-    layer, head = (int(x) for x in strongest[1:].split(".h"))
-    assert roles[(layer, head)], f"{strongest}, the circuit's strongest head, passes no role probe"
+    strongest = next(iter(circuit.head_effects()))
+    assert roles[strongest], f"{strongest}, the circuit's strongest head, passes no role probe"
 
 
 def test_heads_pass_their_role_probes(circuit, roles, all_roles):
-    effects = head_effects(circuit)
+    effects = circuit.head_effects()
     share = recognised_share(effects, all_roles)
     rate = sum(1 for h in effects if roles[h]) / len(effects)
     base = role_base_rate(all_roles)["any"]
@@ -120,7 +109,7 @@ def test_holds_on_another_draw_of_the_dataset(default_model, all_roles):
     # (benchmarks/node_stability.py: seeds 0–3 give f 0.84–0.91 and 94–97% recognised.)
     circuit = discover(default_model, ioi.dataset(default_model.tokenizer, n=64, seed=3))
     assert circuit.faithfulness >= 0.8
-    effects = head_effects(circuit)
+    effects = circuit.head_effects()
     unknown = {f"{l}.{h}": round(e, 2) for (l, h), e in effects.items() if not all_roles[(l, h)]}
     print(f"seed 3: {len(effects)} heads, {recognised_share(effects, all_roles):.0%} of |effect| recognised; "
           f"no probe recognises {unknown}")

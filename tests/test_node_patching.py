@@ -105,8 +105,12 @@ def test_node_acdc_recovers_exactly_the_planted_heads(include_mlps, screen_layer
     assert circuit.heads == [(0, 0), (1, 0), (1, 2)]  # previous-token head, induction head, the weaker copy
     assert circuit.mlps == ([] if include_mlps else [0, 1])  # the planted MLPs are zero: never needed
     assert circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
-    for (l, h) in circuit.heads:
-        assert abs(circuit.effects[p.graph.head_src(l, h)]) >= circuit.info["tau"]
+    effects = circuit.head_effects()  # heads only, whether or not MLPs were tested
+    assert sorted(effects) == circuit.heads
+    assert list(effects.values()) == sorted(effects.values(), key=abs, reverse=True)
+    for (l, h), effect in effects.items():
+        assert effect == float(circuit.effects[p.graph.head_src(l, h)])
+        assert abs(effect) >= circuit.info["tau"]
     G = circuit.to_networkx()
     assert {"a0.h0", "a1.h0", "a1.h2"} <= set(G.nodes)
     assert G.has_edge("a0.h0", "a1.h0") and G.has_edge("a1.h0", "logits")

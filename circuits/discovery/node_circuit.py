@@ -69,7 +69,13 @@ class NodeCircuit:
         rows = [{"node": names[i], "layer": g.src_layer(i), "effect": float(self.effects[i]),
                  "score": float("nan") if self.scores is None else float(self.scores[i])}
                 for i in self.kept.nonzero().flatten().tolist() if i > 0]
-        return sorted(rows, key=lambda r: -abs(r["effect"]) if not math.isnan(r["effect"]) else 0.0)
+        return sorted(rows, key=lambda r: _strength(r["effect"]))
+
+    def head_effects(self) -> dict[tuple[int, int], float]:
+        """``{(layer, head): measured effect}`` of the kept heads, strongest first (MLPs left out)."""
+        g = self.graph
+        effects = {(l, h): float(self.effects[g.head_src(l, h)]) for l, h in self.heads}
+        return dict(sorted(effects.items(), key=lambda item: _strength(item[1])))
 
     def completeness(self, subsets: Sequence[Sequence[str]] | None = None, *, variants_per_pass: int = 8
                      ) -> list[dict[str, Any]]:
@@ -168,3 +174,8 @@ class NodeCircuit:
     def __repr__(self) -> str:
         return (f"NodeCircuit({self.method}, {len(self.heads)} heads, {len(self.mlps)} MLPs, "
                 f"faithfulness {self.faithfulness:.3f})")
+
+
+def _strength(effect: float) -> float:
+    """Sort key: largest |effect| first, unmeasured (NaN) effects last."""
+    return 0.0 if math.isnan(effect) else -abs(effect)
