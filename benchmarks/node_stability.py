@@ -70,7 +70,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d')}", flush=True)
     model = load_model()
     results = []
-    print("| seed | pairs | heads | faithfulness | ACDC s | \\|effect\\| recognised | heads no probe recognises |")
+    print("| seed | pairs | heads | faithfulness | discovery s | \\|effect\\| recognised | heads no probe recognises |")
     print("|---|---|---|---|---|---|---|")
     for seed, n in runs:
         r = one_run(model, seed, n, args.tau)
