@@ -172,6 +172,12 @@ class Transcoder(nn.Module):
             out = out + acts[s] @ self.decoder_at(s, layer)
         return out
 
+    def output_at(self, x: Tensor, acts: Mapping[int, Tensor] | Sequence[Tensor], layer: int) -> Tensor:
+        """The transcoder's whole output at ``layer`` ``[..., d_model]``: decoder bias, the skip from
+        ``x`` (the MLP input at ``layer``, ``[..., d_model]``) and the features' write from ``acts``
+        (per-layer activations, as in ``add_decoded``)."""
+        return self.add_decoded(self.b_dec[layer] / self.output_scale[layer] + self.skip_layer(x, layer), acts, layer)
+
     def decode_layer(self, acts: Tensor, layer: int) -> Tensor:
         """The MLP output at one ``layer`` (no skip) from ``acts [..., n_sources, d_features]``,
         the activations of layers ``0 … n_sources-1`` with ``n_sources > layer`` (a PLT reads only

@@ -138,11 +138,7 @@ def run_replacement(model: Model, frozen: FrozenForward, transcoder: nn.Module, 
                 seen_acts[layer] = fixed[:, :, layer]
 
         def mlp_write(_: Tensor, layer: int = layer) -> Tensor:
-            x = seen_in[layer]
-            out = tc.add_decoded(tc.b_dec[layer] / tc.output_scale[layer] + err[:, layer], seen_acts, layer)
-            if getattr(tc, "W_skip", None) is not None:
-                out = out + (x * tc.input_scale[layer]) @ tc.W_skip[layer] / tc.output_scale[layer]
-            return out
+            return tc.output_at(seen_in[layer], seen_acts, layer) + err[:, layer]
 
         in_loc, out_loc = spec.location(frozen.input_site, layer), spec.location(frozen.output_site, layer)
         handles.append(read_hook(model.module(frozen.input_site, layer), in_loc, keep_in))

@@ -420,7 +420,7 @@ class FeaturePatcher:
         delta = tc.add_decoded(torch.zeros_like(out), diff, layer)
         m_err = move_err[:, layer]                                       # [K, 1, P, 1]
         if bool(m_err.any()):
-            recon = tc.add_decoded(tc.b_dec[layer] / tc.output_scale[layer] + tc.skip_layer(x, layer), live, layer)
+            recon = tc.output_at(x, live, layer)
             e_live = (out - recon).reshape(*shape, -1)
             e_corr = self.corrupted.errors[layer, rows]
             delta = delta + (m_err * (e_corr[None] - e_live)).reshape(out.shape)

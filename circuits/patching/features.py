@@ -302,10 +302,6 @@ def patch_forward(clean: CleanState, edits: Edits | None = None, *, freeze_atten
             return x
         handles.append(write_hook(model.module("resid_pre", 0), spec.location("resid_pre", 0), edit_embed))
 
-    def write(layer: int, acts: dict[int, Tensor], x: Tensor) -> Tensor:
-        """The transcoders' write at ``layer`` ``[B, T, D]`` from the activations of layers ``<= layer``."""
-        return tc.add_decoded(tc.b_dec[layer] / tc.output_scale[layer] + tc.skip_layer(x, layer), acts, layer)
-
     for layer in range(L):
         def keep_in(x: Tensor, layer: int = layer) -> None:
             seen_in[layer] = x
@@ -325,13 +321,13 @@ def patch_forward(clean: CleanState, edits: Edits | None = None, *, freeze_atten
             used[layer] = acts
             err = mlps.errors[layer][None].expand(B, -1, -1)
             if T > P:  # live errors past the prompt: what the real MLP wrote beyond the unedited transcoders
-                live = real.expand(B, -1, -1)[:, P:] - write(layer, natural, x)[:, P:]
+                live = real.expand(B, -1, -1)[:, P:] - tc.output_at(x, natural, layer)[:, P:]
                 err = torch.cat([err, live], dim=1)
             r, p, scale, add = by_layer["errors"][layer]
             if len(r):
                 err = err.clone()
                 err[r, p] = scale[:, None] * err[r, p] + add
-            return write(layer, used, x) + err
+            return tc.output_at(x, used, layer) + err
 
         in_loc, out_loc = spec.location(frozen.input_site, layer), spec.location(frozen.output_site, layer)
         handles.append(read_hook(model.module(frozen.input_site, layer), in_loc, keep_in))
