@@ -23,10 +23,11 @@ def group_sums(x: Tensor, groups: Tensor | None, n_groups: int, dim: int = 0) ->
     return torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(dim, groups.to(x.device), x)
 
 
-def group_counts(groups: Tensor | None, n_groups: int, n: int) -> Tensor:
-    """Prompts per group ``[n_groups]`` (``[1]`` = ``n`` when ``groups`` is None). A group id no
-    prompt has (a subset can drop a template) counts 1: its mean is never read."""
-    counts = torch.tensor([n]) if groups is None else torch.bincount(groups, minlength=n_groups)
+def group_counts(groups: Tensor | None, n: int) -> Tensor:
+    """Prompts per group ``[n_groups]``, n_groups = the largest id + 1 (``[1]`` = ``n`` when
+    ``groups`` is None). A group id no prompt has (a subset can drop a template) counts 1: its
+    mean is never read."""
+    counts = torch.tensor([n]) if groups is None else torch.bincount(groups)
     return counts.clamp(min=1)
 
 

@@ -65,9 +65,8 @@ class NodeValues:
     def mean(self, groups: Tensor | None = None) -> NodeValues:
         """The per-position mean over prompts: ``[1, ...]``, or ``[n_groups, ...]`` within each
         group of ``groups`` ``[B]`` (see ``circuits.patching.means``)."""
-        n_groups = 1 if groups is None else int(groups.max()) + 1
-        counts = group_counts(groups, n_groups, self.z[0].shape[0])
-        return self._map(lambda t: group_sums(t, groups, n_groups) / counts.to(t).view(-1, *[1] * (t.ndim - 1)))
+        counts = group_counts(groups, self.z[0].shape[0])
+        return self._map(lambda t: group_sums(t, groups, len(counts)) / counts.to(t).view(-1, *[1] * (t.ndim - 1)))
 
     def rows(self, groups: Tensor | None, rows: slice) -> NodeValues:
         """Of group means (``mean(groups)``), the one each prompt of ``rows`` is ablated to."""

@@ -105,12 +105,11 @@ class Patcher:
             raise ValueError(f"reference prompts are {ids.shape[1]} tokens long, the task's {self.task.n_pos}: mean "
                              "ablation is per position, so pass a reference set of the task's length")
         groups = self.groups
-        n_groups = 1 if groups is None else int(groups.max()) + 1
-        counts = group_counts(groups, n_groups, ids.shape[0])
+        counts = group_counts(groups, ids.shape[0])
         total = None
         for start in range(0, ids.shape[0], self.batch_size):
             part = None if groups is None else groups[start:start + self.batch_size]
-            out = group_sums(self.outputs(ids[start:start + self.batch_size]), part, n_groups, dim=1)
+            out = group_sums(self.outputs(ids[start:start + self.batch_size]), part, len(counts), dim=1)
             total = out if total is None else total + out
         return total / counts.to(total).view(1, -1, 1, 1)
 
