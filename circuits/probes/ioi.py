@@ -106,7 +106,9 @@ def ioi_probe_scores(model: Model, task: Task) -> dict[str, Tensor]:
     scores = {f"att_{k}": v for k, v in _pattern_scores(without_sink(pat), info).items()}
     scores.update({f"raw_{k}": v for k, v in _pattern_scores(pat, info).items()})
     scores.update({f"rep_{k}": v for k, v in repeated_token_scores(model, exclude_sink=True).items()})
-    resid = {read: residual_at(model, task.clean, info[f"{read}_pos"]) for read in ("io", "s1", "s2", "end")}
+    reads = ("io", "s1", "s2", "end")
+    at = residual_at(model, task.clean, torch.stack([info[f"{read}_pos"] for read in reads], 1))  # [L, n, 4, d]
+    resid = {read: at[:, :, i] for i, read in enumerate(reads)}
 
     io, s = task.answers[:, 0], task.wrong[:, 0]
     scores["copies_io"], scores["suppresses_io"] = residual_copying_both(model, resid["io"], io)

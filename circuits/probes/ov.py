@@ -61,22 +61,12 @@ def copying_scores(model: Model, tokens: Sequence[int] | Tensor, *, k: int = 5, 
 
 @torch.no_grad()
 def residual_at(model: Model, ids: Tensor, positions: Tensor) -> Tensor:
-    """The residual stream entering every layer at one position per prompt: ``[n_layers, n, d_model]``."""
-    seen: list[Tensor] = []
-    rows = torch.arange(ids.shape[0])
-
-    def grab(m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, Tensor))
-        seen.append(x[rows, positions.to(x.device)])
-
-    handles = [model.module("resid_pre", layer).register_forward_pre_hook(grab, with_kwargs=True)
-               for layer in range(model.n_layers)]
-    try:
-        model.hf(torch.as_tensor(ids, device=model.device), use_cache=False, logits_to_keep=1)
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack(seen)
+    """The residual stream entering every layer at the given positions of each prompt, from one
+    forward pass: ``positions`` ``[n]`` → ``[n_layers, n, d_model]``; ``[n, R]`` → ``[n_layers, n, R, d_model]``."""
+    recorded = model.record_batch(ids, [("resid_pre", layer) for layer in range(model.n_layers)])
+    stream = torch.stack([recorded[("resid_pre", layer)] for layer in range(model.n_layers)])  # [L, n, T, d]
+    rows = torch.arange(ids.shape[0]).view(-1, *[1] * (positions.ndim - 1))
+    return stream[:, rows.to(stream.device), positions.to(stream.device)]
 
 
 def residual_copying(model: Model, resid: Tensor, targets: Tensor, *, k: int = 5, sign: float = 1.0) -> Tensor:
