@@ -124,6 +124,16 @@ def test_attention_without_patterns() -> None:
         trace("t1 t2", model, _tc(model))
 
 
+def test_attention_probes_without_patterns() -> None:
+    """The probes read patterns from the same forward; a fused kernel gets the same advice."""
+    from circuits.probes import attention_patterns
+
+    model = tiny_model("llama", n_layers=2)
+    model.hf.set_attn_implementation("sdpa")
+    with pytest.raises(RuntimeError, match="no attn_pattern at layer 0.*attn_implementation='eager'"):
+        attention_patterns(model, torch.tensor([[1, 2, 3]]))
+
+
 def test_a_wrong_norm_kind_in_the_map() -> None:
     """If the architecture map says LayerNorm for an RMSNorm model, freezing notices."""
     import dataclasses

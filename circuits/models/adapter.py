@@ -190,6 +190,9 @@ class Model:
         def capture(key: SiteKey, loc: Location, value: object) -> None:
             if isinstance(value, tuple):
                 value = value[loc.index or 0]
+            if value is None:  # attention returns (out, None) unless it runs eagerly
+                raise RuntimeError(f"{self.name} returned no {key[0]} at layer {key[1]}: load it with "
+                                   "attn_implementation='eager' (circuits.load_model does)")
             saved[key] = value.detach()  # type: ignore[union-attr]
             if stop_early and len(saved) == len(located):
                 raise _StopForward

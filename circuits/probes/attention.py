@@ -28,20 +28,8 @@ def attention_patterns(model: Model, ids: Tensor) -> Tensor:
 
     Needs eager attention (``load_model`` and ``tiny_model`` select it).
     """
-    patterns: list[Tensor] = []
-    handles = []
-    for layer in range(model.n_layers):
-        module = model.module("attn_pattern", layer)
-        handles.append(module.register_forward_hook(lambda m, a, out: patterns.append(out[1])))
-    try:
-        model.hf(torch.as_tensor(ids, device=model.device), use_cache=False, logits_to_keep=1)
-    finally:
-        for h in handles:
-            h.remove()
-    if len(patterns) != model.n_layers or any(p is None for p in patterns):
-        raise RuntimeError("the model returned no attention weights: load it with attn_implementation='eager' "
-                           "(circuits.load_model does)")
-    return torch.stack(patterns).float()
+    recorded = model.record_batch(ids, [("attn_pattern", layer) for layer in range(model.n_layers)])
+    return torch.stack([recorded[("attn_pattern", layer)] for layer in range(model.n_layers)]).float()
 
 
 def without_sink(patterns: Tensor, *, floor: float = 0.05) -> Tensor:
