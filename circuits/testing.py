@@ -110,12 +110,10 @@ def assert_matches_golden(circuit: Circuit | NodeCircuit, golden_path: str | Pat
         raise AssertionError(f"{circuit!r} does not match the golden circuit {path}{label}:\n  "
                              + "\n  ".join(failures)
                              + f"\n(if the change is intended, rerun with {UPDATE_GOLDEN_ENV}=1 to rewrite it)")
-    result: dict[str, Any] = {"jaccard": jaccard}
+    result: dict[str, Any] = {"jaccard": jaccard, "faithfulness_delta": delta, "missing_nodes": nodes["missing"],
+                              "extra_nodes": nodes["extra"]}
     if edges is not None:
-        result["edge_recall"] = edges["recall"]
-    result.update(faithfulness_delta=delta, missing_nodes=nodes["missing"], extra_nodes=nodes["extra"])
-    if edges is not None:
-        result.update(missing_edges=edges["missing"], extra_edges=edges["extra"])
+        result.update(edge_recall=edges["recall"], missing_edges=edges["missing"], extra_edges=edges["extra"])
     return result
 
 
