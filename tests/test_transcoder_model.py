@@ -79,11 +79,10 @@ def test_one_layer_at_a_time_matches_the_stack(kind: str) -> None:
         torch.testing.assert_close(one, out.recon[:, layer])
         # The same write from per-layer activations, through only the decoder rows that reach the layer.
         acts = {s: out.acts[:, s] for s in tc.sources(layer)}
-        via_sources = tc.add_decoded(tc.b_dec[layer] / tc.output_scale[layer] + tc.skip_layer(x[:, layer], layer),
-                                     acts, layer)
-        torch.testing.assert_close(via_sources, out.recon[:, layer])
+        torch.testing.assert_close(tc.output_at(x[:, layer], acts, layer), out.recon[:, layer])
         assert list(tc.sources(layer)) == ([layer] if kind == "plt" else list(range(layer + 1)))
         for s in tc.sources(layer):
             assert torch.equal(tc.decoder_at(s, layer), tc.decoder_vectors(s)[:, layer - s])
     with pytest.raises(ValueError, match="write"):
         tc.decoder_at(2, 1)  # features never write to an earlier layer
+    assert tc.writes_across_layers == (kind == "clt")

@@ -160,6 +160,12 @@ class Transcoder(nn.Module):
         """The layers whose features write to ``layer``: itself for a PLT, ``0 … layer`` for a CLT."""
         raise NotImplementedError
 
+    @property
+    def writes_across_layers(self) -> bool:
+        """Whether some layer reads features of earlier layers (a CLT of two or more layers): then a
+        layer's write needs the activations below it, and no layer can be replayed alone."""
+        return len(self.sources(self.cfg.n_layers - 1)) > 1
+
     def decoder_at(self, source_layer: int, layer: int) -> Tensor:
         """``[d_features, d_model]``: what the features read at ``source_layer`` write to ``layer``, in
         model units; ``decoder_vectors(source_layer)[:, layer - source_layer]`` without the rest."""

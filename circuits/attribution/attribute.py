@@ -132,7 +132,7 @@ def build_sources(transcoder: nn.Module, layer: Tensor, pos: Tensor, feature: Te
     key = layer * P + pos
     if n_f and bool((key[1:] < key[:-1]).any()):
         raise ValueError("features must be sorted by (layer, position)")
-    cross = transcoder.decoder_vectors(0).shape[1] > 1
+    cross = transcoder.writes_across_layers
     bounds = torch.searchsorted(layer, torch.arange(L + 1, device=layer.device)).tolist()
     tables, f_max, slot0, dec, starts, col_of = [], [], [], [], [], []
     next_slot = 0 if not cross else n_f

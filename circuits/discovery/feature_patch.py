@@ -183,7 +183,7 @@ class FeaturePatcher:
         only: a CLT's later layers read earlier layers' activations, which a replay skips).
         """
         keep = keep.reshape(-1, self.index.n_nodes)
-        if start_layer > 0 and (base is None or len(self.tc.sources(self.model.n_layers - 1)) > 1):
+        if start_layer > 0 and (base is None or self.tc.writes_across_layers):
             raise ValueError("start_layer > 0 needs base= from base_run and per-layer transcoders (a CLT cannot "
                              "replay layers); pass start_layer=0")
         out = torch.zeros(keep.shape[0], dtype=torch.float64)

@@ -130,7 +130,7 @@ def _acdc(p: FeaturePatcher, scores: Tensor, tau: float, candidates: int, batch:
     # Every test at layer l differs from the start state only from layer l on (decisions go top
     # down), so it replays the layers below l from one recorded run (PLTs; a CLT runs them all).
     current, base = p.base_run(kept)
-    resume = len(p.tc.sources(p.model.n_layers - 1)) == 1  # a PLT: layers can be replayed
+    resume = not p.tc.writes_across_layers  # a PLT: layers can be replayed
     start = current
     layers = p.index.layers()
     todo = sorted(cand.nonzero().flatten().tolist(), key=lambda i: (-int(layers[i]), float(scores[i].abs()), i))
