@@ -143,7 +143,7 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
     (faithfulness re-measured in float32)."""
     rows = []
     clock = Clock()
-    patcher = NodePatcher(model, task, ablation="mean", autocast=True)
+    patcher = NodePatcher(model, task, ablation="mean", precision="auto")
     scores = patcher.node_scores()
     exact = NodePatcher(model, task, ablation="mean")
     setup = clock()

@@ -48,9 +48,9 @@ def one_run(model, seed: int, n: int, tau_fraction: float) -> dict:
     """Discover the circuit on ``ioi.dataset(seed, n)`` and probe every head on the same prompts."""
     task = ioi.dataset(model.tokenizer, n=n, seed=seed)
     start = time.perf_counter()
-    patcher = NodePatcher(model, task, ablation="mean", autocast=True)
+    patcher = NodePatcher(model, task, ablation="mean", precision="auto")
     circuit = discover_nodes(model, task, patcher=patcher, method="acdc", candidates=100, include_mlps=False,
-                             autocast=True, tau=tau_fraction * abs(patcher.m_full - patcher.m_empty), progress=False)
+                             precision="auto", tau=tau_fraction * abs(patcher.m_full - patcher.m_empty), progress=False)
     seconds = time.perf_counter() - start
     roles = ioi_head_roles(model, task, circuit.heads)
     return {"seed": seed, "n": n, "f": circuit.faithfulness, "seconds": seconds, "effects": circuit.head_effects(),

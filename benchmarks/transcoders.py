@@ -59,10 +59,10 @@ def harvest_table(model, batch: int, seq_len: int, reps: int) -> pd.DataFrame:
     rows = []
     with torch.no_grad():
         rows.append(("bare forward, fp32", _rate(lambda: model.hf(ids), n, reps)))
-        with autocast(model.device):
+        with autocast(model.device, "bf16"):
             rows.append(("bare forward, bf16 autocast", _rate(lambda: model.hf(ids), n, reps)))
-    rows.append(("harvest all layers, fp32", _rate(lambda: harvest(model, ids, use_autocast=False), n, reps)))
-    rows.append(("harvest all layers, bf16 autocast", _rate(lambda: harvest(model, ids), n, reps)))
+    rows.append(("harvest all layers, fp32", _rate(lambda: harvest(model, ids, precision="fp32"), n, reps)))
+    rows.append(("harvest all layers, bf16 autocast", _rate(lambda: harvest(model, ids, precision="bf16"), n, reps)))
     return pd.DataFrame(rows, columns=["what", "tokens/s"]).set_index("what")
 
 
@@ -83,7 +83,7 @@ def train_table(model, batch_tokens: int, reps: int) -> pd.DataFrame:
         coeff = torch.tensor(1e-2)
 
         def step() -> None:
-            with autocast(model.device):
+            with autocast(model.device, "bf16"):
                 stats = objective(x, y, coeff)
             opt.zero_grad()
             stats.loss.backward()

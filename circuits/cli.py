@@ -4,21 +4,21 @@
     circuits trace "PROMPT" --out DIR                # attribution graph: graph.{json,graphml,svg}, summary.md
     circuits demo                                    # trace the IOI prompt with the default model and transcoders
 
-Progress goes to stderr. ``trace`` writes into a temporary directory beside DIR and renames it
-into place at the end, so a failure leaves DIR as it was.
+Progress goes to stderr. DIR must be new, empty, or one that circuits wrote before (it carries a
+``.circuit-engine`` marker); circuits replaces only the files it wrote there, each atomically and
+only once all are complete, so a failure or Ctrl-C leaves DIR as it was and a user's files are
+never touched (``transcoders.writes``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from transcoders.writes import OutputFolderError, check_output_folder, write_folder
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 DEMO_OUT = "out/ioi"
@@ -55,8 +55,9 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     """Trace ``prompt`` and write ``out/``: ``graph.json`` (viewer schema), ``graph.graphml``,
     ``graph.svg`` (at most ``max_nodes`` features and errors) and ``summary.md``, all of the
     influence-pruned graph; with ``full``, also ``graph.npz``: the whole graph, exactly (it can be
-    hundreds of MB). All or nothing: files go to a temporary directory that replaces ``out`` only
-    once every one is written.
+    hundreds of MB). ``out`` must be new, empty or written by circuits before; only the files
+    circuits wrote there are replaced, and only once every new one is complete
+    (``transcoders.writes.write_folder``).
 
     ``labels``: a ``circuits.labels.FeatureLabels`` for ``transcoders`` (None: features show their ids).
     ``verify``: measure every edge of the pruned graph by patching (``circuits.attribution.verify``);
@@ -68,7 +69,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     from graphs.metrics import node_influence
 
     say = progress or Progress()
-    out = Path(out)
+    out = check_output_folder(out)  # before the expensive part: a wrong --out fails in a second
     if svg:
         require_dot()  # fail before the expensive part, with the fix
     graph = trace(prompt, model=model, transcoders=transcoders, max_feature_nodes=max_feature_nodes)
@@ -92,47 +93,21 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
         say.done(f"verified {v['n_edges']:,} edges by patching: {v['n_flagged']:,} flagged "
                  f"({v['n_sign']:,} by sign, {v['n_size']:,} by size)")
 
-    def write(tmp: Path) -> None:
-        write_viewer_json(pruned.graph, tmp / "graph.json", cumulative=pruned.cumulative_scores[mask],
-                          node_threshold=node_threshold, edge_threshold=edge_threshold, scan=model.name)
-        write_graphml(to_networkx(pruned.graph, influence=infl[mask]), tmp / "graph.graphml")
-        if drawn is not None:
-            (tmp / "graph.svg").write_text(to_dot(drawn).pipe(format="svg", neato_no_op=2, encoding="utf-8"))
-        if full:
-            graph.save(tmp / "graph.npz")
-        (tmp / "summary.md").write_text(summary(graph, pruned=readable, drawn=drawn, node_threshold=node_threshold,
-                                                edge_threshold=edge_threshold))
-
-    replace_dir(out, write)
-    say.done(f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    files = {
+        "graph.json": lambda p: write_viewer_json(pruned.graph, p, cumulative=pruned.cumulative_scores[mask],
+                                                  node_threshold=node_threshold, edge_threshold=edge_threshold,
+                                                  scan=model.name),
+        "graph.graphml": lambda p: write_graphml(to_networkx(pruned.graph, influence=infl[mask]), p),
+        "summary.md": lambda p: p.write_text(summary(graph, pruned=readable, drawn=drawn,
+                                                     node_threshold=node_threshold, edge_threshold=edge_threshold)),
+    }
+    if drawn is not None:
+        files["graph.svg"] = lambda p: p.write_text(to_dot(drawn).pipe(format="svg", neato_no_op=2, encoding="utf-8"))
+    if full:
+        files["graph.npz"] = graph.save
+    write_folder(out, files)
+    say.done(f"wrote {out}/: " + ", ".join(sorted(files)))
     return out
-
-
-def replace_dir(out: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write`` on a fresh temporary sibling of ``out``, then swap it in for ``out``.
-
-    If ``write`` raises, the temporary directory is removed and ``out`` is untouched.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the output should be an ordinary directory
-    old = None
-    try:
-        write(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None and not out.exists():
-            os.replace(old / out.name, out)  # put the previous output back
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -155,6 +130,7 @@ def _trace(args: argparse.Namespace) -> int:
     from graphs.draw import GraphvizMissingError
 
     say = Progress()
+    check_output_folder(args.out)  # before loading anything: a wrong --out fails in a second
     try:
         model = load_model(args.model)
         say.done(f"loaded {model.name}")
@@ -179,6 +155,7 @@ def _demo(args: argparse.Namespace) -> int:
     from graphs.draw import GraphvizMissingError, require_dot
 
     say = Progress("demo")
+    check_output_folder(args.out)
     model = load_model(args.model)
     say.done(f"loaded {model}")
     _print_prediction(model, args.prompt)
@@ -331,7 +308,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_trace_options(demo, out_default=DEMO_OUT, max_features=DEMO_MAX_FEATURES, build=True)
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except OutputFolderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Every write is atomic, so an interrupted run leaves no partial file behind.
+        print("interrupted: nothing was written, earlier output is as it was", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

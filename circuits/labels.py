@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from circuits.models.adapter import Model
 from graphs.node_labels import show_token
-from transcoders.cache import atomic_path
-from transcoders.precision import autocast
+from transcoders.writes import MARKER, dumps, write_folder
+from transcoders.precision import Precision, autocast
 
 log = logging.getLogger("circuits.labels")
 
@@ -80,15 +80,12 @@ class FeatureLabels:
 
     def save(self, directory: str | Path) -> Path:
         """Write both files into ``directory`` (atomically each); returns the directory."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / ARRAYS_FILE) as tmp:
-            save_file({"top_acts": self.top_acts, "top_tokens": self.top_tokens, "contexts": self.contexts},
-                      str(tmp))
-        with atomic_path(directory / LABELS_FILE) as tmp:
-            tmp.write_text(json.dumps({"format": _FORMAT, "before": self.before, "info": self.info,
-                                       "labels": self.labels}, ensure_ascii=False))
-        return directory
+        arrays = {"top_acts": self.top_acts, "top_tokens": self.top_tokens, "contexts": self.contexts}
+        meta = dumps({"format": _FORMAT, "before": self.before, "info": self.info, "labels": self.labels},
+                     ensure_ascii=False)
+        # Beside the set's own files, which stay: the labels add to the folder, they do not replace it.
+        return write_folder(directory, {ARRAYS_FILE: lambda tmp: save_file(arrays, str(tmp)),
+                                        LABELS_FILE: lambda tmp: tmp.write_text(meta)}, replace_all=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> FeatureLabels:
@@ -127,7 +124,7 @@ def load_labels(directory: str | Path, transcoders: torch.nn.Module) -> FeatureL
 def compute_labels(model: Model, transcoders: torch.nn.Module, corpus: Any = None, *, n_tokens: int = 50_000,
                    seq_len: int = 128, batch_size: int = 8, k: int = 8, before: int = 8, after: int = 2,
                    n_label_tokens: int = 3, skip_first: int = 1, split: str = "train", seed: int = 0,
-                   use_autocast: bool = True, progress: bool = True) -> FeatureLabels:
+                   precision: Precision = "auto", progress: bool = True) -> FeatureLabels:
     """Top-``k`` activations of every feature over ``n_tokens`` tokens of ``corpus``.
 
     Args:
@@ -137,7 +134,8 @@ def compute_labels(model: Model, transcoders: torch.nn.Module, corpus: Any = Non
         n_label_tokens: distinct top tokens in a label.
         skip_first: positions at the start of every row left out (the first token is an attention
             sink whose activations are far larger than the rest's; harvesting skips it too).
-        use_autocast: bf16 where the device runs it fast (about 4x on this kind of CPU).
+        precision: "auto" runs in bf16 only where the hardware runs it faster (about 4x on an AVX-512
+            BF16 CPU; emulated and far slower on AVX2); see ``transcoders.precision``.
     """
     if corpus is None:
         from transcoders.corpus import Corpus
@@ -150,14 +148,14 @@ def compute_labels(model: Model, transcoders: torch.nn.Module, corpus: Any = Non
     try:
         return _compute(model, transcoders, corpus, n_tokens=n_tokens, seq_len=seq_len, batch_size=batch_size, k=k,
                         before=before, after=after, n_label_tokens=n_label_tokens, skip_first=skip_first, split=split,
-                        seed=seed, use_autocast=use_autocast, progress=progress)
+                        seed=seed, precision=precision, progress=progress)
     finally:
         transcoders.train(was_training)
 
 
 def _compute(model: Model, transcoders: torch.nn.Module, corpus: Any, *, n_tokens: int, seq_len: int,
              batch_size: int, k: int, before: int, after: int, n_label_tokens: int, skip_first: int, split: str,
-             seed: int, use_autocast: bool, progress: bool) -> FeatureLabels:
+             seed: int, precision: Precision, progress: bool) -> FeatureLabels:
     t0 = time.perf_counter()
     L, F = transcoders.cfg.n_layers, transcoders.cfg.d_features
     site = transcoders.cfg.input_site
@@ -169,12 +167,12 @@ def _compute(model: Model, transcoders: torch.nn.Module, corpus: Any, *, n_token
     bar = tqdm(total=n_tokens, desc="feature labels", unit="tok", disable=not progress, leave=False)
     for ids in corpus.batches(model.tokenizer, seq_len=seq_len, batch_size=batch_size, split=split, seed=seed,
                               max_tokens=n_tokens):
-        with autocast(model.device, use_autocast):
+        with autocast(model.device, precision):
             rec = model.record_batch(ids, [(site, layer) for layer in range(L)])
         B, T = ids.shape
         for layer in range(L):
             x = rec[(site, layer)].to(device)
-            with autocast(device, use_autocast):
+            with autocast(device, precision):
                 acts = transcoders.encode(x, layer).acts.float()  # [B, T, F]
             acts[:, :skip_first] = 0.0
             _merge(best_acts[layer], best_index[layer], acts.reshape(B * T, F).cpu(), offset=seen, k=k)
@@ -245,8 +243,9 @@ def _distinct(items: Iterable[str], n: int) -> list[str]:
 
 def labels_dir(model: Model, transcoders_spec: str | Path | None = None) -> Path:
     """The directory the labels of a set live in, for a set named as ``load_transcoders(model, spec)``
-    takes it: the set's own directory, or for an ``hf://`` set (whose files sit in the read-only
-    hub cache) a directory of its own under ``cache_dir("labels")``."""
+    takes it: the set's own directory when circuit-engine wrote it (a preset, or ``transcoders train
+    --out``); otherwise (an ``hf://`` set in the read-only hub cache, or a folder of someone else's,
+    which we never write into) a directory of its own under ``cache_dir("labels")``."""
     from transcoders.cache import cache_dir
     from transcoders.io import preset_dir
     from transcoders.presets import PRESETS, default_preset
@@ -262,4 +261,9 @@ def labels_dir(model: Model, transcoders_spec: str | Path | None = None) -> Path
         return preset_dir(spec)
     if spec.startswith("hf://"):
         return cache_dir("labels", re.sub(r"[^A-Za-z0-9._-]+", "-", spec.removeprefix("hf://")).strip("-"))
-    return Path(spec).expanduser()
+    path = Path(spec).expanduser()
+    if (path / MARKER).is_file():
+        return path
+    where = path.resolve()
+    return cache_dir("labels", "local-" + re.sub(r"[^A-Za-z0-9._-]+", "-", where.name).strip("-") + "-"
+                     + hashlib.sha256(str(where).encode()).hexdigest()[:10])

@@ -37,6 +37,7 @@ from graphs.convert import to_networkx
 from graphs.graph import AttributionGraph
 from graphs.metrics import PruneResult, node_influence, prune
 from graphs.node_labels import show_token
+from transcoders.writes import write_bytes, write_text
 
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"  # blue excites, red inhibits
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
@@ -218,13 +219,10 @@ def render(obj: AttributionGraph | nx.DiGraph, path: str | Path, *, max_nodes: i
                          f"{', '.join([*FORMATS, *SOURCE_SUFFIXES])}.")
     dot = _dot_of(obj, max_nodes=max_nodes, max_edges=max_edges, node_threshold=node_threshold,
                   edge_threshold=edge_threshold, title=title)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in SOURCE_SUFFIXES:
-        path.write_text(dot.source)
-        return path
+        return write_text(path, dot.source)
     require_dot()
-    path.write_bytes(dot.pipe(format=FORMATS[suffix], neato_no_op=2))
-    return path
+    return write_bytes(path, dot.pipe(format=FORMATS[suffix], neato_no_op=2))
 
 
 def repr_svg(graph: AttributionGraph) -> str | None:

@@ -6,14 +6,12 @@
 ``.json``       circuit-tracer's and Neuronpedia's viewer schema (``graphs.viewer``)
 ==============  ===============================================================
 
-Each writer's file is read back into an equal graph. Writes are atomic: a temporary file
-beside the target is renamed over it only once complete.
+Each writer's file is read back into an equal graph. Every writer is atomic
+(``transcoders.writes``): a temporary file beside the target is renamed over it only once complete.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +30,8 @@ def save(graph: AttributionGraph, path: str | Path) -> Path:
     if writer is None:
         raise ValueError(f"cannot save a graph as {path.suffix or 'a file without a suffix'!r}. Fix: use a path "
                          f"ending in one of {', '.join(SUFFIXES)} (or graphs.render(graph, 'x.svg') for a picture).")
-    return _atomic(path, lambda tmp: writer(graph, tmp))
+    writer(graph, path)
+    return path
 
 
 def load(path: str | Path) -> AttributionGraph:
@@ -63,23 +62,3 @@ _READERS: dict[str, Callable[[Path], AttributionGraph]] = {
     ".json": read_viewer_json,
 }
 
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    """Run ``write`` on a temporary sibling of ``path`` (same suffix), then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result should be an ordinary file
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

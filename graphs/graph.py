@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from transcoders.writes import atomic_file, dumps, tag_floats, untag_floats
+
 NODE_KINDS: tuple[str, ...] = ("feature", "error", "token", "logit")
 
 # The node table's columns, their dtypes, and what a node of a kind that lacks them holds.
@@ -201,8 +203,8 @@ class AttributionGraph:
         header = {"format": _FORMAT, "version": _VERSION, "prompt": self.prompt,
                   "token_texts": list(self.token_texts), "metadata": self.metadata}
         arrays = {f"node.{k}": v for k, v in self.nodes.items()}
-        with path.open("wb") as f:
-            np.savez(f, header=np.array(json.dumps(header)), tokens=np.asarray(self.tokens),
+        with atomic_file(path) as tmp, tmp.open("wb") as f:
+            np.savez(f, header=np.array(dumps(tag_floats(header))), tokens=np.asarray(self.tokens),
                      adj_data=csr.data, adj_indices=csr.indices, adj_indptr=csr.indptr,
                      adj_shape=np.array(csr.shape), **arrays)
         return path
@@ -216,7 +218,7 @@ class AttributionGraph:
 
             return load(path)
         with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
+            header = untag_floats(json.loads(str(z["header"])))
             if header.get("format") != _FORMAT:
                 raise ValueError(f"{path} is not an attribution graph written by AttributionGraph.save")
             nodes = {k.removeprefix("node."): z[k] for k in z.files if k.startswith("node.")}

@@ -20,6 +20,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from transcoders.writes import atomic_file
+
 JSON_ATTRS = "json_attrs"  # graph attribute: {"graph": [...], "node": [...], "edge": [...]} keys stored as JSON
 JSON_NODE_KEYS = "json_node_keys"  # graph attribute: node keys are JSON text
 
@@ -28,9 +30,10 @@ _XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uff
 
 
 def write_graphml(g: nx.DiGraph, path: str | Path) -> Path:
-    """Write ``g`` to ``path`` as GraphML that ``read_graphml`` turns back into an equal graph."""
+    """Write ``g`` to ``path`` (atomically) as GraphML that ``read_graphml`` turns back into an equal graph."""
     path = Path(path)
-    nx.write_graphml(graphml_ready(g), path)
+    with atomic_file(path) as tmp:
+        nx.write_graphml(graphml_ready(g), tmp)
     return path
 
 

@@ -40,6 +40,7 @@ from graphs.effects import effect_flags, measured_effects
 from graphs.graph import NODE_COLUMNS, NODE_KINDS, AttributionGraph, empty_nodes
 from graphs.metrics import node_influence
 from graphs.node_labels import LABELS_KEY, feature_key
+from transcoders.writes import dumps, tag_floats, tagged, untag_floats, untagged, write_text
 
 SCHEMA_VERSION = 1
 FORMAT = "circuit-engine attribution graph"
@@ -144,10 +145,8 @@ _NODE_ORDER = ("node_id", "feature", "layer", "ctx_idx", "feature_type", "token_
 
 
 def write_viewer_json(graph: AttributionGraph, path: str | Path, **kwargs: Any) -> Path:
-    """Write ``to_viewer_json(graph, **kwargs)`` to ``path`` (strict JSON)."""
-    path = Path(path)
-    path.write_text(json.dumps(to_viewer_json(graph, **kwargs), allow_nan=False, ensure_ascii=False))
-    return path
+    """Write ``to_viewer_json(graph, **kwargs)`` to ``path`` (strict JSON, atomically)."""
+    return write_text(path, dumps(to_viewer_json(graph, **kwargs), ensure_ascii=False))
 
 
 def read_viewer_json(path: str | Path) -> AttributionGraph:
@@ -186,11 +185,11 @@ def _exact_block(graph: AttributionGraph) -> dict[str, Any]:
     for name, (dtype, _) in NODE_COLUMNS.items():
         values = graph.nodes[name].tolist()
         if np.dtype(dtype).kind == "f":
-            values = [None if v != v else _tagged(v) for v in values]  # NaN is the column's "missing"
+            values = [None if v != v else tagged(v) for v in values]  # NaN is the column's "missing"
         columns[name] = values
     return {"format": FORMAT, "version": SCHEMA_VERSION, "tokens": [int(t) for t in graph.tokens],
             "token_texts": list(graph.token_texts), "weight_dtype": str(graph.adjacency.dtype),
-            "graph_metadata": _encode_floats(graph.metadata), "columns": columns}
+            "graph_metadata": tag_floats(graph.metadata), "columns": columns}
 
 
 def _from_exact(data: dict[str, Any], block: dict[str, Any]) -> AttributionGraph:
@@ -200,7 +199,7 @@ def _from_exact(data: dict[str, Any], block: dict[str, Any]) -> AttributionGraph
     for name, (dtype, fill) in NODE_COLUMNS.items():
         if name not in columns:
             continue  # a column added after the file was written keeps its fill value
-        values = [fill if v is None else _untagged(v) for v in columns[name]]
+        values = [fill if v is None else untagged(v) for v in columns[name]]
         nodes[name] = np.array(values, dtype=str) if np.dtype(dtype).kind == "U" else np.array(values, dtype=dtype)
     index = {node["node_id"]: i for i, node in enumerate(data["nodes"])}
     if len(index) != n:
@@ -210,7 +209,7 @@ def _from_exact(data: dict[str, Any], block: dict[str, Any]) -> AttributionGraph
     adjacency = _adjacency(data["links"], index, n, dtype)
     return AttributionGraph(prompt=data["metadata"]["prompt"], tokens=np.array(block["tokens"], dtype=np.int64),
                             token_texts=list(block["token_texts"]), nodes=nodes, adjacency=adjacency,
-                            metadata=_decode_floats(block["graph_metadata"]))
+                            metadata=untag_floats(block["graph_metadata"]))
 
 
 def _adjacency(links: list[dict[str, Any]], index: dict[str, int], n: int, dtype: np.dtype) -> sp.csr_matrix:
@@ -223,33 +222,6 @@ def _adjacency(links: list[dict[str, Any]], index: dict[str, int], n: int, dtype
 def _finite(x: float) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def _tagged(x: float) -> float | dict[str, str]:
-    return x if math.isfinite(x) else {"$float": repr(x)}
-
-
-def _untagged(v: Any) -> Any:
-    return float(v["$float"]) if isinstance(v, dict) and "$float" in v else v
-
-
-def _encode_floats(value: Any) -> Any:
-    """Metadata as strict JSON: infinities and NaN as ``{"$float": "nan"}``, which ``_decode_floats`` undoes."""
-    if isinstance(value, float):
-        return _tagged(value)
-    if isinstance(value, dict):
-        return {k: _encode_floats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode_floats(v) for v in value]
-    return value
-
-
-def _decode_floats(value: Any) -> Any:
-    if isinstance(value, dict):
-        return _untagged(value) if "$float" in value else {k: _decode_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_floats(v) for v in value]
-    return value
 
 
 # --- files from circuit-tracer ----------------------------------------------------------------

@@ -29,7 +29,7 @@ def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Corpus:
 def test_top_activations_match_brute_force(corpus: Corpus) -> None:
     model, tc = tiny_setup()
     labels = compute_labels(model, tc, corpus, n_tokens=N_TOKENS, seq_len=SEQ, batch_size=BATCH, k=4, before=3,
-                            after=1, use_autocast=False, progress=False)
+                            after=1, precision="fp32", progress=False)
     L, F = tc.cfg.n_layers, tc.cfg.d_features
     assert labels.shape == (L, F, 4)
     # Brute force over the very same batches.

@@ -142,7 +142,7 @@ def test_discover_at_node_level():
     assert acdc_circuit.heads == eap_circuit.heads == [(0, 0), (1, 0)]
     assert acdc_circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
     assert eap_circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
-    bf16 = discover(model, task, level="nodes", ablation="resample", include_mlps=False, autocast=True, progress=False)
+    bf16 = discover(model, task, level="nodes", ablation="resample", include_mlps=False, precision="bf16", progress=False)
     assert bf16.heads == [(0, 0), (1, 0)]
     assert bf16.faithfulness == pytest.approx(1.0, abs=1e-6)  # re-measured in the model's precision
     with pytest.raises(ValueError, match="EAP-IG"):
@@ -253,7 +253,7 @@ def test_completeness_compares_the_circuit_and_the_model_without_each_subset():
         partial.completeness([[]])
 
 
-def test_autocast_discovery_remeasures_under_the_callers_ablation():
+def test_bf16_discovery_remeasures_under_the_callers_ablation():
     # A caller's patcher with its own reference set: the float32 faithfulness after a bf16 search
     # must use that reference too, not the task's corrupted prompts.
     from circuits.discovery import discover_nodes
@@ -261,8 +261,8 @@ def test_autocast_discovery_remeasures_under_the_callers_ablation():
     model = _model("llama")
     task = _task(model, n=8, seq_len=5)
     reference = induction.dataset(model.tokenizer, n=8, seq_len=5, bos=None, seed=7).clean
-    search = NodePatcher(model, task, ablation="mean", reference=reference, autocast=True)
-    circuit = discover_nodes(model, task, patcher=search, autocast=True, progress=False)
+    search = NodePatcher(model, task, ablation="mean", reference=reference, precision="bf16")
+    circuit = discover_nodes(model, task, patcher=search, precision="bf16", progress=False)
     exact = NodePatcher(model, task, ablation="mean", reference=reference)
     default = NodePatcher(model, task, ablation="mean")
     assert abs(exact.m_empty - default.m_empty) > 1e-3  # the two references ablate differently

@@ -40,7 +40,7 @@ def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: p
         (text / f"doc{i}.txt").write_text(" ".join(f"t{(i * 7 + j * j) % 60 + 1}" for j in range(60)))
     out = tmp_path / "set"
     main(["train", "--model", str(tmp_path / "model"), "--kind", "clt", "--width", "32", "--k", "4",
-          "--n-tokens", "1024", "--batch-tokens", "128", "--seq-len", "32", "--no-autocast", "--text", str(text),
+          "--n-tokens", "1024", "--batch-tokens", "128", "--seq-len", "32", "--precision", "fp32", "--text", str(text),
           "--out", str(out), "--run-dir", str(tmp_path / "run"), "--eval-tokens", "256", "--seed", "3"])
     printed = capsys.readouterr().out
     assert "recovered" in printed and (out / "eval.json").is_file()
@@ -49,5 +49,5 @@ def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: p
     tc = load_transcoders(load_model(str(tmp_path / "model")), out)
     assert tc.cfg.kind == "clt" and tc.cfg.d_features == 32 and tc.cfg.k == 4
     main(["evaluate", "--model", str(tmp_path / "model"), "--set", str(out), "--n-tokens", "256",
-          "--seq-len", "32", "--text", str(text), "--no-autocast"])
+          "--seq-len", "32", "--text", str(text), "--precision", "fp32"])
     assert "recovered" in capsys.readouterr().out

@@ -35,7 +35,7 @@ WORKER = textwrap.dedent('''
     seen, losses = [], []
     cfg = TrainConfig(kind=sys.argv[2], d_features=32, activation=sys.argv[3], k=4, l0=4.0 if sys.argv[3] == "jumprelu" else None,
                       n_tokens=2 * 44 * 8, seq_len=12, model_batch=4, chunk_batches=2, batch_tokens=44, lr=1e-2,
-                      warmup_steps=2, checkpoint_every=4, autocast=False)
+                      warmup_steps=2, checkpoint_every=4, precision="fp32")
     tc = train(model, cfg, run_dir=out / "run", save_dir=out / "set", token_batches=rows, progress=False,
                callback=lambda step, s: (seen.append(step), losses.append(float(s.loss))))
     torch.save({"state": tc.state_dict(), "world": ctx.world, "steps": seen, "losses": losses},

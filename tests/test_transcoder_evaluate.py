@@ -49,7 +49,7 @@ def _zero_transcoder(kind: str = "plt"):
 @pytest.mark.parametrize("kind", ["plt", "clt"])
 def test_a_zero_transcoder_is_zero_ablation(kind: str) -> None:
     model = _model()
-    ev = evaluate(model, _zero_transcoder(kind), token_batches=iter(_rows(model)), use_autocast=False, progress=False)
+    ev = evaluate(model, _zero_transcoder(kind), token_batches=iter(_rows(model)), precision="fp32", progress=False)
     assert ev.ce_replaced == pytest.approx(ev.ce_zero_ablated, rel=1e-6)
     assert ev.ce_recovered == pytest.approx(0.0, abs=1e-6)
     assert ev.kl > 0 and ev.ce_zero_ablated > ev.ce_model
@@ -66,7 +66,7 @@ def test_the_replacement_uses_the_transcoders_output() -> None:
     with torch.no_grad():
         tc.b_dec.normal_(0, 3.0)
     ids = _rows(model, 1)[0]
-    ev = evaluate(model, tc, token_batches=iter([ids]), use_autocast=False, progress=False)
+    ev = evaluate(model, tc, token_batches=iter([ids]), precision="fp32", progress=False)
     handles = [model.module("mlp_resid", layer).register_forward_hook(
         lambda _m, _a, out, layer=layer: torch.cat([out[:, :1], tc.b_dec[layer].expand_as(out)[:, 1:]], 1))
         for layer in range(3)]
@@ -90,13 +90,13 @@ def test_a_trained_set_recovers_loss(tmp_path: Path) -> None:
             yield from pool.split(4)
 
     cfg = TrainConfig(kind="plt", d_features=32, activation="topk", k=4, skip=True, n_tokens=44 * 60, seq_len=12,
-                      model_batch=4, chunk_batches=3, batch_tokens=44, lr=1e-2, warmup_steps=3, autocast=False)
+                      model_batch=4, chunk_batches=3, batch_tokens=44, lr=1e-2, warmup_steps=3, precision="fp32")
     tc = train(model, cfg, run_dir=tmp_path, token_batches=rows, progress=False)
     held_out = _rows(model)
-    ev = evaluate(model, tc, token_batches=iter(held_out), use_autocast=False, progress=False)
+    ev = evaluate(model, tc, token_batches=iter(held_out), precision="fp32", progress=False)
     assert 0.3 < ev.ce_recovered <= 1.05
     assert (ev.layers.l0 <= 4).all() and (ev.layers.fvu < 1).all()
-    assert 0 <= ev.kl < evaluate(model, _zero_transcoder(), token_batches=iter(held_out), use_autocast=False,
+    assert 0 <= ev.kl < evaluate(model, _zero_transcoder(), token_batches=iter(held_out), precision="fp32",
                                  progress=False).kl
     assert "recovered" in str(ev) and set(ev.summary()) >= {"fvu", "l0", "ce_recovered", "kl"}
 

@@ -46,12 +46,12 @@ def test_record_batch_bad_shapes() -> None:
 def test_harvest_stacks_layers_and_drops_the_first_position() -> None:
     model = tiny_model("llama", n_layers=3, d_model=16)
     ids = torch.randint(1, 60, (2, 5))
-    x, y = harvest(model, ids, use_autocast=False)
+    x, y = harvest(model, ids, precision="fp32")
     assert x.shape == y.shape == (2 * 4, 3, 16)
     rec = model.record_batch(ids, [("mlp_in", 2), ("mlp_resid", 0)])
     torch.testing.assert_close(x.reshape(2, 4, 3, 16)[:, :, 2], rec[("mlp_in", 2)][:, 1:])
     torch.testing.assert_close(y.reshape(2, 4, 3, 16)[:, :, 0], rec[("mlp_resid", 0)][:, 1:])
-    xb, _ = harvest(model, ids, use_autocast=True)
+    xb, _ = harvest(model, ids, precision="bf16")
     torch.testing.assert_close(xb.float(), x, rtol=0.05, atol=0.05)  # bf16 autocast: close, not equal
 
 
@@ -60,4 +60,4 @@ def test_nan_activations_name_the_layer() -> None:
     with torch.no_grad():
         model.hf.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"mlp_resid activations in harvest contain NaN.*first at layer 1.*Fix"):
-        harvest(model, torch.randint(1, 60, (1, 6)), use_autocast=False)
+        harvest(model, torch.randint(1, 60, (1, 6)), precision="fp32")

@@ -34,7 +34,7 @@ def _rows(seed: int = 0):
 def _cfg(**kw) -> TrainConfig:
     base = dict(kind="plt", d_features=32, activation="topk", k=4, n_tokens=44 * 40, seq_len=12, model_batch=4,
                 chunk_batches=3, batch_tokens=44, lr=3e-3, warmup_steps=3, checkpoint_every=5, seed=0,
-                autocast=False)
+                precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from transcoders.harvest import HarvestModel, harvest
+from transcoders.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,12 @@ class PairStream:
 
     def __init__(self, model: HarvestModel, token_batches: Callable[[], Iterator[Tensor]], spec: StreamSpec, *,
                  seed: int, rank: int = 0, world: int = 1, input_site: str = "mlp_in",
-                 output_site: str = "mlp_resid", use_autocast: bool = True, skip_first: int = 1,
+                 output_site: str = "mlp_resid", precision: Precision = "auto", skip_first: int = 1,
                  dtype: torch.dtype = torch.bfloat16) -> None:
         self.model, self.token_batches, self.spec = model, token_batches, spec
         self.seed, self.rank, self.world = seed, rank, world
         self.sites = (input_site, output_site)
-        self.use_autocast, self.skip_first, self.dtype = use_autocast, skip_first, dtype
+        self.precision, self.skip_first, self.dtype = precision, skip_first, dtype
 
     def chunk(self, index: int, rows: Iterator[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Harvest chunk ``index`` of this rank: ``x, y [chunk_tokens, n_layers, d_model]`` (unshuffled)."""
@@ -68,7 +69,7 @@ class PairStream:
         xs, ys = [], []
         for ids in itertools.islice(rows, self.spec.chunk_batches):
             x, y = harvest(self.model, ids, input_site=self.sites[0], output_site=self.sites[1],
-                           use_autocast=self.use_autocast, skip_first=self.skip_first)
+                           precision=self.precision, skip_first=self.skip_first)
             xs.append(x.to(self.dtype))
             ys.append(y.to(self.dtype))
         if len(xs) < self.spec.chunk_batches:

@@ -1,4 +1,4 @@
-"""The one piece of global state: a cache directory, and atomic writes into it.
+"""The one piece of global state: a cache directory, and atomic entries in it.
 
 Everything the engine downloads or derives (dequantized models, packaged text,
 token arrays, trained transcoders) lives under ``cache_dir()``. Set
@@ -34,19 +34,20 @@ def cache_dir(*parts: str) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``target``; it replaces ``target`` only if the block succeeds.
+    """Yield a temporary sibling of the cache entry ``target`` (a file or a folder) to build.
 
-    Works for files and directories alike, so a killed process never leaves a
-    half-written cache entry that a later run would trust.
+    The entry appears whole or not at all, so a killed process never leaves a half-written
+    entry that a later run would trust. Entries are named by what they hold, so one that
+    already exists (another process built it meanwhile) is kept and ours is discarded: nothing
+    is ever deleted to make room. Files outside the cache go through ``transcoders.writes``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / target.name
     try:
         yield tmp
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if not (tmp.is_dir() and target.exists()):
+            os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from transcoders.cache import atomic_path
+from transcoders.writes import atomic_file, write_json
 from transcoders.model import Transcoder, TranscoderConfig, build_transcoder
 
 CHECKPOINT = "checkpoint.pt"
@@ -28,10 +28,9 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``run_dir/checkpoint.pt`` (and its config as JSON, for people)."""
     run_dir = Path(run_dir)
     target = run_dir / CHECKPOINT
-    with atomic_path(target) as tmp:
+    with atomic_file(target) as tmp:
         torch.save(state, tmp)
-    with atomic_path(run_dir / "train_config.json") as tmp:
-        tmp.write_text(json.dumps(state.get("train_config", {}), indent=2, default=str))
+    write_json(run_dir / "train_config.json", state.get("train_config", {}), indent=2, default=str)
     return target
 
 
@@ -41,7 +40,15 @@ def load_checkpoint(run_dir: Path, train_config: dict[str, Any] | None = None,
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # weights_only: a checkpoint is tensors, numbers and dicts; unpickling arbitrary objects
+        # from a directory a user points us at could run any code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointMismatchError(
+            f"{path} cannot be read as a training checkpoint ({type(exc).__name__}: {str(exc)[:200]}). It is "
+            "truncated, corrupted, or not a checkpoint of transcoders train. Fix: pass another run directory "
+            "(--run-dir), or delete this file to start the run over.") from exc
     if train_config is not None:
         saved = state.get("train_config", {})
         diff = sorted(k for k in set(saved) | set(train_config)

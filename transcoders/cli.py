@@ -10,14 +10,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from transcoders.precision import PRECISIONS
 from transcoders.presets import PRESETS
 from transcoders.train import TrainConfig
+
+PRECISION_HELP = ("auto (default): bf16 only where this machine runs it faster than float32 (CPUs with "
+                  "AVX-512 BF16 or AMX, recent GPUs); bf16 or fp32 force it")
 
 
 def _load_model(name: str | None, device: str | None) -> Any:
@@ -35,7 +38,7 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
         "n_tokens": args.n_tokens, "skip": args.skip or None, "seed": args.seed, "lr": args.lr,
         "batch_tokens": args.batch_tokens, "seq_len": args.seq_len, "num_threads": args.threads,
         "sparsity": args.sparsity, "sparsity_coeff": args.sparsity_coeff, "checkpoint_every": args.checkpoint_every,
-        "autocast": False if args.no_autocast else None,
+        "precision": args.precision,
     }
     if args.l0 is not None and args.activation is None:
         flags["activation"] = "jumprelu"
@@ -93,11 +96,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"trained in {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU ({cfg.n_tokens / wall:.0f} tokens/s); "
               f"saved {out}", file=sys.stderr)
         if args.eval_tokens:
-            ev = evaluate(model, tc, corpus, n_tokens=args.eval_tokens, seq_len=cfg.seq_len, use_autocast=cfg.autocast)
+            ev = evaluate(model, tc, corpus, n_tokens=args.eval_tokens, seq_len=cfg.seq_len, precision=cfg.precision)
             print(ev.layers.to_string(float_format=lambda v: f"{v:.3f}"))
             print(ev)
-            (out / "eval.json").write_text(json.dumps({**ev.summary(), "train_wall_s": wall, "train_cpu_s": cpu,
-                                                       "threads": torch.get_num_threads()}, indent=2))
+            from transcoders.writes import dumps, write_folder
+
+            record = dumps({**ev.summary(), "train_wall_s": wall, "train_cpu_s": cpu,
+                            "threads": torch.get_num_threads()}, indent=2)
+            write_folder(out, {"eval.json": lambda p: p.write_text(record)}, replace_all=False)
     return 0
 
 
@@ -108,7 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.device)
     tc = load_transcoders(model, args.set)
     ev = evaluate(model, tc, _corpus(args.text), n_tokens=args.n_tokens, seq_len=args.seq_len,
-                  use_autocast=not args.no_autocast)
+                  precision=args.precision)
     print(ev.layers.to_string(float_format=lambda v: f"{v:.3f}"))
     print(ev)
     return 0
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    t.add_argument("--no-autocast", action="store_true", help="train in float32 even where bf16 is fast")
+    t.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     t.add_argument("--device")
     t.add_argument("--text", action="append", help="train on these text files or directories (default: packaged text)")
     t.add_argument("--out", help="where to save the set (default: the cache)")
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--set", help="preset name, directory or hf://org/repo (default: the model's default set)")
     e.add_argument("--n-tokens", type=int, default=16_384)
     e.add_argument("--seq-len", type=int, default=128)
-    e.add_argument("--no-autocast", action="store_true")
+    e.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     e.add_argument("--text", action="append", help="evaluate on these files' held-out split (default: packaged text)")
     e.add_argument("--device")
     e.set_defaults(func=_evaluate)

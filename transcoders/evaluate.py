@@ -28,7 +28,7 @@ from tqdm import tqdm
 from transcoders.harvest import check_finite
 from transcoders.io import check_fits
 from transcoders.model import Transcoder
-from transcoders.precision import autocast
+from transcoders.precision import Precision, autocast
 
 
 @dataclass
@@ -143,13 +143,14 @@ def _next_token_logprobs(logits: Tensor, skip_first: int) -> Tensor:
 
 @torch.no_grad()
 def evaluate(model: Any, tc: Transcoder, corpus: Any = None, n_tokens: int = 16_384, *, seq_len: int = 128,
-             batch_size: int = 8, seed: int = 0, split: str = "heldout", use_autocast: bool = True,
+             batch_size: int = 8, seed: int = 0, split: str = "heldout", precision: Precision = "auto",
              skip_first: int = 1, token_batches: Iterator[Tensor] | None = None,
              progress: bool = True) -> Evaluation:
     """Evaluate ``tc`` on ``model`` over about ``n_tokens`` tokens of ``corpus``'s held-out split.
 
     ``corpus`` defaults to ``Corpus.packaged()``; ``token_batches`` (LongTensor ``[B, T]`` rows)
-    replaces it. ``use_autocast``: run in bf16 where supported (as training does).
+    replaces it. ``precision``: ``"auto"`` runs in bf16 only where the hardware runs it faster (as training
+    does); see ``transcoders.precision``.
     """
     check_fits(tc, model)
     if token_batches is None:
@@ -176,7 +177,7 @@ def evaluate(model: Any, tc: Transcoder, corpus: Any = None, n_tokens: int = 16_
     for ids in token_batches:
         ids = ids.to(device)
         targets = ids[:, skip_first + 1:]
-        with autocast(device, use_autocast):
+        with autocast(device, precision):
             rec = _Recorder(model, tc)
             try:
                 logits = model.hf(ids).logits
@@ -201,7 +202,7 @@ def evaluate(model: Any, tc: Transcoder, corpus: Any = None, n_tokens: int = 16_
         for mode in ("replaced", "zero"):
             hooks = _Replacement(model, tc, mode, skip_first)
             try:
-                with autocast(device, use_autocast):
+                with autocast(device, precision):
                     lp = _next_token_logprobs(model.hf(ids).logits, skip_first)
             finally:
                 hooks.remove()

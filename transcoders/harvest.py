@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from transcoders.precision import autocast
+from transcoders.precision import Precision, autocast
 
 
 class NonFiniteError(ValueError):
@@ -33,7 +33,7 @@ class HarvestModel(Protocol):
 
 
 def harvest(model: HarvestModel, ids: Tensor, *, input_site: str = "mlp_in", output_site: str = "mlp_resid",
-            use_autocast: bool = True, skip_first: int = 1) -> tuple[Tensor, Tensor]:
+            precision: Precision = "auto", skip_first: int = 1) -> tuple[Tensor, Tensor]:
     """MLP inputs and outputs of every layer for a batch of token rows.
 
     ``ids``: LongTensor ``[B, T]``. Returns ``x, y``: ``[B * (T - skip_first), n_layers, d_model]``,
@@ -46,7 +46,7 @@ def harvest(model: HarvestModel, ids: Tensor, *, input_site: str = "mlp_in", out
         raise ValueError(f"harvest needs token rows [batch, n_pos > {skip_first}], got {tuple(ids.shape)}. "
                          "Fix: use longer rows (seq_len) or skip_first=0.")
     sites = [(s, layer) for layer in range(L) for s in (input_site, output_site)]
-    with autocast(model.device, use_autocast):
+    with autocast(model.device, precision):
         rec = model.record_batch(ids, sites)
     x = torch.stack([rec[(input_site, layer)] for layer in range(L)], dim=2)[:, skip_first:]
     y = torch.stack([rec[(output_site, layer)] for layer in range(L)], dim=2)[:, skip_first:]
@@ -75,5 +75,5 @@ def check_finite(t: Tensor, what: str, where: str) -> None:
         f"{what} in {where} contain NaN or infinity (first at layer {layers[0] if layers else '?'}; "
         f"layers {layers[:8]}{'…' if len(layers) > 8 else ''}, "
         f"{int(bad.sum())} values). Fix: check the model's weights are finite; if it overflows in bf16, "
-        "train with autocast off (--no-autocast / TrainConfig(autocast=False)) or load the model in float32."
+        "train in float32 (--precision fp32 / TrainConfig(precision='fp32')) or load the model in float32."
     )

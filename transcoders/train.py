@@ -30,7 +30,7 @@ from transcoders.checkpoint import load_checkpoint, save_checkpoint
 from transcoders.distributed import all_reduce_mean, barrier, context
 from transcoders.harvest import HarvestModel, NonFiniteError
 from transcoders.model import Activation, Kind, Transcoder, TranscoderConfig, TranscoderOutput, build_transcoder
-from transcoders.precision import autocast
+from transcoders.precision import Precision, autocast, check_precision, use_bf16
 from transcoders.sparse import sparse_decode
 
 Sparsity = Literal["tanh", "l0"]
@@ -60,7 +60,7 @@ class TrainConfig:
     decay_fraction: float = 0.2  # linear decay to zero over the last fraction of steps
     grad_clip: float = 1.0
     seed: int = 0
-    autocast: bool = True  # bf16 where the device supports it
+    precision: Precision = "auto"  # bf16 only where it runs faster (transcoders.precision)
     skip_first: int = 1  # positions dropped from each row (the attention sink)
     dead_window: int = 200_000  # a feature silent for this many tokens counts as dead (display only)
     checkpoint_every: int = 200  # steps
@@ -71,6 +71,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the set
 
     def __post_init__(self) -> None:
+        self.precision = check_precision(self.precision)
         if self.kind not in ("plt", "clt"):
             raise ValueError(f"kind must be 'plt' or 'clt', not {self.kind!r}.")
         if self.activation not in ("jumprelu", "topk", "batchtopk", "relu"):
@@ -228,7 +229,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
                       cfg.chunk_epochs)
     stream = PairStream(model, token_batches or _token_batches(model, corpus, cfg), spec, seed=cfg.seed,
                         rank=dctx.rank, world=dctx.world, input_site=cfg.input_site, output_site=cfg.output_site,
-                        use_autocast=cfg.autocast, skip_first=cfg.skip_first)
+                        precision=cfg.precision, skip_first=cfg.skip_first)
     run_dir = Path(run_dir) if run_dir is not None else cache_dir("transcoders", "runs", run_name(model.name, cfg))
     cfg_dict = {**cfg.to_dict(), "model_name": model.name, "world": dctx.world}
 
@@ -262,12 +263,12 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     for step in range(start, total):
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
-        with autocast(device, cfg.autocast):
+        with autocast(device, cfg.precision):
             stats: StepStats = objective(x, y, log_coeff.exp().to(device))
         if not torch.isfinite(stats.loss):
             raise NonFiniteError(
                 f"the training loss became {float(stats.loss)} at step {step}. Fix: lower the learning rate "
-                f"(now {cfg.learning_rate:.2e}), or train with autocast off (--no-autocast).")
+                f"(now {cfg.learning_rate:.2e}), or train in float32 (--precision fp32).")
         opt.zero_grad(set_to_none=True)
         stats.loss.backward()
         if cfg.grad_clip:
@@ -303,6 +304,9 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     if save_dir is not None and dctx.is_main:
         from transcoders.io import save_transcoders
 
-        save_transcoders(tc, save_dir, metadata={"train_config": cfg_dict, "steps": total, "tokens": tokens})
+        # "auto" depends on the machine, so the set records what its training actually ran in.
+        ran_in = "bf16" if use_bf16(device, cfg.precision) else "fp32"
+        save_transcoders(tc, save_dir, metadata={"train_config": cfg_dict, "steps": total, "tokens": tokens,
+                                                 "trained_in": ran_in})
     barrier()
     return tc

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from circuits.patching.graph import HeadGraph
-from transcoders.cache import atomic_path
+from transcoders.writes import finite_or_none, nan_if_none, write_json
 
 FORMAT = "circuit-engine/circuit"
 VERSION = 1
@@ -154,9 +154,7 @@ class Circuit:
         if (~self.kept[g.valid] & ~valid_scores.isnan()).any():
             # Every valid edge, row-major over [n_src, n_dst] (the order of graph.valid.nonzero()).
             doc["all_scores"] = [finite_or_none(v) for v in valid_scores.tolist()]
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(doc, allow_nan=False, indent=1))
-        return path
+        return write_json(path, doc, indent=1)
 
     @classmethod
     def load(cls, path: str | Path, graph: HeadGraph | None = None) -> Circuit:
@@ -209,15 +207,6 @@ def _from_doc(doc: dict[str, Any], graph: HeadGraph | None) -> Circuit:
     return Circuit(g, kept, scores, effects, nan_if_none(doc["faithfulness"]), nan_if_none(doc["metric_circuit"]),
                    nan_if_none(doc["metric_full"]), nan_if_none(doc["metric_empty"]), str(doc["method"]),
                    info=dict(doc.get("info", {})))
-
-
-def finite_or_none(x: float) -> float | None:
-    """A float for JSON, which has no NaN or infinity: those become null (``nan_if_none`` reads them back)."""
-    return x if math.isfinite(x) else None
-
-
-def nan_if_none(x: float | None) -> float:
-    return float("nan") if x is None else float(x)
 
 
 def _jsonable(v: Any) -> Any:

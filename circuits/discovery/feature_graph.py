@@ -20,9 +20,9 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from circuits.discovery.circuit import finite_or_none, nan_if_none
 from circuits.discovery.feature_patch import NodeIndex
-from transcoders.cache import atomic_path
+from transcoders.writes import nan_if_none, write_json
+
 
 LOGITS_NAME = "logits"
 FORMAT, VERSION = "circuit-engine/feature-circuit", 1
@@ -141,20 +141,16 @@ class FeatureCircuit:
         path = Path(path)
         doc: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "method": self.method, "n_layers": self.n_layers,
-            "faithfulness": finite_or_none(self.faithfulness), "metric_circuit": finite_or_none(self.metric_circuit),
-            "metric_full": finite_or_none(self.metric_full), "metric_empty": finite_or_none(self.metric_empty),
-            "nodes": [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in asdict(n).items()} for n in self.nodes],
-            "edges": [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in asdict(e).items()} for e in self.edges],
-            "info": {k: finite_or_none(v) if isinstance(v, float) else v for k, v in self.info.items()
-                     if isinstance(v, (str, int, float, bool)) or v is None},
+            "faithfulness": self.faithfulness, "metric_circuit": self.metric_circuit,
+            "metric_full": self.metric_full, "metric_empty": self.metric_empty,
+            "nodes": [asdict(n) for n in self.nodes], "edges": [asdict(e) for e in self.edges],
+            "info": {k: v for k, v in self.info.items() if isinstance(v, (str, int, float, bool)) or v is None},
         }
         if self.scores is not None and self.index is not None:
             top = self.scores.abs().nan_to_num(-1.0).argsort(descending=True, stable=True)[:SAVED_SCORES]
             doc["index"] = asdict(self.index)
-            doc["scores"] = [[int(i), finite_or_none(float(self.scores[i]))] for i in top.tolist()]
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(doc, allow_nan=False, indent=1))
-        return path
+            doc["scores"] = [[int(i), float(self.scores[i])] for i in top.tolist()]
+        return write_json(path, doc, indent=1)  # NaN becomes null
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureCircuit:

@@ -16,7 +16,7 @@ from torch import Tensor
 from circuits.discovery.circuit import Circuit, nan_matrix
 from circuits.patching.graph import HeadGraph
 from circuits.patching.nodes import NodePatcher
-from transcoders.cache import atomic_path
+from transcoders.writes import write_json
 
 FORMAT = "circuit-engine node circuit v1"
 
@@ -154,9 +154,7 @@ class NodeCircuit:
                   "metric_circuit": self.metric_circuit, "metric_full": self.patcher.m_full,
                   "metric_empty": self.patcher.m_empty,
                   "info": {k: v for k, v in self.info.items() if isinstance(v, (str, int, float, bool, type(None)))}}
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(record, indent=1, default=float))
-        return path
+        return write_json(path, record, indent=1, default=float)
 
     @staticmethod
     def read(path: str | Path) -> dict[str, Any]:
