@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # CPU wheel where one is offered, and the matching build from PyPI elsewhere.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test setup graphviz transcoders clean-venv
+.PHONY: demo test setup graphviz transcoders clean-venv gpu-check gpu-assets
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,22 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# On a GPU machine: the exactness tier on CUDA (float64 and float32), the IOI trace on the GPU
+# against the CPU's, and the attribution benchmark on the GPU (benchmarks/gpu_check.py).
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+# For a GPU machine with no network (the lent test machines, Python 3.12): the wheels of what its
+# Python lacks, and SmolLM2's config and tokenizer, into .gpu/ (ignored; carry it along).
+GPU_WHEELS := nnsight==0.8.1 gguf==0.19.0 graphviz==0.21 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 \
+	referencing==0.37.0 rpds-py==2026.9.1 greenlet==3.5.6 pydantic==2.14.4 pydantic-core==2.50.5 \
+	annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions websocket-client==1.9.2 zstandard==0.25.0
+gpu-assets: setup
+	mkdir -p .gpu/wheels .gpu/smollm2
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux1_x86_64 -d .gpu/wheels $(GPU_WHEELS)
+	$(PY) -c "import shutil; from transcoders.cache import cache_dir; src = cache_dir('models', 'smollm2-135m-instruct'); \
+		[shutil.copy(src / f, '.gpu/smollm2/') for f in ('config.json', 'tokenizer.json', 'tokenizer_config.json')]"
+
