@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Run as a file, Python puts benchmarks/ first on sys.path, where benchmarks/transcoders.py
 # would shadow the transcoders package; `python -m benchmarks.discovery` does not need this.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.machine
 
 import torch
+
+from benchmarks.machine import print_machine
 
 from circuits import load_model
 from circuits.discovery import acdc, attribution_circuit
@@ -83,8 +85,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print_machine()
     t0 = time.perf_counter()
     model = load_model()
     task = ioi.dataset(model.tokenizer, n=args.n, seed=0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -26,8 +25,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # As in benchmarks.discovery: benchmarks/transcoders.py must not shadow the transcoders package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.machine
 
 import torch
+
+from benchmarks.machine import print_machine
 
 from circuits import load_model
 from circuits.discovery import discover_nodes
@@ -66,8 +68,7 @@ def main() -> None:
     runs = parse_runs(args.runs)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d')}", flush=True)
+    print_machine()
     model = load_model()
     results = []
     print("| seed | pairs | heads | faithfulness | discovery s | \\|effect\\| recognised | heads no probe recognises |")

@@ -17,6 +17,7 @@ from pathlib import Path
 # Run as a script, this file's folder comes first on sys.path and its name would shadow the
 # `transcoders` package it benchmarks.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.machine
 
 # On a shared CPU, OpenMP threads that spin while waiting burn the cores the other jobs need
 # (and inflate CPU time); this must be set before torch loads its OpenMP runtime.
@@ -29,6 +30,8 @@ from collections.abc import Callable  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks.machine import print_machine  # noqa: E402
 
 from circuits import load_model  # noqa: E402
 from transcoders import (  # noqa: E402
@@ -119,7 +122,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model()
-    print(f"{model}; torch {torch.__version__}, {args.threads} threads\n")
+    print_machine()
+    print(f"# {model}; bf16 rows force bf16 (on an AVX2 CPU it is emulated: see the capability above)\n")
     fmt = {"float_format": lambda v: f"{v:,.1f}"}
     print(harvest_table(model, batch=8, seq_len=128, reps=args.reps).to_string(**fmt), "\n")
     print(train_table(model, batch_tokens=1024, reps=max(1, args.reps - 1)).to_string(**fmt), "\n")

@@ -8,7 +8,6 @@ and the dead-feature counters. The data position needs no state: step ``s`` fixe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
