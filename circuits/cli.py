@@ -258,9 +258,13 @@ def _feature_cap(text: str) -> int | None:
     """``--max-feature-nodes``: a positive count, or ``all``."""
     if text.strip().lower() == "all":
         return None
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--max-feature-nodes must be a positive number or 'all', not {text!r}")
+        raise argparse.ArgumentTypeError(f"--max-feature-nodes must be a positive number or 'all', not {text!r}. "
+                                         "Fix: e.g. --max-feature-nodes 4096, or all.")
     return value
 
 
@@ -287,6 +291,15 @@ def _add_trace_options(p: argparse.ArgumentParser, *, out_default: str | None, m
                    help="also write graph.npz, the whole unpruned graph (graphs.load reads it; can be hundreds of MB)")
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors in what the user passed (the prompt, --out, --model, --transcoders): one line, no traceback."""
+    from circuits.models import ModelNotFoundError, PromptError
+    from transcoders import TranscoderLoadError, TranscoderModelMismatchError, TranscoderShapeError
+
+    return (OutputFolderError, PromptError, ModelNotFoundError, TranscoderLoadError, TranscoderModelMismatchError,
+            TranscoderShapeError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="circuits", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except OutputFolderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # the message names the fix; a traceback would bury it
         return 2
     except KeyboardInterrupt:
         # Every write is atomic, so an interrupted run leaves no partial file behind.

@@ -90,13 +90,23 @@ class FeatureLabels:
     @classmethod
     def load(cls, directory: str | Path) -> FeatureLabels:
         directory = Path(directory)
-        meta = json.loads((directory / LABELS_FILE).read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{directory / LABELS_FILE} is not a feature-label file. Fix: delete it and compute "
-                             "the labels again (circuits.labels.compute_labels).")
-        arrays = load_file(str(directory / ARRAYS_FILE))
-        return cls(arrays["top_acts"], arrays["top_tokens"], arrays["contexts"], meta["labels"], int(meta["before"]),
-                   meta.get("info", {}))
+        fix = (f"Fix: delete {LABELS_FILE} and {ARRAYS_FILE} in {directory}; the labels are computed again "
+               "(circuits.labels.compute_labels).")
+        try:
+            meta = json.loads((directory / LABELS_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{directory / LABELS_FILE} is damaged ({exc}). {fix}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ValueError(f"{directory / LABELS_FILE} is not a feature-label file. {fix}")
+        try:
+            arrays = load_file(str(directory / ARRAYS_FILE))
+            return cls(arrays["top_acts"], arrays["top_tokens"], arrays["contexts"], meta["labels"],
+                       int(meta["before"]), meta.get("info", {}))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # safetensors raises its own SafetensorError for a damaged file
+            raise ValueError(f"the feature labels in {directory} are damaged ({type(exc).__name__}: {exc}). "
+                             f"{fix}") from exc
 
 
 def fingerprint(transcoders: torch.nn.Module) -> str:

@@ -4,7 +4,7 @@ from graphs.convert import from_networkx, to_networkx
 from graphs.draw import GraphvizMissingError, render, svg
 from graphs.effects import effect_flags, measured_effects, set_effect_flags, set_measured_effect
 from graphs.files import load, save
-from graphs.graph import NODE_COLUMNS, NODE_KINDS, AttributionGraph
+from graphs.graph import NODE_COLUMNS, NODE_KINDS, AttributionGraph, GraphFileError
 from graphs.graphml import read_graphml, write_graphml
 from graphs.metrics import (
     PruneResult,
@@ -30,6 +30,6 @@ __all__ = [
     "set_feature_labels", "set_measured_effect", "strongest_paths", "summary", "svg", "to_networkx",
     "to_viewer_json", "viewer_schema", "write_graphml", "write_viewer_json",
     # the graph and its metrics
-    "NODE_COLUMNS", "NODE_KINDS", "AttributionGraph", "PruneResult", "completeness_score", "edge_influence",
-    "graph_scores", "influence", "node_influence", "normalized", "prune", "replacement_score", "subgraph",
+    "NODE_COLUMNS", "NODE_KINDS", "AttributionGraph", "GraphFileError", "PruneResult", "completeness_score",
+    "edge_influence", "graph_scores", "influence", "node_influence", "normalized", "prune", "replacement_score", "subgraph",
 ]

@@ -26,6 +26,7 @@ This module never imports ``circuits``.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -55,6 +56,17 @@ NODE_COLUMNS: dict[str, tuple[str, Any]] = {
 
 _FORMAT = "circuit-engine attribution graph"
 _VERSION = 1
+
+
+class GraphFileError(ValueError):
+    """A graph file that cannot be read: truncated, damaged, or not a graph file."""
+
+
+def unreadable(path: str | Path, exc: BaseException) -> GraphFileError:
+    """The error for a graph file a reader choked on (its exception chained by the caller)."""
+    return GraphFileError(f"{path} is not a readable graph file ({type(exc).__name__}: {str(exc)[:200]}): it is "
+                          "truncated, damaged, or was not written by graphs.save. Fix: write it again with "
+                          "graphs.save(graph, path), or pass an intact copy.")
 
 
 def empty_nodes(n: int) -> dict[str, np.ndarray]:
@@ -217,14 +229,22 @@ class AttributionGraph:
             from graphs.files import load
 
             return load(path)
-        with np.load(path, allow_pickle=False) as z:
-            header = untag_floats(json.loads(str(z["header"])))
-            if header.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not an attribution graph written by AttributionGraph.save")
-            nodes = {k.removeprefix("node."): z[k] for k in z.files if k.startswith("node.")}
-            adjacency = sp.csr_matrix((z["adj_data"], z["adj_indices"], z["adj_indptr"]),
-                                      shape=tuple(z["adj_shape"]))
-            tokens = z["tokens"]
+        if not path.is_file():
+            raise FileNotFoundError(f"no graph file at {path}. Fix: check the path (graph.save(path) writes one).")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = untag_floats(json.loads(str(z["header"])))
+                if not isinstance(header, dict) or header.get("format") != _FORMAT:
+                    raise GraphFileError(f"{path} is not an attribution graph written by AttributionGraph.save. "
+                                         "Fix: pass a file that graph.save(path) wrote.")
+                nodes = {k.removeprefix("node."): z[k] for k in z.files if k.startswith("node.")}
+                adjacency = sp.csr_matrix((z["adj_data"], z["adj_indices"], z["adj_indptr"]),
+                                          shape=tuple(z["adj_shape"]))
+                tokens = z["tokens"]
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            if isinstance(exc, GraphFileError):
+                raise
+            raise unreadable(path, exc) from exc
         return cls(prompt=header["prompt"], tokens=tokens, token_texts=header["token_texts"], nodes=nodes,
                    adjacency=adjacency, metadata=header["metadata"])
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from xml.etree import ElementTree
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from graphs.graph import unreadable
 from transcoders.writes import atomic_file
 
 JSON_ATTRS = "json_attrs"  # graph attribute: {"graph": [...], "node": [...], "edge": [...]} keys stored as JSON
@@ -39,7 +41,10 @@ def write_graphml(g: nx.DiGraph, path: str | Path) -> Path:
 
 def read_graphml(path: str | Path) -> nx.DiGraph:
     """Read a GraphML file; files from ``write_graphml`` come back with their original attributes."""
-    g = nx.read_graphml(Path(path), node_type=str)
+    try:
+        g = nx.read_graphml(Path(path), node_type=str)
+    except (ElementTree.ParseError, nx.NetworkXError, UnicodeDecodeError) as exc:
+        raise unreadable(path, exc) from exc
     if not isinstance(g, nx.DiGraph):
         raise ValueError(f"{path} holds an undirected graph; attribution graphs are directed. "
                          "Fix: write it from an nx.DiGraph.")

@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from graphs.effects import effect_flags, measured_effects
-from graphs.graph import NODE_COLUMNS, NODE_KINDS, AttributionGraph, empty_nodes
+from graphs.graph import NODE_COLUMNS, NODE_KINDS, AttributionGraph, empty_nodes, unreadable
 from graphs.metrics import node_influence
 from graphs.node_labels import LABELS_KEY, feature_key
 from transcoders.writes import dumps, tag_floats, tagged, untag_floats, untagged, write_text
@@ -151,13 +151,17 @@ def write_viewer_json(graph: AttributionGraph, path: str | Path, **kwargs: Any) 
 
 def read_viewer_json(path: str | Path) -> AttributionGraph:
     """Read a viewer JSON file: exactly, if we wrote it; else rebuilt from the viewer's fields."""
-    return from_viewer_json(json.loads(Path(path).read_text()))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise unreadable(path, exc) from exc
+    return from_viewer_json(data)
 
 
 def from_viewer_json(data: dict[str, Any]) -> AttributionGraph:
     """The graph a viewer JSON document describes (see ``read_viewer_json``)."""
     for key in ("metadata", "nodes", "links"):
-        if key not in data:
+        if not isinstance(data, dict) or key not in data:
             raise ValueError(f"not a viewer graph: no {key!r} field. Fix: pass a file written by graphs.save(..json) "
                              "or circuit-tracer's create_graph_files.")
     block = data["metadata"].get("circuit_engine")

@@ -78,6 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     device = args.device
     if device is None and dctx.active:
         device = f"cuda:{dctx.local_rank}" if torch.cuda.is_available() else "cpu"
+    corpus = _corpus(args.text)  # a missing or wrong --text fails here, before the model loads
     model = _load_model(model_name, device)
     out = Path(args.out) if args.out else (preset_dir(args.preset) if args.preset else None)
     if out is None:
@@ -88,7 +89,6 @@ def _train(args: argparse.Namespace) -> int:
         print(f"training {cfg.kind} ({cfg.activation}, width {cfg.d_features}) on {model.name} for "
               f"{cfg.n_tokens:,} tokens; saving to {out}", file=sys.stderr)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    corpus = _corpus(args.text)
     tc = train(model, cfg, corpus=corpus, run_dir=args.run_dir, save_dir=out)
     # CPU time as well as wall time: on a shared machine the wall clock mostly measures the neighbours.
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0

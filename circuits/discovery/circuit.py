@@ -164,12 +164,14 @@ class Circuit:
         try:
             doc = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"no circuit file at {path}; write one with Circuit.save") from None
+            raise FileNotFoundError(f"no circuit file at {path}. Fix: check the path; Circuit.save writes "
+                                    "one") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CircuitFileError(f"{path} is not a readable circuit file ({exc}); re-create it with "
+            raise CircuitFileError(f"{path} is not a readable circuit file ({exc}). Fix: re-create it with "
                                    "Circuit.save") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise CircuitFileError(f"{path} is not a circuit file (no 'format': {FORMAT!r}); write one with Circuit.save")
+            raise CircuitFileError(f"{path} is not a circuit file (no 'format': {FORMAT!r}). Fix: write one with "
+                                   "Circuit.save")
         if doc.get("version") != VERSION:
             raise CircuitFileError(f"{path} is a version {doc.get('version')!r} circuit file; this circuit-engine "
                                    f"reads version {VERSION}: re-save it with a matching version")
@@ -178,8 +180,8 @@ class Circuit:
         except CircuitFileError as exc:
             raise CircuitFileError(f"{path}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
-            raise CircuitFileError(f"{path} is a damaged circuit file ({type(exc).__name__}: {exc}); re-create it "
-                                   "with Circuit.save") from exc
+            raise CircuitFileError(f"{path} is a damaged circuit file ({type(exc).__name__}: {exc}). Fix: re-create "
+                                   "it with Circuit.save") from exc
 
 
 def _from_doc(doc: dict[str, Any], graph: HeadGraph | None) -> Circuit:

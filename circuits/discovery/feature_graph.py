@@ -158,12 +158,20 @@ class FeatureCircuit:
         path = Path(path)
         try:
             doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise FeatureCircuitFileError(f"cannot read {path} as a feature circuit ({err}); write one with "
-                                          "FeatureCircuit.save") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise FeatureCircuitFileError(f"cannot read {path} as a feature circuit ({err}). Fix: write it again "
+                                          "with FeatureCircuit.save") from err
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
             raise FeatureCircuitFileError(f"{path} is not a version-{VERSION} feature circuit file ('format': "
-                                          f"{FORMAT!r}); write one with FeatureCircuit.save")
+                                          f"{FORMAT!r}). Fix: write one with FeatureCircuit.save")
+        try:
+            return cls._from_doc(doc)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise FeatureCircuitFileError(f"{path} is a damaged feature circuit file ({type(exc).__name__}: {exc}). "
+                                          "Fix: write it again with FeatureCircuit.save") from exc
+
+    @classmethod
+    def _from_doc(cls, doc: dict[str, Any]) -> FeatureCircuit:
         index = scores = None
         if "index" in doc:
             index = NodeIndex(**doc["index"])

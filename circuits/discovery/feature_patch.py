@@ -147,6 +147,7 @@ class FeaturePatcher:
 
     def __init__(self, model: Model, task: Task, transcoders: nn.Module, *, batch_size: int = 16) -> None:
         check_transcoders(model, transcoders)
+        task.check_fits(model)
         self.model, self.task = model, task
         # eval(): BatchTopK keeps k per token at inference (as in trace).
         self.tc = as_compute(transcoders, model.device, model.dtype).eval()

@@ -162,11 +162,12 @@ class NodeCircuit:
         path = Path(path)
         try:
             record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read a node circuit from {path}: {exc}. Fix: write it again with "
                              "NodeCircuit.save") from exc
         if not isinstance(record, dict) or record.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a node circuit saved by NodeCircuit.save (format {FORMAT!r})")
+            raise ValueError(f"{path} is not a node circuit saved by NodeCircuit.save (format {FORMAT!r}). "
+                             "Fix: pass a file NodeCircuit.save wrote.")
         return record
 
     def __repr__(self) -> str:

@@ -133,16 +133,17 @@ class Model:
         """
         if isinstance(prompt, str):
             if not prompt.strip():
-                raise PromptError("the prompt is empty: pass some text, e.g. trace(\"When Mary and John ...\")")
+                raise PromptError("the prompt is empty: pass some text. Fix: e.g. trace(\"When Mary and John ...\")")
             ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
         else:
             ids = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
             if ids.numel() == 0:
-                raise PromptError("the prompt has no tokens: pass at least one token id")
+                raise PromptError("the prompt has no tokens. Fix: pass at least one token id, e.g. [1, 2, 3].")
         if ids.shape[-1] > self.dims.n_ctx:
             raise PromptError(
                 f"the prompt is {ids.shape[-1]} tokens but {self.name} has a context of {self.dims.n_ctx}: "
-                "shorten it"
+                f"shorten it. Fix: cut the prompt to at most {self.dims.n_ctx} tokens (keep its end, which the "
+                "prediction reads)."
             )
         return ids.to(self.device)
 
@@ -182,7 +183,7 @@ class Model:
                               "reshape them, e.g. ids.reshape(1, -1)")
         if ids.shape[1] > self.dims.n_ctx:
             raise PromptError(f"the batch is {ids.shape[1]} tokens long but {self.name} has a context of "
-                              f"{self.dims.n_ctx}: shorten it")
+                              f"{self.dims.n_ctx}: shorten it. Fix: pass at most {self.dims.n_ctx} positions.")
         located = {key: self.spec.location(*key) for key in set(sites)}
         saved: dict[SiteKey, torch.Tensor] = {}
         handles = []

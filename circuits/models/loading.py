@@ -57,6 +57,10 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
     if local.exists():
         hf, tok = _from_local(local, dt)
         return Model(hf.to(dev), tok, str(local))
+    if _looks_like_a_path(name):  # a hub id is org/name; this names a file or folder that is not there
+        raise ModelNotFoundError(f"no model at {name!r}: the path does not exist. Fix: check the path (a model "
+                                 "directory written by save_pretrained, or a .gguf file), or pass a packaged name "
+                                 f"({', '.join(pm.aliases[0] for pm in PACKAGED)}) or a hub id such as 'gpt2'.")
     hf, tok = _from_hub(name, dt)
     return Model(hf.to(dev), tok, name)
 
@@ -98,7 +102,12 @@ def _from_local(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object
     if path.is_file() and path.suffix == ".gguf":
         return _from_gguf(path, dtype)
     if path.is_dir() and (path / "config.json").exists():
-        return _from_dir(path, dtype)
+        try:
+            return _from_dir(path, dtype)
+        except (OSError, ValueError) as exc:  # transformers' own errors: a bad config.json, missing weights
+            raise ModelLoadError(f"the model directory {str(path)!r} could not be read ({type(exc).__name__}: "
+                                 f"{str(exc)[:300]}). Fix: save it again with save_pretrained (model and "
+                                 "tokenizer), or point at an intact copy.") from exc
     ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
     if len(ggufs) == 1:
         return _from_gguf(ggufs[0], dtype)
@@ -108,6 +117,12 @@ def _from_local(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object
         "Fix: point at such a directory or .gguf file, or pass a packaged name "
         f"({', '.join(pm.aliases[0] for pm in PACKAGED)}) or a hub id."
     )
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """``/abs``, ``./rel``, ``~/x``, ``a/b/c`` or ``x.gguf``: never a hub id (``org/name``)."""
+    return (name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+            or name.lower().endswith(".gguf"))
 
 
 def _from_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:

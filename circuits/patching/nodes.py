@@ -252,6 +252,7 @@ class NodePatcher:
             raise ValueError(f"unknown ablation {ablation!r}: use 'zero', 'mean' or 'resample'")
         if metric not in ("task", "kl"):
             raise ValueError(f"unknown metric {metric!r}: use 'task' or 'kl'")
+        task.check_fits(model)
         self.model, self.task, self.ablation, self.metric_name = model, task, ablation, metric
         self.graph = HeadGraph.for_model(model, split_qkv=False)
         self.positions = task.positions

@@ -64,6 +64,7 @@ class Patcher:
             raise ValueError(f"unknown ablation {ablation!r}: use 'zero', 'mean' or 'resample'")
         if metric not in ("task", "kl", "prob"):
             raise ValueError(f"unknown metric {metric!r}: use 'task', 'kl' or 'prob'")
+        task.check_fits(model)
         self.model, self.task, self.ablation, self.metric_name = model, task, ablation, metric
         self.graph = HeadGraph.for_model(model, split_qkv)
         self.weights = HeadWeights.of(model)

@@ -50,7 +50,8 @@ class Task:
     def __post_init__(self) -> None:
         if self.clean.shape != self.corrupted.shape or self.clean.ndim != 2:
             raise ValueError(f"clean {tuple(self.clean.shape)} and corrupted {tuple(self.corrupted.shape)} ids must "
-                             "both be [n, n_pos]: build prompts of equal token length")
+                             "both be [n, n_pos]: build prompts of equal token length. Fix: pad or reword the "
+                             "corrupted prompts so each has its clean partner's token count.")
         if len(self.positions) == 0:
             raise ValueError("a task needs at least one position for its metric")
         if self.answers.shape[0] != self.n or self.wrong.shape[0] != self.n:
@@ -59,6 +60,21 @@ class Task:
                                         or (self.n > 0 and int(self.groups.min()) < 0)):
             raise ValueError(f"groups must be [n] = [{self.n}] non-negative int64 ids, one per prompt; got "
                              f"{tuple(self.groups.shape)} {self.groups.dtype}")
+
+    def check_fits(self, model: Any) -> None:
+        """Refuse token ids outside ``model``'s vocabulary and prompts longer than its context (before
+        they surface as an index error deep in a forward pass)."""
+        d_vocab, n_ctx = model.dims.d_vocab, model.dims.n_ctx
+        if self.n_pos > n_ctx:
+            raise ValueError(f"task {self.name!r} has prompts of {self.n_pos} tokens but {model.name} has a context "
+                             f"of {n_ctx}. Fix: build the task with shorter prompts.")
+        for what, ids, pad in (("clean", self.clean, False), ("corrupted", self.corrupted, False),
+                               ("answers", self.answers, True), ("wrong", self.wrong, True)):
+            bad = (ids >= d_vocab) | (ids < (-1 if pad else 0))
+            if bad.any():
+                raise ValueError(f"task {self.name!r}: {what} holds token id {int(ids[bad][0])}, outside {model.name}'s "
+                                 f"vocabulary 0..{d_vocab - 1}{' (-1 pads)' if pad else ''}. Fix: build the task with "
+                                 "this model's tokenizer (e.g. ioi.dataset(model.tokenizer, ...)).")
 
     @property
     def n(self) -> int:
