@@ -402,27 +402,27 @@ def test_feature_circuit_file_missing_fields(tmp_path: Path) -> None:
 # --- discovery tasks ------------------------------------------------------------------------------
 
 
-def _task(model, *, n_pos: int = 5, corrupted_pos: int | None = None, answer: int = 3) -> Task:
+def _task(*, n_pos: int = 5, corrupted_pos: int | None = None, answer: int = 3) -> Task:
     ids = torch.arange(1, n_pos + 1).repeat(2, 1)
     corrupted = torch.arange(2, (corrupted_pos or n_pos) + 2).repeat(2, 1)
     return Task("bad", ids, corrupted, torch.full((2, 1), answer), torch.full((2, 1), 4), torch.tensor([n_pos - 1]),
                 logit_diff)
 
 
-def test_task_prompts_of_different_lengths(model) -> None:
+def test_task_prompts_of_different_lengths() -> None:
     with refused(ValueError, "clean (2, 5) and corrupted (2, 6)", "equal token length", "Fix: pad or reword"):
-        _task(model, corrupted_pos=6)
+        _task(corrupted_pos=6)
 
 
 def test_task_answers_outside_the_vocabulary(model) -> None:
     with refused(ValueError, "answers holds token id 99", "vocabulary 0..39", "Fix: build the task with this "
                                                                             "model's tokenizer"):
-        Patcher(model, _task(model, answer=99))
+        Patcher(model, _task(answer=99))
 
 
 def test_task_longer_than_the_context(model) -> None:
     with refused(ValueError, "prompts of 20 tokens", "context of 16", "Fix: build the task with shorter prompts"):
-        Patcher(model, _task(model, n_pos=20))
+        Patcher(model, _task(n_pos=20))
 
 
 # --- training -------------------------------------------------------------------------------------
