@@ -2,6 +2,7 @@
 
 from circuits.attribution.checks import TranscoderMismatchError, TranscodersMissingError
 from circuits.attribution.freeze import FreezeError, FrozenForward, FrozenNorm, freeze
+from circuits.attribution.memory import MemoryBudgetError, MemoryPlan, parse_memory
 from circuits.attribution.replacement import (
     MlpReplacement,
     ReplacementRun,
@@ -11,6 +12,7 @@ from circuits.attribution.replacement import (
 from circuits.attribution.tracing import salient_logits, trace
 
 __all__ = [
-    "FreezeError", "FrozenForward", "FrozenNorm", "MlpReplacement", "ReplacementRun", "TranscoderMismatchError",
-    "TranscodersMissingError", "freeze", "replace_mlps", "run_replacement", "salient_logits", "trace",
+    "FreezeError", "FrozenForward", "FrozenNorm", "MemoryBudgetError", "MemoryPlan", "MlpReplacement",
+    "ReplacementRun", "TranscoderMismatchError", "TranscodersMissingError", "freeze", "parse_memory", "replace_mlps",
+    "run_replacement", "salient_logits", "trace",
 ]

@@ -47,6 +47,33 @@ class Targets:
     def take(self, idx: Tensor) -> Targets:
         return Targets(self.layer[idx], self.pos[idx], self.vec[idx], self.const[idx])
 
+    def resolve(self) -> Targets:
+        return self
+
+
+@dataclass
+class FeatureTargets:
+    """Feature targets whose read-out vectors are built only for the batch at hand: for every
+    active feature they would take ``[n_active, D]``, more than the rest of a long prompt's trace."""
+
+    rmap: ResidualMap
+    transcoder: nn.Module
+    layer: Tensor
+    """``[n]`` long."""
+    pos: Tensor
+    """``[n]`` long."""
+    feature: Tensor
+    """``[n]`` long."""
+
+    def __len__(self) -> int:
+        return int(self.layer.shape[0])
+
+    def take(self, idx: Tensor) -> FeatureTargets:
+        return FeatureTargets(self.rmap, self.transcoder, self.layer[idx], self.pos[idx], self.feature[idx])
+
+    def resolve(self) -> Targets:
+        return feature_targets(self.rmap, self.transcoder, self.layer, self.pos, self.feature)
+
 
 @dataclass
 class Sources:

@@ -166,7 +166,7 @@ def freeze(model: Model, ids: Tensor, *, input_site: str = "mlp_in", output_site
     add(model.norm("ln_final"), _IN, ("ln_final:in", -1))
     add(model.norm("ln_final"), _OUT, ("ln_final:out", -1))
     with hooked(handles):
-        logits = model.hf(ids).logits[0, -1]
+        logits = model.hf(ids).logits[0, -1].clone()  # not a view that keeps every position's [P, d_vocab] alive
 
     missing = [k for k in [("pattern", l) for l in range(n_layers)] if seen.get(k) is None]
     if missing:

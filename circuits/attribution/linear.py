@@ -131,7 +131,6 @@ def build_residual_map(model: Model, frozen: FrozenForward, transcoder: nn.Modul
     norms = {role: [n.to(device, dtype) for n in per_layer] for role, per_layer in frozen.norms.items()}
     ln_attn, ln_mlp = norms["ln_attn"], norms["ln_mlp"]
     attn_post = norms.get("ln_attn_post")
-    patterns = cast(frozen.patterns)                                     # [L, H, P, P]
 
     W_O, W_V, attn_const = [], [], []
     for layer in range(L):
@@ -144,7 +143,7 @@ def build_residual_map(model: Model, frozen: FrozenForward, transcoder: nn.Modul
         v0 = wv @ ln_attn[layer].bias if ln_attn[layer].bias is not None else torch.zeros(wv.shape[0], **_like(wv))
         v0 = v0 + bv if bv is not None else v0
         v0 = v0.view(Hkv, 1, dh).expand(Hkv, H // Hkv, dh).reshape(H, dh)
-        z0 = patterns[layer].sum(-1)[:, :, None] * v0[:, None, :]       # [H, P, dh]
+        z0 = cast(frozen.patterns[layer]).sum(-1)[:, :, None] * v0[:, None, :]   # [H, P, dh]
         out0 = z0.permute(1, 0, 2).reshape(P, H * dh) @ wo.T
         out0 = out0 + bo if bo is not None else out0
         attn_const.append(post(out0) if post is not None else out0)
@@ -166,12 +165,15 @@ def build_residual_map(model: Model, frozen: FrozenForward, transcoder: nn.Modul
             if ln_mlp[l].bias is not None:
                 mlp_const[l] += (ln_mlp[l].bias * in_scale[l]) @ ws[l] / out_scale[l]
 
-    # mix[l, h, k, q] = s_attn[k] * pattern[h, q, k] * s_post[q]
-    mix = patterns.transpose(-1, -2) * torch.stack([n.scale for n in ln_attn])[:, None, :, None]
+    # mix[l, h, k, q] = s_attn[k] * pattern[h, q, k] * s_post[q]: transposed and cast in one copy,
+    # scaled in place, as [L, H, P, P] is the largest tensor of a long prompt's map.
+    mix = torch.empty(frozen.patterns.shape, device=device, dtype=dtype)
+    mix.copy_(frozen.patterns.transpose(-1, -2))
+    mix.mul_(torch.stack([n.scale for n in ln_attn])[:, None, :, None])
     if attn_post is not None:
-        mix = mix * torch.stack([n.scale for n in attn_post])[:, None, None, :]
+        mix.mul_(torch.stack([n.scale for n in attn_post])[:, None, None, :])
     return ResidualMap(
-        mix=mix.contiguous(),
+        mix=mix,
         W_O=torch.stack(W_O).contiguous(),
         W_V=torch.stack(W_V).contiguous(),
         mlp_scale=torch.stack([n.scale for n in ln_mlp]),

@@ -1,14 +1,18 @@
-"""Which rows to compute, in what batches, and how they become one sparse matrix.
+"""Which rows to compute, in what batches, where they wait, and how they become one sparse matrix.
 
 A full graph computes a row for every active feature and logit. With ``max_feature_nodes``
 the features are chosen as circuit-tracer chooses them: logit rows first, then repeatedly
 the not-yet-visited features with the most influence on the logits through the rows found
-so far. Rows arrive as sparse chunks on the CPU; ``assemble`` lays them out as one CSR matrix
-without ever holding a dense ``n_nodes²`` array.
+so far. Rows arrive as sparse chunks on the CPU and wait in a ``RowStore`` (in memory up to
+the plan's allowance, then in a temporary file); ``assemble`` lays them out as one CSR matrix
+without ever holding a dense ``n_nodes²`` array. Everything that reads stored rows does so in
+blocks of about ``BLOCK_ENTRIES`` edges, so its transients stay small whatever a chunk's size.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +21,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.attribution.attribute import Attributor, Targets
-from graphs.metrics import influence
+from circuits.attribution.attribute import Attributor, FeatureTargets, Targets
+from circuits.attribution.memory import BLOCK_ENTRIES, SELECTION_ROUND
 
 
 @dataclass
@@ -40,24 +44,120 @@ class RowChunk:
     magnitude: np.ndarray
     """``[B]`` float64 sum of each row's absolute values."""
 
+    @property
+    def nbytes(self) -> int:
+        return self.cols.nbytes + self.vals.nbytes
 
-def to_chunk(rows: np.ndarray, edges: Tensor, bias: Tensor, col_of: Tensor) -> RowChunk:
-    """Keep the nonzero entries of ``edges [B, n_slots]``, columns renamed by ``col_of [n_slots]``
-    (slots follow node order, so columns stay sorted)."""
-    nz = edges.nonzero()
-    r, c = nz[:, 0], nz[:, 1]
-    vals = edges[r, c]
-    B = edges.shape[0]
-    counts = torch.bincount(r, minlength=B)
-    wide = vals.double()
-    total = wide.new_zeros(B).index_add_(0, r, wide)
-    magnitude = wide.new_zeros(B).index_add_(0, r, wide.abs())
-    cols = col_of[c.cpu()]
-    return RowChunk(rows, counts.cpu().numpy(), cols.to(torch.int32).numpy(), vals.cpu().numpy(),
-                    bias.cpu().numpy(), total.cpu().numpy(), magnitude.cpu().numpy())
+    def blocks(self, entries: int = BLOCK_ENTRIES) -> Iterator[tuple[slice, slice]]:
+        """``(rows, entries)`` slices over runs of whole rows holding about ``entries`` edges each."""
+        ends = np.cumsum(self.counts)
+        r0, e0 = 0, 0
+        while r0 < len(self.rows):
+            r1 = max(r0 + 1, int(np.searchsorted(ends, e0 + entries, side="right")))
+            e1 = int(ends[r1 - 1])
+            yield slice(r0, r1), slice(e0, e1)
+            r0, e0 = r1, e1
 
 
-def batches(targets: Targets, batch_size: int) -> list[Tensor]:
+def to_chunk(rows: np.ndarray, edges: Tensor, bias: Tensor, col_of: np.ndarray) -> RowChunk:
+    """Keep the nonzero entries of ``edges [B, n_slots]``, columns renamed by ``col_of [n_slots]`` (int32;
+    slots follow node order, so columns stay sorted). Row by row: the transients are one row's,
+    where ``edges.nonzero()`` would take 16 bytes per edge of the whole batch."""
+    dense = edges.cpu().numpy()                                             # a view on the CPU
+    counts = np.count_nonzero(dense, axis=1)
+    cols = np.empty(int(counts.sum()), dtype=np.int32)
+    vals = np.empty(len(cols), dtype=dense.dtype)
+    total, magnitude = np.empty(len(rows)), np.empty(len(rows))
+    at = 0
+    for i, k in enumerate(counts.tolist()):
+        nz = np.flatnonzero(dense[i])
+        v = dense[i, nz]
+        cols[at:at + k], vals[at:at + k] = col_of[nz], v
+        total[i], magnitude[i] = v.sum(dtype=np.float64), np.abs(v).sum(dtype=np.float64)
+        at += k
+    return RowChunk(rows, counts, cols, vals, bias.cpu().numpy(), total, magnitude)
+
+
+@dataclass
+class _Spilled:
+    """A chunk whose columns and values wait in the store's file at ``offset``."""
+
+    chunk: RowChunk
+    """The chunk with empty ``cols``/``vals``."""
+    offset: int
+    nnz: int
+
+
+class RowStore:
+    """Row chunks in arrival order: in memory up to ``limit`` bytes of columns and values, the
+    rest in an unnamed temporary file (gone when the store is closed or collected)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.bytes_in_memory = 0
+        self.bytes_on_disk = 0
+        self.nnz = 0
+        self._items: list[RowChunk | _Spilled] = []
+        self._file = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, chunk: RowChunk) -> None:
+        self.nnz += len(chunk.cols)
+        if self.limit is None or self.bytes_in_memory + chunk.nbytes <= self.limit:
+            self._items.append(chunk)
+            self.bytes_in_memory += chunk.nbytes
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="circuits-rows-")
+        f = self._file
+        f.seek(0, 2)
+        offset = f.tell()
+        chunk.cols.tofile(f)
+        chunk.vals.tofile(f)
+        self.bytes_on_disk += chunk.nbytes
+        empty = RowChunk(chunk.rows, chunk.counts, chunk.cols[:0].copy(), chunk.vals[:0].copy(), chunk.bias,
+                         chunk.total, chunk.magnitude)
+        self._items.append(_Spilled(empty, offset, len(chunk.cols)))
+
+    def metadata(self) -> Iterator[RowChunk]:
+        """The chunks without reading spilled columns and values back (rows, counts, bias, sums)."""
+        for item in self._items:
+            yield item.chunk if isinstance(item, _Spilled) else item
+
+    def __iter__(self) -> Iterator[RowChunk]:
+        for item in self._items:
+            yield self._load(item)
+
+    def drain(self) -> Iterator[RowChunk]:
+        """Every chunk once, each let go of as the next is read: memory falls as a reader builds its output."""
+        while self._items:
+            item = self._items.pop(0)
+            if not isinstance(item, _Spilled):
+                self.bytes_in_memory -= item.nbytes
+            yield self._load(item)
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _load(self, item: RowChunk | _Spilled) -> RowChunk:
+        if not isinstance(item, _Spilled):
+            return item
+        c = item.chunk
+        self._file.seek(item.offset)
+        cols = np.fromfile(self._file, dtype=np.int32, count=item.nnz)
+        vals = np.fromfile(self._file, dtype=c.vals.dtype, count=item.nnz)
+        return RowChunk(c.rows, c.counts, cols, vals, c.bias, c.total, c.magnitude)
+
+
+def batches(targets: Targets | FeatureTargets, batch_size: int) -> list[Tensor]:
     """Index batches over ``targets``, each sorted by layer, highest first (as ``Attributor.rows`` needs).
 
     Targets are grouped by position first: a batch then walks only the positions up to its
@@ -70,44 +170,94 @@ def batches(targets: Targets, batch_size: int) -> list[Tensor]:
     return [idx[torch.argsort(-targets.layer[idx], stable=True)] for idx in order.split(batch_size)]
 
 
-def compute_rows(attributor: Attributor, targets: Targets, node_ids: np.ndarray, batch_size: int,
-                 bar: tqdm | None = None) -> list[RowChunk]:
-    """Rows for every target as sparse chunks; ``node_ids [n]`` names each target's row."""
-    chunks = []
+def compute_rows(attributor: Attributor, targets: Targets | FeatureTargets, node_ids: np.ndarray, batch_size: int,
+                 store: RowStore, bar: tqdm | None = None) -> None:
+    """Rows for every target, added to ``store`` as sparse chunks; ``node_ids [n]`` names each target's row."""
+    col_of = attributor.src.col_of.numpy().astype(np.int32)
     for idx in batches(targets, batch_size):
-        edges, bias = attributor.rows(targets.take(idx))
-        chunks.append(to_chunk(node_ids[idx.cpu().numpy()], edges, bias, attributor.src.col_of))
+        edges, bias = attributor.rows(targets.take(idx).resolve())
+        store.append(to_chunk(node_ids[idx.cpu().numpy()], edges, bias, col_of))
+        del edges
         if bar is not None:
             bar.update(len(idx))
-    return chunks
 
 
-def compute_selected_rows(attributor: Attributor, features: Targets, logits: Targets, logit_probs: np.ndarray,
-                          max_features: int, batch_size: int, n_nodes: int, levels: np.ndarray,
-                          update_interval: int = 4, bar: tqdm | None = None) -> tuple[list[RowChunk], np.ndarray]:
-    """Logit rows, then rows for the ``max_features`` most influential features, chosen greedily.
+def compute_selected_rows(attributor: Attributor, features: FeatureTargets, logits: Targets,
+                          logit_probs: np.ndarray, max_features: int, batch_size: int, n_nodes: int,
+                          levels: np.ndarray, store: RowStore, round_size: int = SELECTION_ROUND,
+                          bar: tqdm | None = None) -> np.ndarray:
+    """Logit rows, then rows for the ``max_features`` most influential features, chosen greedily
+    ``round_size`` at a time (not tied to ``batch_size``, so the graph does not depend on it).
 
     Node ids: features ``0..n_f-1``, logits the last ``len(logits)`` of ``n_nodes``; ``levels [n_nodes]``
-    are the nodes' layers (see ``graphs.metrics.influence``).
-    Returns the chunks and a ``[n_f]`` bool mask of the features visited.
+    are the nodes' layers (see ``graphs.metrics.influence``). Rows go to ``store``.
+    Returns a ``[n_f]`` bool mask of the features visited.
     """
     n_f, n_l = len(features), len(logits)
     logit_ids = np.arange(n_nodes - n_l, n_nodes)
-    chunks = compute_rows(attributor, logits, logit_ids, batch_size, bar)
+    compute_rows(attributor, logits, logit_ids, batch_size, store, bar)
     weights = np.zeros(n_nodes)
     weights[logit_ids] = logit_probs
     visited = np.zeros(n_f, dtype=bool)
     done = 0
     while done < max_features:
-        partial = assemble(chunks, n_nodes, np.arange(n_nodes), np.arange(n_nodes), np.float64).matrix
-        score = influence(partial, weights, levels)[:n_f]
+        score = feature_influence(store, weights, levels, visited)
         rank = np.argsort(-score, kind="stable")
-        pending = rank[~visited[rank]][:min(update_interval * batch_size, max_features - done)]
-        chunks += compute_rows(attributor, features.take(torch.as_tensor(pending, device=features.layer.device)),
-                               pending, batch_size, bar)
+        pending = rank[~visited[rank]][:min(round_size, max_features - done)]
+        compute_rows(attributor, features.take(torch.as_tensor(pending, device=features.layer.device)), pending,
+                     batch_size, store, bar)
         visited[pending] = True
         done += len(pending)
-    return chunks, visited
+    return visited
+
+
+def feature_influence(store: RowStore, weights: np.ndarray, levels: np.ndarray, visited: np.ndarray) -> np.ndarray:
+    """``graphs.metrics.influence`` of the stored rows on the nodes weighted by ``weights [n_nodes]``, for
+    the features ``[n_f]``, without assembling the rows into one matrix.
+
+    Influence flows down from a target t to a source s as ``x[s] += (w[t] + x[t]) |A[t, s]| / Σ_s |A[t, s]|``.
+    Only visited nodes have rows, so the x of every row comes from the edges among visited nodes
+    (a small matrix, swept top level down); then one pass over all stored edges spreads it to
+    every feature.
+    """
+    n_nodes, n_f = len(weights), len(visited)
+    chunks = list(store.metadata())
+    row_ids = np.concatenate([c.rows for c in chunks]) if chunks else np.zeros(0, dtype=np.int64)
+    norm = np.maximum(np.concatenate([c.magnitude for c in chunks]) if chunks else np.zeros(0), 1e-10)
+    where = np.full(n_nodes, -1)
+    where[row_ids] = np.arange(len(row_ids))
+    keep = np.zeros(n_nodes, dtype=bool)
+    keep[:n_f] = visited
+    # Edges among visited nodes, as (row index, source node, |weight|).
+    t_list, s_list, a_list = [], [], []
+    first = 0
+    for chunk in store:
+        for rows, entries in chunk.blocks():
+            cols = chunk.cols[entries]
+            hit = keep[cols]
+            if hit.any():
+                local = np.repeat(np.arange(rows.start, rows.stop), chunk.counts[rows])
+                t_list.append(first + local[hit])
+                s_list.append(cols[hit].astype(np.int64))
+                a_list.append(np.abs(chunk.vals[entries][hit]).astype(np.float64))
+        first += len(chunk.rows)
+    x = np.zeros(n_nodes)
+    if t_list:
+        t, s, a = np.concatenate(t_list), np.concatenate(s_list), np.concatenate(a_list)
+        row_level = levels[row_ids]
+        for level in np.unique(row_level)[::-1]:               # a row's x is complete once the levels above are done
+            sel = row_level[t] == level
+            coef = (weights[row_ids] + x[row_ids]) / norm
+            x += np.bincount(s[sel], weights=a[sel] * coef[t[sel]], minlength=n_nodes)
+    coef = (weights[row_ids] + x[row_ids]) / norm                            # [n_rows] final
+    score = np.zeros(n_nodes)
+    first = 0
+    for chunk in store:
+        for rows, entries in chunk.blocks():
+            c = np.repeat(coef[first + rows.start:first + rows.stop], chunk.counts[rows])
+            score += np.bincount(chunk.cols[entries], weights=np.abs(chunk.vals[entries]) * c, minlength=n_nodes)
+        first += len(chunk.rows)
+    return score[:n_f]
 
 
 @dataclass
@@ -124,57 +274,46 @@ class Assembled:
     """Sum of all absolute values, dropped columns included."""
 
 
-def assemble(chunks: list[RowChunk], n_new: int, row_map: np.ndarray, col_map: np.ndarray,
-             dtype: np.dtype) -> Assembled:
-    """Lay chunks out as one ``[n_new, n_new]`` CSR matrix.
+def assemble(store: RowStore, n_new: int, row_map: np.ndarray, col_map: np.ndarray, dtype: np.dtype) -> Assembled:
+    """Lay the stored chunks out as one ``[n_new, n_new]`` CSR matrix, emptying ``store`` as it goes.
 
     ``row_map`` and ``col_map`` send the chunks' row and column ids to new ones (``-1``: dropped).
     Entries in dropped columns are summed per row instead.
     """
     bias, excluded, total, magnitude = (np.full(n_new, np.nan) for _ in range(4))
     drops = bool(np.any(col_map < 0))
-    identity = not drops and _is_identity(col_map)
-    # First the row lengths, then every chunk copied straight into place: one pass, no stacking.
+    # First the row lengths (reading only columns), then every block copied straight into place.
     counts = np.zeros(n_new, dtype=np.int64)
-    kept_counts = []
-    for ch in chunks:
+    for ch in (store if drops else store.metadata()):
         new_rows = row_map[ch.rows]
         bias[new_rows], total[new_rows], magnitude[new_rows] = ch.bias, ch.total, ch.magnitude
-        if drops:
-            entry_row = np.repeat(np.arange(len(ch.rows)), ch.counts)
-            keep = col_map[ch.cols] >= 0
-            excluded[new_rows] = np.bincount(entry_row[~keep], weights=ch.vals[~keep], minlength=len(ch.rows))
-            kept = np.bincount(entry_row[keep], minlength=len(ch.rows))
-        else:
-            excluded[new_rows] = 0.0
-            kept = ch.counts
-        counts[new_rows] = kept
-        kept_counts.append(kept)
+        if not drops:
+            counts[new_rows], excluded[new_rows] = ch.counts, 0.0
+            continue
+        for rows, entries in ch.blocks():
+            local = np.repeat(np.arange(rows.stop - rows.start), ch.counts[rows])
+            keep = col_map[ch.cols[entries]] >= 0
+            n = rows.stop - rows.start
+            excluded[new_rows[rows]] = np.bincount(local[~keep], weights=ch.vals[entries][~keep], minlength=n)
+            counts[new_rows[rows]] = np.bincount(local[keep], minlength=n)
     nnz = int(counts.sum())
     index_dtype = np.int32 if max(nnz, n_new) < np.iinfo(np.int32).max else np.int64
     indptr = np.zeros(n_new + 1, dtype=index_dtype)
     np.cumsum(counts, out=indptr[1:])
     indices = np.empty(nnz, dtype=index_dtype)
     data = np.empty(nnz, dtype=dtype)
-    starts = indptr.tolist()
-    for ch, kept in zip(chunks, kept_counts):
-        cols, vals = ch.cols, ch.vals
-        if drops:
-            keep = col_map[cols] >= 0
-            cols, vals = cols[keep], vals[keep]
-        if not identity:
-            cols = col_map[cols]
-        # Each row is a contiguous run in the chunk and in the result: copy run by run.
-        ends = np.cumsum(kept)
-        for r, end, k in zip(row_map[ch.rows].tolist(), ends.tolist(), kept.tolist()):
-            if k:
-                at = starts[r]
-                indices[at:at + k] = cols[end - k:end]
-                data[at:at + k] = vals[end - k:end]
+    for ch in store.drain():
+        new_rows = row_map[ch.rows]
+        for rows, entries in ch.blocks():
+            cols, vals = ch.cols[entries], ch.vals[entries]
+            if drops:
+                keep = col_map[cols] >= 0
+                cols, vals = cols[keep], vals[keep]
+            kept = counts[new_rows[rows]]
+            # Row r's run starts at indptr[r]; entries of a block follow row by row.
+            dest = np.repeat(indptr[new_rows[rows]] - (np.cumsum(kept) - kept), kept) + np.arange(len(cols))
+            indices[dest] = col_map[cols]
+            data[dest] = vals
     matrix = sp.csr_matrix((data, indices, indptr), shape=(n_new, n_new))
     matrix.has_sorted_indices = True  # columns rise within a row and the maps keep their order
     return Assembled(matrix, bias, excluded, total, magnitude)
-
-
-def _is_identity(col_map: np.ndarray) -> bool:
-    return bool(np.array_equal(col_map, np.arange(len(col_map))))

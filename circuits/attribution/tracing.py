@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -14,9 +15,9 @@ from tqdm.auto import tqdm
 
 from circuits.attribution.attribute import (
     Attributor,
+    FeatureTargets,
     Targets,
     build_sources,
-    feature_targets,
     logit_targets,
 )
 from circuits.attribution.checks import (
@@ -24,10 +25,11 @@ from circuits.attribution.checks import (
     check_transcoders,
     default_transcoders,
 )
-from circuits.attribution.freeze import freeze
+from circuits.attribution.freeze import FrozenForward, freeze
 from circuits.attribution.linear import build_residual_map
+from circuits.attribution.memory import TraceShape, plan_trace, resolve_budget
 from circuits.attribution.replacement import as_compute, replace_mlps
-from circuits.attribution.rows import assemble, compute_rows, compute_selected_rows
+from circuits.attribution.rows import RowStore, assemble, compute_rows, compute_selected_rows
 from circuits.models.adapter import Model, PromptError
 from circuits.models.loading import load_model, resolve_device, resolve_dtype
 from graphs.graph import AttributionGraph, empty_nodes
@@ -42,8 +44,8 @@ _IDENTITY_WARN = {torch.float64: 1e-5, torch.float32: 1e-3}
 def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, transcoders: nn.Module | None = None, *,
           max_logits: int = 10, logit_prob: float = 0.95, max_feature_nodes: int | None = None,
           batch_size: int | None = None, device: str | torch.device | None = None,
-          dtype: str | torch.dtype | None = None, verify: bool = False, node_threshold: float = 0.8,
-          edge_threshold: float = 0.98, tau: float | None = None) -> AttributionGraph:
+          dtype: str | torch.dtype | None = None, memory_budget: int | str | None = None, verify: bool = False,
+          node_threshold: float = 0.8, edge_threshold: float = 0.98, tau: float | None = None) -> AttributionGraph:
     """Attribute ``prompt``'s next-token logits to features, errors and tokens.
 
     Args:
@@ -54,9 +56,16 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
             probabilities add up to ``logit_prob``, at most ``max_logits`` of them.
         max_feature_nodes: None for every active feature; else the most influential ones, chosen
             greedily as circuit-tracer does (their left-out input goes to ``excluded_input``).
-        batch_size: targets per backward pass (default: 256 on the CPU, 1024 on a GPU).
+        batch_size: targets per backward pass (default: the most, up to 256 on the CPU and 1024 on a
+            GPU, that fit ``memory_budget``; the graph is the same whatever the batch size).
         device: where attribution runs; default CUDA when present, else the CPU.
         dtype: float32 by default; float64 for exactness checks.
+        memory_budget: what the trace may allocate on top of the loaded model and transcoders, in
+            bytes or as a string ("8GiB"); default ``$CIRCUITS_MEMORY_BUDGET``, else 80% of the memory
+            available when it starts. The trace is planned before it runs (``circuits.attribution.memory``):
+            batches are sized to the budget, stored rows beyond it wait in a temporary file, and a
+            trace that cannot fit raises ``MemoryBudgetError`` (naming the estimate and the fix) before
+            any expensive work.
         verify: prune (influence, ``node_threshold``/``edge_threshold``, as ``graphs.prune``) and measure
             every kept edge by patching in the unfrozen replacement model (``circuits.attribution.verify``):
             each edge gets a ``measured_effect``, disagreeing ones an ``effect_flag``, and the metadata a
@@ -74,32 +83,46 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     model = load_model() if model is None else model
     transcoders = default_transcoders(model) if transcoders is None else transcoders
     check_transcoders(model, transcoders)
-    batch_size = batch_size or (1024 if dev.type == "cuda" else 256)
     clock = _Clock()
 
     ids = model.tokenize(prompt)
+    # Plan before the forward pass (counts estimated from the activation), and again once the
+    # transcoders have encoded the prompt (exact), before anything the size of the graph is built.
+    budget = resolve_budget(memory_budget, dev)
+    shape = TraceShape.of(model, transcoders, ids.shape[-1], device=dev, dtype=dt, max_logits=max_logits,
+                          max_feature_nodes=max_feature_nodes)
+    plan_trace(shape, budget, batch_size)
     frozen = freeze(model, ids, input_site=transcoders.cfg.input_site, output_site=transcoders.cfg.output_site)
     tc = as_compute(transcoders, dev, dt)
     mlps = replace_mlps(tc, frozen, device=dev, dtype=dt)
-    rmap = build_residual_map(model, frozen, tc, device=dev, dtype=dt)
-    clock.lap("forward and freeze")
 
     # Features in node order: (layer, position, feature id).
     layer, pos, feat = mlps.mask.permute(1, 0, 2).nonzero(as_tuple=True)
     acts, pre = mlps.acts[pos, layer, feat], mlps.pre_acts[pos, layer, feat]
+    errors = mlps.errors
+    del mlps  # [P, L, F] activations: only the active ones are needed from here on
     P, L = frozen.n_pos, model.n_layers
     n_active = len(layer)
     token_ids, probs = salient_logits(frozen.logits, max_logits, logit_prob)
+    plan = plan_trace(dataclasses.replace(shape.with_counts(layer.cpu().numpy(), pos.cpu().numpy()),
+                                          n_logits=len(token_ids)), budget, batch_size)
+    log.info("%s", plan)
+    rmap = build_residual_map(model, frozen, tc, device=dev, dtype=dt)
+    frozen = _release_bulk(frozen)
+    clock.lap("forward and freeze")
+
     u, u_bias = demeaned_unembedding(model, token_ids, dev, dt)
     logit_values = u @ frozen.final[-1].to(dev, dt) + (0.0 if u_bias is None else u_bias)
-
-    sources = build_sources(tc, layer, pos, feat, acts, mlps.errors, frozen.embed.to(dev, dt), rmap.mlp_const)
-    f_targets = feature_targets(rmap, tc, layer, pos, feat)
+    sources = build_sources(tc, layer, pos, feat, acts, errors, frozen.embed.to(dev, dt), rmap.mlp_const)
+    f_targets = FeatureTargets(rmap, tc, layer, pos, feat)
     l_targets = logit_targets(rmap, u, u_bias, P)
     attributor = Attributor(rmap, sources)
     clock.lap("targets and sources")
 
-    chunks, selected = _edge_rows(attributor, f_targets, l_targets, probs, layer, L, P, max_feature_nodes, batch_size)
+    store = RowStore(plan.rows_in_memory)
+    selected = _edge_rows(attributor, f_targets, l_targets, probs, layer, L, P, max_feature_nodes,
+                          plan.batch_size, store)
+    del attributor, sources, f_targets, rmap  # the map and decoder tables: the graph needs their room
     clock.lap("edges")
 
     # Node order: selected features, errors, tokens, logits; rows and columns renumbered to it.
@@ -109,12 +132,12 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     col_map = np.concatenate([new_feature, n_sel + np.arange(n_err + P)])
     row_map = np.concatenate([new_feature, np.full(n_err + P, -1), n_sel + n_err + P + np.arange(n_logit)])
     np_dtype = np.float64 if dt == torch.float64 else np.float32
-    built = assemble(chunks, n_sel + n_err + P + n_logit, row_map, col_map, np_dtype)
-    del chunks
+    spilled = store.bytes_on_disk
+    built = assemble(store, n_sel + n_err + P + n_logit, row_map, col_map, np_dtype)
     clock.lap("assemble")
 
     sel = torch.as_tensor(np.flatnonzero(selected), device=layer.device)
-    nodes = _node_table(model, frozen, mlps.errors, layer[sel], pos[sel], feat[sel], acts[sel], pre[sel],
+    nodes = _node_table(model, frozen, errors, layer[sel], pos[sel], feat[sel], acts[sel], pre[sel],
                         token_ids, probs, logit_values)
     nodes["bias"][:] = built.bias
     nodes["excluded_input"][:] = built.excluded
@@ -130,7 +153,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         "transcoders": _jsonable(transcoders.cfg.to_dict() if hasattr(transcoders.cfg, "to_dict") else {}),
         "n_active_features": n_active, "max_feature_nodes": max_feature_nodes, "max_logits": max_logits,
         "logit_prob": logit_prob, "dtype": str(dt).removeprefix("torch."), "device": str(dev),
-        "batch_size": batch_size, "identity_error": identity_error, "seconds": clock.laps,
+        "batch_size": plan.batch_size, "identity_error": identity_error, "seconds": clock.laps,
+        "memory": plan.summary() | {"rows_on_disk": spilled},
     }
     text = prompt if isinstance(prompt, str) else model.tokenizer.decode(frozen.tokens.tolist())
     tokens = frozen.tokens.cpu().numpy().astype(np.int64)
@@ -150,11 +174,11 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     return graph
 
 
-def _edge_rows(attributor: Attributor, features: Targets, logits: Targets, probs: Tensor, layer: Tensor,
-               L: int, P: int, max_feature_nodes: int | None, batch_size: int) -> tuple[list, np.ndarray]:
+def _edge_rows(attributor: Attributor, features: FeatureTargets, logits: Targets, probs: Tensor, layer: Tensor,
+               L: int, P: int, max_feature_nodes: int | None, batch_size: int, store: RowStore) -> np.ndarray:
     """Rows for the logits and for every active feature, or for the ``max_feature_nodes`` most
-    influential ones. Node ids during the computation: every active feature, errors, tokens, logits.
-    Returns the row chunks and which features got rows ``[n_active]``."""
+    influential ones, into ``store``. Node ids during the computation: every active feature, errors,
+    tokens, logits. Returns which features got rows ``[n_active]``."""
     n_active, n_logit = len(features), len(logits)
     n_full = n_active + L * P + P + n_logit
     cap = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
@@ -163,15 +187,23 @@ def _edge_rows(attributor: Attributor, features: Targets, logits: Targets, probs
                disable=True if cap + n_logit < 2048 else None)
     try:
         if cap == n_active:
-            chunks = compute_rows(attributor, logits, np.arange(n_full - n_logit, n_full), batch_size, bar)
-            chunks += compute_rows(attributor, features, np.arange(n_active), batch_size, bar)
-            return chunks, np.ones(n_active, dtype=bool)
+            compute_rows(attributor, logits, np.arange(n_full - n_logit, n_full), batch_size, store, bar)
+            compute_rows(attributor, features, np.arange(n_active), batch_size, store, bar)
+            return np.ones(n_active, dtype=bool)
         levels = np.concatenate([layer.cpu().numpy(), np.repeat(np.arange(L), P), np.full(P, -1),
                                  np.full(n_logit, L)])
         return compute_selected_rows(attributor, features, logits, probs.numpy(), cap, batch_size, n_full, levels,
-                                     bar=bar)
+                                     store, bar=bar)
     finally:
         bar.close()
+
+
+def _release_bulk(frozen: FrozenForward) -> FrozenForward:
+    """``frozen`` without its patterns and MLP inputs and writes (``[L, H, P, P]`` and ``[L, P, D]``),
+    which the residual map and the errors now hold in folded form; the rest of the trace reads only
+    its tokens, logits, embeddings and final norm output."""
+    empty = frozen.patterns.new_empty(0)
+    return dataclasses.replace(frozen, patterns=empty, mlp_in=empty, mlp_write=empty)
 
 
 def salient_logits(logits: Tensor, max_logits: int, logit_prob: float) -> tuple[Tensor, Tensor]:
