@@ -1,21 +1,20 @@
-"""Save and load transcoder sets in circuit-tracer's on-disk format.
+"""Save and load transcoder sets: circuit-tracer's on-disk format, and the published formats we read.
 
-A set is a directory with a ``config.yaml`` and safetensors files, read exactly as
-circuit-tracer's loaders (``circuit_tracer/utils/hf_utils.py``,
-``transcoder/single_layer_transcoder.py``, ``transcoder/cross_layer_transcoder.py``) read them:
+A saved set is a directory with a ``config.yaml`` and safetensors files in circuit-tracer's
+format. Loading reads, each exactly as its publisher writes it (``transcoders/formats/``, one
+module per publisher, each naming the source file and function it follows):
 
-``model_kind: transcoder_set`` (PLT): ``layer_{i}.safetensors`` per layer, holding
-    ``W_enc [d_features, d_model]`` (their encoder is ``F.linear(x, W_enc, b_enc)``),
-    ``W_dec [d_features, d_model]``, ``b_enc [d_features]``, ``b_dec [d_model]``,
-    ``activation_function.threshold [d_features]`` for JumpReLU (absent: ReLU), and
-    ``W_skip [d_model(out), d_model(in)]`` (their skip is ``x @ W_skip.T``). A config may
-    instead list files under ``transcoders:`` (local or ``hf://`` paths), which is how the
-    GemmaScope sets are published: ``.npz`` files with ``W_enc [d_model, d_features]`` and
-    ``threshold``; GemmaScope-2 safetensors use ``w_enc [d_model, d_features]``, ``w_dec``
-    and ``affine_skip_connection [d_model(in), d_model(out)]``.
-``model_kind: cross_layer_transcoder`` (CLT): ``W_enc_{i}.safetensors`` holding ``W_enc_{i}
-    [d_features, d_model]``, ``b_enc_{i}``, ``b_dec_{i}`` and ``threshold_{i}`` (JumpReLU), and
-    ``W_dec_{i}.safetensors`` holding ``W_dec_{i} [d_features, n_layers - i, d_model]``.
+- circuit-tracer (``formats/circuit_tracer.py``): ``model_kind: transcoder_set`` (PLT,
+  ``layer_{i}.safetensors``, or the files a ``transcoders:`` list names) and
+  ``cross_layer_transcoder`` (CLT, ``W_enc_{i}``/``W_dec_{i}.safetensors``), with the activation and
+  TopK's k at the top level of config.yaml;
+- GemmaScope (``formats/gemma_scope.py``): ``params.npz`` (``W_enc [d_model, d_features]``, ``threshold``)
+  and GemmaScope-2 safetensors, listed under ``transcoders:``;
+- EleutherAI sparsify (``formats/sparsify.py``): a folder per hookpoint (``layers.{i}.mlp``) with
+  ``cfg.json`` and ``sae.safetensors``, per-layer (sparsify) or cross-layer (its CLT fork).
+
+Tensors are read straight into their final place (device, dtype) block by block; CLT decoders
+that need no conversion stay memory-mapped, read from disk on first use (``formats/mapped.py``).
 
 Hook names are TransformerLens names, as circuit-tracer writes them; ours map to sites:
 ``mlp.hook_in`` → ``mlp_in``, ``hook_mlp_out`` → ``mlp_resid``, ``mlp.hook_out`` → ``mlp_out``,
@@ -23,40 +22,35 @@ Hook names are TransformerLens names, as circuit-tracer writes them; ours map to
 CLTs read it), and ``ln2.hook_normalized`` (GemmaScope: the normalised residual before the
 norm's weight) → ``mlp_in``, with the model's norm weight folded into the encoder at load.
 
-Weights are saved with the normalisation folded in. What circuit-tracer cannot express is
-kept under a ``circuit_engine:`` key it ignores: TopK's k (circuit-tracer would read a TopK
-set as ReLU), and a CLT's skip (saved as ``W_skip_{i}``, which circuit-tracer does not read).
+Weights are saved with the normalisation folded in, the activation and k at config.yaml's top
+level where circuit-tracer reads them, and under a ``circuit_engine:`` key it ignores what it
+cannot express: BatchTopK (it reads TopK), our training settings, and a CLT's skip (saved as
+``W_skip_{i}``, which circuit-tracer does not read).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import numpy as np
 import torch
 import yaml
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 from transcoders.cache import atomic_path, cache_dir, hub_reachable
-from transcoders.harvest import NonFiniteError
+from transcoders.formats.circuit_tracer import read_clt, read_transcoder_set, sites
+from transcoders.formats.common import LoadedSet, Target, TranscoderLoadError
+from transcoders.formats.sparsify import is_sparsify_dir, read_sparsify
 from transcoders.model import Transcoder, TranscoderConfig, TranscoderShapeError, build_transcoder
 
 FORMAT_VERSION = 1
-INPUT_HOOKS = {"mlp.hook_in": "mlp_in", "hook_resid_mid": "resid_mid", "ln2.hook_normalized": "mlp_in"}
-OUTPUT_HOOKS = {"hook_mlp_out": "mlp_resid", "mlp.hook_out": "mlp_out"}
+# Our sites → circuit-tracer's hooks, for saving (reading maps back: transcoders.formats.circuit_tracer).
 SITE_INPUT_HOOK = {"mlp_in": "mlp.hook_in", "resid_mid": "hook_resid_mid"}
 SITE_OUTPUT_HOOK = {"mlp_resid": "hook_mlp_out", "mlp_out": "mlp.hook_out"}
-
-
-class TranscoderLoadError(ValueError):
-    """A transcoder set is missing, incomplete or malformed."""
 
 
 class TranscoderModelMismatchError(ValueError):
@@ -91,6 +85,7 @@ def save_transcoders(tc: Transcoder, path: str | Path, *, dtype: torch.dtype = t
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
         jump = cfg.activation == "jumprelu"
+        topk = cfg.activation in ("topk", "batchtopk")
         for i in range(L):
             if cfg.kind == "plt":
                 tensors = {"W_enc": t(folded.W_enc[i].T), "W_dec": t(folded.W_dec[i]),
@@ -114,12 +109,17 @@ def save_transcoders(tc: Transcoder, path: str | Path, *, dtype: torch.dtype = t
             "model_kind": "transcoder_set" if cfg.kind == "plt" else "cross_layer_transcoder",
             "feature_input_hook": SITE_INPUT_HOOK[cfg.input_site],
             "feature_output_hook": SITE_OUTPUT_HOOK[cfg.output_site],
+            # Where circuit-tracer's load_transcoders reads them (hf_utils.py: config.get("activation"),
+            # config.get("k")). It has no BatchTopK, whose inference is the top k per token: "topk".
+            "activation": "topk" if topk else cfg.activation,
+            **({"k": cfg.k} if topk else {}),
             "circuit_engine": {"format_version": FORMAT_VERSION, **cfg.to_dict(), **(metadata or {})},
         }
         note = ""
-        if cfg.activation in ("topk", "batchtopk"):
-            note = (f"# TopK (k={cfg.k}): circuit-tracer reads this set as ReLU; "
-                    "load it with transcoders.load_transcoders to keep the top k.\n")
+        if topk and cfg.kind == "clt":
+            note = (f"# TopK (k={cfg.k}): circuit-tracer's load_clt takes a CLT's activation from its files only "
+                    "(thresholds: JumpReLU, else ReLU), so it reads this set as ReLU; transcoders.load_transcoders "
+                    "keeps the top k.\n")
         (tmp / "config.yaml").write_text(note + yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
     return path
 
@@ -128,69 +128,39 @@ def save_transcoders(tc: Transcoder, path: str | Path, *, dtype: torch.dtype = t
 
 
 def load_transcoder_dir(path: str | Path, model: Any = None, *, check_model: bool = True,
-                        dtype: torch.dtype = torch.float32) -> Transcoder:
-    """Load a set saved by ``save_transcoders`` or published for circuit-tracer, from a directory.
+                        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transcoder:
+    """Load a set from a directory: circuit-tracer's (a ``config.yaml``: what ``save_transcoders`` writes,
+    circuit-tracer's published sets, GemmaScope's through a ``transcoders:`` list) or sparsify's
+    (hookpoint folders holding ``cfg.json`` and ``sae.safetensors``).
 
-    ``model`` (optional here) is checked against the config's model name and the tensors'
-    shapes, and is needed for sets that read ``ln2.hook_normalized``.
+    Every tensor is read straight into its final place on ``device`` in ``dtype``; CLT decoders that
+    need no conversion (on the CPU, stored in ``dtype``) stay memory-mapped and are read from disk on
+    first use. ``model`` (optional here) is checked against the set's model name and shapes, and is
+    needed for sets that read ``ln2.hook_normalized``.
     """
     path = Path(path)
+    target = Target(torch.device(device), dtype)
     cfg_file = path / "config.yaml"
-    if not cfg_file.is_file():
-        raise TranscoderLoadError(f"{path} has no config.yaml, so it is not a transcoder set. "
-                                  "Fix: pass the directory that save_transcoders or `transcoders train` wrote.")
-    config = yaml.safe_load(cfg_file.read_text()) or {}
-    for key in ("model_kind", "feature_input_hook", "feature_output_hook"):
-        if key not in config:
-            raise TranscoderLoadError(f"{cfg_file} lacks {key!r}. Fix: add it (see circuit-tracer's config.yaml).")
-    if model is not None and check_model:
-        check_model_name(config.get("model_name"), model, where=str(cfg_file))
-    in_hook, out_hook = _hook_name(config["feature_input_hook"]), _hook_name(config["feature_output_hook"])
-    if in_hook not in INPUT_HOOKS or out_hook not in OUTPUT_HOOKS:
-        raise TranscoderLoadError(
-            f"{cfg_file} reads {config['feature_input_hook']!r} and writes {config['feature_output_hook']!r}; "
-            f"supported: inputs {sorted(INPUT_HOOKS)}, outputs {sorted(OUTPUT_HOOKS)}. "
-            "Fix: map the hook to a site of circuits/models/arch.py here in transcoders/io.py.")
-    ours = config.get("circuit_engine") or {}
-    kind = config["model_kind"]
-    if kind == "transcoder_set":
-        weights = _read_plt(path, config)
-    elif kind == "cross_layer_transcoder":
-        weights = _read_clt(path)
+    if cfg_file.is_file():
+        config = yaml.safe_load(cfg_file.read_text()) or {}
+        in_hook = sites(config, cfg_file)[2]
+        kind = config["model_kind"]
+        if kind not in ("transcoder_set", "cross_layer_transcoder"):
+            raise TranscoderLoadError(f"{cfg_file} has model_kind {kind!r}; expected 'transcoder_set' (per-layer) "
+                                      "or 'cross_layer_transcoder'.")
+        if model is not None and check_model:  # before reading gigabytes of weights
+            check_model_name(config.get("model_name"), model, where=str(cfg_file))
+        loaded = (read_transcoder_set(path, config, cfg_file, target, _resolve) if kind == "transcoder_set"
+                  else read_clt(path, config, cfg_file, target))
+    elif is_sparsify_dir(path):
+        in_hook, loaded = None, read_sparsify(path, target)
+        if model is not None and check_model:
+            check_model_name(loaded.model_name, model, where=str(path / "config.json"))
     else:
-        raise TranscoderLoadError(f"{cfg_file} has model_kind {kind!r}; expected 'transcoder_set' (per-layer) "
-                                  "or 'cross_layer_transcoder'.")
-    weights = {k: [w.to(dtype) for w in v] if isinstance(v, list) else v.to(dtype) for k, v in weights.items()}
-    L, D, F = weights["W_enc"].shape
-    has_threshold = "threshold" in weights
-    activation = ours.get("activation") or ("jumprelu" if has_threshold else "relu")
-    if activation == "jumprelu" and not has_threshold:
-        raise TranscoderLoadError(f"{path} is marked JumpReLU but holds no thresholds. Fix: re-save it.")
-    tc_cfg = TranscoderConfig(
-        kind="plt" if kind == "transcoder_set" else "clt", n_layers=L, d_model=D, d_features=F,
-        activation=activation, k=int(ours.get("k", 32)), skip="W_skip" in weights,
-        jumprelu_bandwidth=float(ours.get("jumprelu_bandwidth", 0.1)), model_name=config.get("model_name"),
-        input_site=INPUT_HOOKS[in_hook], output_site=OUTPUT_HOOKS[out_hook])
-    with torch.device("meta"):
-        tc = build_transcoder(tc_cfg)
-    state = {"W_enc": weights["W_enc"], "b_enc": weights["b_enc"], "b_dec": weights["b_dec"],
-             "input_scale": torch.ones(L, dtype=dtype), "output_scale": torch.ones(L, dtype=dtype)}
-    if has_threshold:
-        thr = weights["threshold"]
-        if (thr < 0).any():
-            raise TranscoderLoadError(f"{path} holds negative JumpReLU thresholds, which this engine does not "
-                                      "support (it stores log thresholds). Fix: clamp them at 0 before saving.")
-        state["log_threshold"] = thr.log()
-    else:
-        state["log_threshold"] = torch.full((L, F), math.log(tc_cfg.jumprelu_init_threshold), dtype=dtype)  # unused
-    if "W_skip" in weights:
-        state["W_skip"] = weights["W_skip"]
-    if tc_cfg.kind == "plt":
-        state["W_dec"] = weights["W_dec"]
-    else:
-        state.update({f"W_dec.{i}": w for i, w in enumerate(weights["W_dec"])})
-    tc.load_state_dict(state, assign=True)
-    tc.log_threshold.requires_grad_(activation == "jumprelu")
+        raise TranscoderLoadError(f"{path} has no config.yaml (circuit-tracer's format) and no hookpoint folders "
+                                  "with cfg.json (sparsify's), so it is not a transcoder set. Fix: pass the "
+                                  "directory that save_transcoders, `transcoders train` or sparsify wrote.")
+    tc = _build(loaded, target, path)
     if in_hook == "ln2.hook_normalized":
         if model is None:
             raise TranscoderLoadError(f"{path} reads ln2.hook_normalized (the residual normalised before the norm's "
@@ -201,128 +171,34 @@ def load_transcoder_dir(path: str | Path, model: Any = None, *, check_model: boo
     return tc.eval()
 
 
-def _read_plt(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Stack the per-layer files into our layout (``W_enc [L, D, F]``, ``W_skip [L, D_in, D_out]``, …)."""
-    if "transcoders" in config:
-        files = [_resolve(p, path) for p in config["transcoders"]]
+def _build(s: LoadedSet, target: Target, path: Path) -> Transcoder:
+    """A ``Transcoder`` around the loaded tensors (assigned, not copied)."""
+    L, D, F = s.W_enc.shape
+    cfg = TranscoderConfig(
+        kind=s.kind, n_layers=L, d_model=D, d_features=F, activation=s.activation, k=int(s.k or 32),
+        skip=s.W_skip is not None, jumprelu_bandwidth=float(s.extra.get("jumprelu_bandwidth", 0.1)),
+        model_name=s.model_name, input_site=s.input_site, output_site=s.output_site)
+    with torch.device("meta"):
+        tc = build_transcoder(cfg)
+    ones = torch.ones(L, device=target.device, dtype=target.dtype)
+    state = {"W_enc": s.W_enc, "b_enc": s.b_enc, "b_dec": s.b_dec, "input_scale": ones, "output_scale": ones.clone()}
+    if s.threshold is not None:
+        if (s.threshold < 0).any():
+            raise TranscoderLoadError(f"{path} holds negative JumpReLU thresholds, which this engine does not "
+                                      "support (it stores log thresholds). Fix: clamp them at 0 before saving.")
+        state["log_threshold"] = s.threshold.log_()  # the loader's own tensor: no copy
+    else:  # unused by TopK and ReLU
+        state["log_threshold"] = torch.full((L, F), math.log(cfg.jumprelu_init_threshold), device=target.device,
+                                            dtype=target.dtype)
+    if s.W_skip is not None:
+        state["W_skip"] = s.W_skip
+    if cfg.kind == "plt":
+        state["W_dec"] = s.W_dec
     else:
-        found = _indexed(path, r"layer_(\d+)\.safetensors")
-        files = [path / f"layer_{i}.safetensors" for i in range(_count(found, config, path, "layer_{}.safetensors"))]
-    layers = [_read_plt_layer(f) for f in files]
-    if not layers:
-        raise TranscoderLoadError(f"{path} holds no layer_*.safetensors files. Fix: point at a complete set.")
-    out: dict[str, Any] = {}
-    for key in layers[0]:
-        if any(key not in layer for layer in layers):
-            raise TranscoderLoadError(f"some layers of {path} have {key!r} and some do not. Fix: re-save the set.")
-        try:
-            out[key] = torch.stack([layer[key] for layer in layers])
-        except RuntimeError as exc:
-            raise TranscoderLoadError(f"the layers of {path} disagree in the shape of {key!r} ({exc}). "
-                                      "Fix: every layer must have the same width.") from exc
-    return out
-
-
-def _read_plt_layer(file: Path) -> dict[str, Tensor]:
-    if not file.is_file():
-        raise TranscoderLoadError(f"missing layer file {file}. Fix: copy or download the complete set.")
-    if file.suffix == ".npz":  # GemmaScope: numpy, encoder already [d_model, d_features]
-        raw = {k: torch.from_numpy(np.asarray(v)) for k, v in np.load(file).items()}
-        _check_finite(raw, file)
-        return {"W_enc": raw["W_enc"], "W_dec": raw["W_dec"], "b_enc": raw["b_enc"], "b_dec": raw["b_dec"],
-                "threshold": raw["threshold"]}
-    raw = _read_safetensors(file)
-    if "w_enc" in raw:  # GemmaScope-2
-        out = {"W_enc": raw["w_enc"], "W_dec": raw["w_dec"], "b_enc": raw["b_enc"], "b_dec": raw["b_dec"],
-               "threshold": raw["threshold"]}
-        if "affine_skip_connection" in raw:
-            out["W_skip"] = raw["affine_skip_connection"]
-        return out
-    missing = [k for k in ("W_enc", "W_dec", "b_enc", "b_dec") if k not in raw]
-    if missing:
-        raise TranscoderLoadError(f"{file} lacks {missing} (it has {sorted(raw)}). Fix: re-save the set.")
-    if "log_thresholds" in raw:
-        raise TranscoderLoadError(f"{file} stores log_thresholds, which circuit-tracer does not read either. "
-                                  "Fix: save exp(log_thresholds) as activation_function.threshold.")
-    out = {"W_enc": raw["W_enc"].T, "W_dec": raw["W_dec"], "b_enc": raw["b_enc"], "b_dec": raw["b_dec"]}
-    thr = raw.get("activation_function.threshold", raw.get("threshold"))
-    if thr is not None:
-        out["threshold"] = thr.reshape(-1)
-    if "W_skip" in raw:
-        out["W_skip"] = raw["W_skip"].T
-    return out
-
-
-def _read_clt(path: Path) -> dict[str, Any]:
-    found = _indexed(path, r"W_enc_(\d+)\.safetensors")
-    L = _count(found, {}, path, "W_enc_{}.safetensors")
-    W_enc, b_enc, b_dec, thr, skip, W_dec = [], [], [], [], [], []
-    for i in range(L):
-        enc_file, dec_file = path / f"W_enc_{i}.safetensors", path / f"W_dec_{i}.safetensors"
-        for f in (enc_file, dec_file):
-            if not f.is_file():
-                raise TranscoderLoadError(f"missing layer file {f}. Fix: copy or download the complete set.")
-        enc = _read_safetensors(enc_file)
-        for key in (f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}"):
-            if key not in enc:
-                raise TranscoderLoadError(f"{enc_file} lacks {key!r} (it has {sorted(enc)}). Fix: re-save the set.")
-        W_enc.append(enc[f"W_enc_{i}"].T)
-        b_enc.append(enc[f"b_enc_{i}"])
-        b_dec.append(enc[f"b_dec_{i}"])
-        if f"threshold_{i}" in enc:
-            thr.append(enc[f"threshold_{i}"].reshape(-1))
-        if f"W_skip_{i}" in enc:
-            skip.append(enc[f"W_skip_{i}"].T)
-        dec = _read_safetensors(dec_file)
-        w = dec.get(f"W_dec_{i}")
-        if w is None or w.ndim != 3 or w.shape[1] != L - i:
-            raise TranscoderLoadError(
-                f"{dec_file} should hold W_dec_{i} [d_features, {L - i}, d_model], "
-                f"got {None if w is None else tuple(w.shape)}. Fix: re-save the set.")
-        W_dec.append(w)
-    out: dict[str, Any] = {"W_enc": torch.stack(W_enc), "b_enc": torch.stack(b_enc), "b_dec": torch.stack(b_dec),
-                           "W_dec": W_dec}
-    for name, parts in (("threshold", thr), ("W_skip", skip)):
-        if parts and len(parts) != L:
-            raise TranscoderLoadError(f"only some layers of {path} hold {name}. Fix: re-save the set.")
-        if parts:
-            out[name] = torch.stack(parts)
-    return out
-
-
-def _indexed(path: Path, pattern: str) -> set[int]:
-    rx = re.compile(pattern)
-    return {int(m.group(1)) for f in path.iterdir() if (m := rx.fullmatch(f.name))} if path.is_dir() else set()
-
-
-def _count(found: set[int], config: dict[str, Any], path: Path, name: str) -> int:
-    """The number of layers, from our metadata or from the files; a gap names the missing file."""
-    n = int((config.get("circuit_engine") or {}).get("n_layers", 0)) or (max(found) + 1 if found else 0)
-    missing = sorted(set(range(n)) - found)
-    if missing:
-        raise TranscoderLoadError(f"missing layer file {path / name.format(missing[0])}"
-                                  f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}. "
-                                  "Fix: copy or download the complete set.")
-    return n
-
-
-def _read_safetensors(file: Path) -> dict[str, Tensor]:
-    with safe_open(str(file), framework="pt", device="cpu") as f:
-        raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    _check_finite(raw, file)
-    return raw
-
-
-def _check_finite(tensors: dict[str, Tensor], file: Path) -> None:
-    for key, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise NonFiniteError(f"{file} holds NaN or infinity in {key!r} ({int((~torch.isfinite(value)).sum())} "
-                                 "values). Fix: the file is damaged or training diverged; download or train it again.")
-
-
-def _hook_name(hook: str) -> str:
-    """``blocks.{layer}.mlp.hook_in`` / ``blocks.3.mlp.hook_in`` → ``mlp.hook_in``."""
-    return re.sub(r"^blocks\.(\{layer\}|\d+)\.", "", str(hook))
+        state.update({f"W_dec.{i}": w for i, w in enumerate(s.W_dec)})
+    tc.load_state_dict(state, assign=True)
+    tc.log_threshold.requires_grad_(s.activation == "jumprelu")
+    return tc
 
 
 # --- checks against a model -----------------------------------------------------------------------
@@ -356,18 +232,23 @@ def fold_input_norm(tc: Transcoder, model: Any) -> None:
 
     ``mlp_in = n * g + b`` for the normalised residual ``n``; so ``n = (mlp_in - b) / g`` and the
     encoder (and skip) absorb ``1/g`` and the shift. ``g``, ``b`` are read off the norm module by
-    feeding it ``±e`` (a zero-mean, unit-RMS vector), which works for RMSNorm, Gemma's ``1 + w``
-    RMSNorm and LayerNorm alike.
+    feeding it ``±c·e`` (``e`` a zero-mean, unit-RMS vector), which works for RMSNorm, Gemma's ``1 + w``
+    RMSNorm and LayerNorm alike. ``c = 1024``: the norm's ``eps`` is then ``eps / c²`` of the variance
+    (lost entirely in float32), and a power of two scales without rounding, so ``g`` is the gain the
+    norm applies in the forward pass, not ``g / sqrt(1 + eps)``.
     """
     D = tc.cfg.d_model
     e = torch.ones(D)
     e[1::2] = -1
+    c = 1024.0
     for layer in range(tc.cfg.n_layers):
         norm = model.norm("ln_mlp", layer)
         p = next(norm.parameters())
-        probe = torch.stack([e, -e]).to(p.device, p.dtype)
-        plus, minus = norm(probe).float().cpu()
-        g, b = (plus - minus) / (2 * e), (plus + minus) / 2
+        probe = torch.stack([c * e, -c * e]).to(p.device, p.dtype)
+        # g and b where the encoder is (the set may already be on the GPU), in its dtype.
+        plus, minus = norm(probe).to(tc.W_enc.device, tc.W_enc.dtype)
+        e_here = e.to(plus.device, plus.dtype)
+        g, b = (plus - minus) / (2 * e_here), (plus + minus) / 2
         if (g.abs() < 1e-8).any():
             raise TranscoderLoadError(f"the model's ln_mlp norm at layer {layer} has zero weights, so a set reading "
                                       "ln2.hook_normalized cannot be moved onto mlp_in.")
@@ -399,8 +280,11 @@ def parse_hf(uri: str) -> tuple[str, str | None, str | None]:
     return f"{parsed.netloc}/{repo}", sub.strip("/") or None, revision
 
 
-def _hub_call(uri: str, fn: Any, **kwargs: Any) -> str:
-    """Run a huggingface_hub download, from the local hub cache first, and say clearly when it cannot."""
+def _hub_call(uri: str, fn: Any, *, missing_ok: bool = False, **kwargs: Any) -> str | None:
+    """Run a huggingface_hub download, from the local hub cache first, and say clearly when it cannot.
+    With ``missing_ok``, a file the repository does not have gives None."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
     try:
         return fn(**kwargs, local_files_only=True)
     except Exception:  # not cached: go to the network below
@@ -412,23 +296,44 @@ def _hub_call(uri: str, fn: Any, **kwargs: Any) -> str:
             "mirror; or download the repository elsewhere and pass its local directory.")
     try:
         return fn(**kwargs)
+    except EntryNotFoundError as exc:
+        if missing_ok and not isinstance(exc, LocalEntryNotFoundError):
+            return None
+        raise TranscoderLoadError(f"could not fetch {uri} from the hub: {type(exc).__name__}: {exc}. "
+                                  "Fix: check the repository name, revision and your access token.") from exc
     except Exception as exc:
         raise TranscoderLoadError(f"could not fetch {uri} from the hub: {type(exc).__name__}: {exc}. "
                                   "Fix: check the repository name, revision and your access token.") from exc
 
 
 def fetch_hf(uri: str) -> Path:
-    """Download the set at ``hf://org/repo[/sub]`` (its config.yaml and weight files); return its directory."""
+    """Download the set at ``hf://org/repo[/sub]`` and return its directory: circuit-tracer's (config.yaml and
+    its weight files) or, when the repository has no config.yaml, sparsify's (every hookpoint's cfg.json and
+    sae.safetensors, and the run's config.json)."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
     repo_id, sub, rev = parse_hf(uri)
-    cfg_path = Path(_hub_call(uri, hf_hub_download, repo_id=repo_id, filename="config.yaml", subfolder=sub,
-                              revision=rev))
-    config = yaml.safe_load(cfg_path.read_text()) or {}
-    if "transcoders" in config:  # the files are listed, often in other repos: fetched by _resolve
-        return cfg_path.parent
     prefix = f"{sub}/" if sub else ""
-    patterns = [f"{prefix}config.yaml", f"{prefix}*.safetensors"]
+    sparsify = [f"{prefix}config.json", f"{prefix}*/cfg.json", f"{prefix}*/sae.safetensors"]
+    try:
+        cfg_path = _hub_call(uri, hf_hub_download, missing_ok=True, repo_id=repo_id, filename="config.yaml",
+                             subfolder=sub, revision=rev)
+    except HubUnavailableError:  # offline: a sparsify set may still be whole in the hub cache
+        try:
+            root = Path(snapshot_download(repo_id=repo_id, revision=rev, allow_patterns=sparsify,
+                                          local_files_only=True))
+        except Exception:
+            root = None
+        if root is not None and is_sparsify_dir(root / sub if sub else root):
+            return root / sub if sub else root
+        raise
+    if cfg_path is None:
+        patterns = sparsify
+    else:
+        config = yaml.safe_load(Path(cfg_path).read_text()) or {}
+        if "transcoders" in config:  # the files are listed, often in other repos: fetched by _resolve
+            return Path(cfg_path).parent
+        patterns = [f"{prefix}config.yaml", f"{prefix}*.safetensors"]
     root = Path(_hub_call(uri, snapshot_download, repo_id=repo_id, revision=rev, allow_patterns=patterns))
     return root / sub if sub else root
 
@@ -477,7 +382,8 @@ def load_transcoders(model: Any, name_or_path: str | Path | None = None, *, chec
         if not where.exists():
             raise TranscoderLoadError(f"no transcoder set at {where}: not a directory, a preset "
                                       f"({', '.join(sorted(PRESETS))}) or an hf:// address. Fix: check the path.")
-    tc = load_transcoder_dir(where, model, check_model=check_model, dtype=dtype)
+    # Read straight onto the model's device: the set is never held on the CPU on its way to the GPU.
+    tc = load_transcoder_dir(where, model, check_model=check_model, dtype=dtype, device=model.device)
     return tc.to(model.device)
 
 
