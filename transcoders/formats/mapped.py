@@ -45,6 +45,10 @@ class MappedFile:
                 if size < 8 or not 0 < n <= size - 8:
                     raise ValueError(f"a header of {n} bytes in a file of {size}")
                 header = json.loads(f.read(n))
+                entries = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+                if entries is None or not all(isinstance(v, dict) and {"dtype", "shape", "data_offsets"} <= v.keys()
+                                              for v in entries.values()):
+                    raise ValueError("its header is not a table of tensors")
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else None
         except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise TranscoderLoadError(f"{self.file} is not a readable safetensors file ({exc}). "
