@@ -240,9 +240,6 @@ def test_out_inside_a_file(tmp_path: Path) -> None:
         trace_to(tmp_path / "notes.txt" / "out")
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="needs a clear error in transcoders/writes.py: write_folder's out.mkdir under /proc "
-                          "raises a bare FileNotFoundError (check_output_folder passes it: root may write /proc)")
 def test_out_where_no_folder_can_be_made() -> None:
     with refused(OutputFolderError, "/proc/circuit-engine-out", "Fix:"):
         trace_to(Path("/proc/circuit-engine-out"))

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from transcoders.writes import atomic_file, write_json
+from transcoders.writes import dumps, write_folder
 from transcoders.model import Transcoder, TranscoderConfig, build_transcoder
 
 CHECKPOINT = "checkpoint.pt"
@@ -26,11 +26,12 @@ class CheckpointMismatchError(ValueError):
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``run_dir/checkpoint.pt`` (and its config as JSON, for people)."""
     run_dir = Path(run_dir)
-    target = run_dir / CHECKPOINT
-    with atomic_file(target) as tmp:
-        torch.save(state, tmp)
-    write_json(run_dir / "train_config.json", state.get("train_config", {}), indent=2, default=str)
-    return target
+    config = dumps(state.get("train_config", {}), indent=2, default=str)
+    # The run directory is the engine's (a --run-dir of someone else's files is refused); both files
+    # are complete before either replaces the previous checkpoint's.
+    write_folder(run_dir, {CHECKPOINT: lambda tmp: torch.save(state, tmp),
+                           "train_config.json": lambda tmp: tmp.write_text(config)}, replace_all=False)
+    return run_dir / CHECKPOINT
 
 
 def load_checkpoint(run_dir: Path, train_config: dict[str, Any] | None = None,

@@ -7,7 +7,8 @@ Two rules, one place:
   file whole and no partial one (``atomic_file``).
 - **Owned folders.** A folder the engine fills with files of its choosing (``circuits trace
   --out``, ``transcoders train --out``, a transcoder set's labels) carries a marker,
-  ``.circuit-engine``, listing the files it wrote and a hash of each. The engine writes into a
+  ``.circuit-engine``, listing the files it wrote and what identifies each (inode, size, modification
+  time). The engine writes into a
   folder only if it is new, empty or marked; it replaces or removes only files the marker lists,
   and only while they still hold what it wrote. A user's own files in the folder are never
   touched; a folder of someone else's is refused with the fix (``write_folder``).
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import math
 import os
@@ -163,7 +163,13 @@ def check_output_folder(out: str | Path) -> Path:
                     "among them or replace them. Fix: pass a new or empty folder, e.g. "
                     f"{out / 'circuit-engine'}.")
     else:
-        _check_parent(_existing_ancestor(out))
+        ancestor = _existing_ancestor(out)
+        _check_parent(ancestor)
+        try:  # permissions say little to root (and nothing about /proc): try making a folder there
+            os.rmdir(tempfile.mkdtemp(prefix=".circuit-engine-probe-", dir=ancestor))
+        except OSError as exc:
+            raise OutputFolderError(f"cannot create the folder {out}: {exc.strerror or exc} in {ancestor}. Fix: "
+                                    "choose a path you can write to.") from exc
     return out
 
 
@@ -181,7 +187,11 @@ def write_folder(out: str | Path, files: Mapping[str, Writer], *, replace_all: b
         if Path(name).name != name or name in ("", ".", "..", MARKER):
             raise ValueError(f"bad output file name {name!r}: plain file names only")
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputFolderError(f"cannot create the folder {out}: {exc.strerror or exc}. Fix: choose a path you "
+                                "can write to.") from exc
     marker = out / MARKER
     owned: dict[str, list[str]] = _read_marker(marker)
     for name in files:
@@ -275,11 +285,11 @@ def _check_unchanged(path: Path, hashes: list[str]) -> None:
 
 
 def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """What identifies the file the engine wrote: its inode (a file put in its place has another), size
+    and modification time (an edit in place changes them). Cheap even for a checkpoint of gigabytes,
+    which is rewritten every few training steps."""
+    st = path.stat()
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _existing_ancestor(path: Path) -> Path:
