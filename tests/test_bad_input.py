@@ -167,9 +167,6 @@ def test_config_missing_a_required_key(model, saved_set: Path) -> None:
         load_transcoders(model, saved_set)
 
 
-@pytest.mark.xfail(strict=True, raises=yaml.YAMLError,
-                   reason="needs a clear error in transcoders/io.py: load_transcoder_dir's "
-                          "yaml.safe_load(config.yaml) lets yaml's ParserError through")
 def test_config_that_is_not_yaml(model, saved_set: Path) -> None:
     (saved_set / "config.yaml").write_text("model_kind: [transcoder_set\n  : oops\n")
     with unchanged(saved_set), refused(TranscoderLoadError, "config.yaml", "YAML"):

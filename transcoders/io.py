@@ -41,11 +41,12 @@ import yaml
 from safetensors.torch import save_file
 from torch import Tensor
 
-from transcoders.cache import atomic_path, cache_dir, hub_reachable
+from transcoders.cache import cache_dir, hub_reachable
 from transcoders.formats.circuit_tracer import read_clt, read_transcoder_set, sites
 from transcoders.formats.common import LoadedSet, Target, TranscoderLoadError
 from transcoders.formats.sparsify import is_sparsify_dir, read_sparsify
 from transcoders.model import Transcoder, TranscoderConfig, TranscoderShapeError, build_transcoder
+from transcoders.writes import Writer, write_folder
 
 FORMAT_VERSION = 1
 # Our sites → circuit-tracer's hooks, for saving (reading maps back: transcoders.formats.circuit_tracer).
@@ -82,46 +83,65 @@ def save_transcoders(tc: Transcoder, path: str | Path, *, dtype: torch.dtype = t
         return x.detach().to(dtype).contiguous()
 
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.mkdir(parents=True)
-        jump = cfg.activation == "jumprelu"
-        topk = cfg.activation in ("topk", "batchtopk")
-        for i in range(L):
-            if cfg.kind == "plt":
-                tensors = {"W_enc": t(folded.W_enc[i].T), "W_dec": t(folded.W_dec[i]),
-                           "b_enc": t(folded.b_enc[i]), "b_dec": t(folded.b_dec[i])}
-                if jump:
-                    tensors["activation_function.threshold"] = t(folded.threshold[i])
-                if folded.W_skip is not None:
-                    tensors["W_skip"] = t(folded.W_skip[i].T)
-                save_file(tensors, str(tmp / f"layer_{i}.safetensors"))
-            else:
-                enc = {f"W_enc_{i}": t(folded.W_enc[i].T), f"b_enc_{i}": t(folded.b_enc[i]),
-                       f"b_dec_{i}": t(folded.b_dec[i])}
-                if jump:
-                    enc[f"threshold_{i}"] = t(folded.threshold[i])
-                if folded.W_skip is not None:
-                    enc[f"W_skip_{i}"] = t(folded.W_skip[i].T)
-                save_file(enc, str(tmp / f"W_enc_{i}.safetensors"))
-                save_file({f"W_dec_{i}": t(folded.W_dec[i])}, str(tmp / f"W_dec_{i}.safetensors"))
-        config = {
-            "model_name": cfg.model_name,
-            "model_kind": "transcoder_set" if cfg.kind == "plt" else "cross_layer_transcoder",
-            "feature_input_hook": SITE_INPUT_HOOK[cfg.input_site],
-            "feature_output_hook": SITE_OUTPUT_HOOK[cfg.output_site],
-            # Where circuit-tracer's load_transcoders reads them (hf_utils.py: config.get("activation"),
-            # config.get("k")). It has no BatchTopK, whose inference is the top k per token: "topk".
-            "activation": "topk" if topk else cfg.activation,
-            **({"k": cfg.k} if topk else {}),
-            "circuit_engine": {"format_version": FORMAT_VERSION, **cfg.to_dict(), **(metadata or {})},
-        }
-        note = ""
-        if topk and cfg.kind == "clt":
-            note = (f"# TopK (k={cfg.k}): circuit-tracer's load_clt takes a CLT's activation from its files only "
-                    "(thresholds: JumpReLU, else ReLU), so it reads this set as ReLU; transcoders.load_transcoders "
-                    "keeps the top k.\n")
-        (tmp / "config.yaml").write_text(note + yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+    files: dict[str, Writer] = {}
+    jump = cfg.activation == "jumprelu"
+    topk = cfg.activation in ("topk", "batchtopk")
+    for i in range(L):
+        if cfg.kind == "plt":
+            tensors = {"W_enc": t(folded.W_enc[i].T), "W_dec": t(folded.W_dec[i]),
+                       "b_enc": t(folded.b_enc[i]), "b_dec": t(folded.b_dec[i])}
+            if jump:
+                tensors["activation_function.threshold"] = t(folded.threshold[i])
+            if folded.W_skip is not None:
+                tensors["W_skip"] = t(folded.W_skip[i].T)
+            files[f"layer_{i}.safetensors"] = _safetensors(tensors)
+        else:
+            enc = {f"W_enc_{i}": t(folded.W_enc[i].T), f"b_enc_{i}": t(folded.b_enc[i]),
+                   f"b_dec_{i}": t(folded.b_dec[i])}
+            if jump:
+                enc[f"threshold_{i}"] = t(folded.threshold[i])
+            if folded.W_skip is not None:
+                enc[f"W_skip_{i}"] = t(folded.W_skip[i].T)
+            files[f"W_enc_{i}.safetensors"] = _safetensors(enc)
+            files[f"W_dec_{i}.safetensors"] = _safetensors({f"W_dec_{i}": t(folded.W_dec[i])})
+    config = {
+        "model_name": cfg.model_name,
+        "model_kind": "transcoder_set" if cfg.kind == "plt" else "cross_layer_transcoder",
+        "feature_input_hook": SITE_INPUT_HOOK[cfg.input_site],
+        "feature_output_hook": SITE_OUTPUT_HOOK[cfg.output_site],
+        # Where circuit-tracer's load_transcoders reads them (hf_utils.py: config.get("activation"),
+        # config.get("k")). It has no BatchTopK, whose inference is the top k per token: "topk".
+        "activation": "topk" if topk else cfg.activation,
+        **({"k": cfg.k} if topk else {}),
+        "circuit_engine": {"format_version": FORMAT_VERSION, **cfg.to_dict(), **(metadata or {})},
+    }
+    note = ""
+    if topk and cfg.kind == "clt":
+        note = (f"# TopK (k={cfg.k}): circuit-tracer's load_clt takes a CLT's activation from its files only "
+                "(thresholds: JumpReLU, else ReLU), so it reads this set as ReLU; transcoders.load_transcoders "
+                "keeps the top k.\n")
+    text = note + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    files["config.yaml"] = lambda p: p.write_text(text)
+    # A folder of the engine's own (or a new one): a user's files in it are never replaced.
+    write_folder(path, files)
     return path
+
+
+def _read_config(cfg_file: Path) -> dict[str, Any]:
+    """A set's config.yaml as a dict, or a clear error for a file that is not one."""
+    try:
+        config = yaml.safe_load(cfg_file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise TranscoderLoadError(f"{cfg_file} is not valid YAML ({str(exc).splitlines()[0]}). Fix: restore the "
+                                  "file from where the set came from, or save the set again.") from exc
+    if not isinstance(config, dict):
+        raise TranscoderLoadError(f"{cfg_file} holds a {type(config).__name__}, not a mapping of settings. Fix: "
+                                  "restore the file from where the set came from, or save the set again.")
+    return config
+
+
+def _safetensors(tensors: dict[str, Tensor]) -> Writer:
+    return lambda p: save_file(tensors, str(p))
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -142,7 +162,7 @@ def load_transcoder_dir(path: str | Path, model: Any = None, *, check_model: boo
     target = Target(torch.device(device), dtype)
     cfg_file = path / "config.yaml"
     if cfg_file.is_file():
-        config = yaml.safe_load(cfg_file.read_text()) or {}
+        config = _read_config(cfg_file)
         in_hook = sites(config, cfg_file)[2]
         kind = config["model_kind"]
         if kind not in ("transcoder_set", "cross_layer_transcoder"):
@@ -330,7 +350,7 @@ def fetch_hf(uri: str) -> Path:
     if cfg_path is None:
         patterns = sparsify
     else:
-        config = yaml.safe_load(Path(cfg_path).read_text()) or {}
+        config = _read_config(Path(cfg_path))
         if "transcoders" in config:  # the files are listed, often in other repos: fetched by _resolve
             return Path(cfg_path).parent
         patterns = [f"{prefix}config.yaml", f"{prefix}*.safetensors"]
