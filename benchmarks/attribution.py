@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,9 @@ from pathlib import Path
 # Run as a script, Python puts benchmarks/ first on the path, where benchmarks/transcoders.py
 # would shadow the transcoders package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks._common
+
+from benchmarks._common import cpu_seconds, peak_rss_mb, run_case as run_in_subprocess  # noqa: E402
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -39,18 +40,6 @@ CASES: dict[str, tuple[str, int, int, int | None]] = {
     "quick-demo": ("preset:smollm2-quick", 0, 0, 4096),
     "trained-clt-full": ("preset:smollm2-clt", 0, 0, None),
 }
-
-
-def cpu_seconds() -> float:
-    """CPU time this process has used, all threads (user + system)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux); tracemalloc
-    would miss torch's allocations."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def random_transcoders(model, kind: str, width: int, n_active: int, seed: int = 0):
@@ -121,16 +110,8 @@ def main() -> None:
     rows = []
     for threads in args.threads or [None]:
         for name in args.case or list(CASES):
-            cmd = [sys.executable, __file__, "--json", "--case", name] + (["--threads", str(threads)] if threads else [])
-            # OpenMP threads that spin while a peer is descheduled make every op cost ~20 ms on a
-            # shared CPU; passive waiting avoids that (set OMP_WAIT_POLICY yourself to override).
-            env = dict(os.environ, TQDM_DISABLE="1")
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if out.returncode != 0:
-                print(out.stderr, file=sys.stderr)
-                raise SystemExit(f"case {name} failed")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            args = ["--json", "--case", name] + (["--threads", str(threads)] if threads else [])
+            rows.append(run_in_subprocess(__file__, args, name))
             print(f"done: {name}, {rows[-1]['seconds']:.1f}s", file=sys.stderr)
     print(f"{'case':<11} {'threads':>7} {'active':>7} {'features':>8} {'edges':>11} {'trace s':>8} {'CPU s':>7} "
           f"{'load':>5} {'peak RSS MB':>11} {'before MB':>9} {'scores s':>8} {'identity err':>12}")

@@ -144,3 +144,17 @@ def test_a_wrong_norm_kind_in_the_map() -> None:
     model.spec = dataclasses.replace(model.spec, norm_kind="layer")
     with pytest.raises(FreezeError, match="does not compute as a 'layer' norm.*norm_kind.*arch.py"):
         trace("t1 t2 t3", model, _tc(model))
+
+
+def test_memory_budget_too_small(model) -> None:
+    """Refused before the forward pass, with the estimate, the budget and what to change."""
+    from circuits.attribution import MemoryBudgetError
+
+    with pytest.raises(MemoryBudgetError, match=r"(?s)does not fit in memory: it needs at least .* over the budget "
+                                                r"of 1.00 KiB.*Fix: .*max_feature_nodes=.*a larger budget"):
+        trace("t1 t2 t3", model, _tc(model), memory_budget="1KiB")
+
+
+def test_memory_budget_that_is_not_a_size(model) -> None:
+    with pytest.raises(ValueError, match="cannot read 'lots' as a memory size. Fix: pass bytes, or e.g. '8GiB'"):
+        trace("t1 t2", model, _tc(model), memory_budget="lots")

@@ -68,7 +68,7 @@ def parse_memory(value: int | float | str) -> int:
         if m is None:
             raise ValueError(f"cannot read {value!r} as a memory size. Fix: pass bytes, or e.g. '8GiB', '512MB', '2G'.")
         digits, prefix, binary, byte = m.groups()
-        power = "kmgt".find(prefix.lower()) + 1
+        power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
         decimal = bool(prefix) and not binary and bool(byte)
         n = float(digits) * (1000 if decimal else 1024) ** power
     if not math.isfinite(n) or n <= 0:
@@ -221,14 +221,17 @@ class TraceShape:
 
     def _reach(self) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Nonzeros a row can have: ``(features [L, P], errors and tokens [L, P], logit features,
-        logit errors and tokens)`` for targets at each (layer, position). A target at (l, p) reads
-        every source below layer l at positions up to p (attention is causal)."""
+        logit errors and tokens)`` for targets at each (layer, position). A feature at (l, p) reads
+        every source below layer l at positions up to p (attention is causal; layer l's attention
+        comes before its MLP). The logits read after the last attention, so the last layer's
+        sources reach them from the last position only."""
         L, P = self.n_layers, self.n_pos
         upto = np.cumsum(self.counts, axis=1)                                # [L, P] features at <= p
         below = np.concatenate([np.zeros((1, P), dtype=np.int64), np.cumsum(upto, axis=0)[:-1]])
         layer, pos = np.arange(L)[:, None], np.arange(P)[None, :]
         other = (layer + 1) * (pos + 1)                                      # l errors and a token per position
-        return below, np.broadcast_to(other, (L, P)), int(upto[:, -1].sum()), (L + 1) * P
+        logit_features = int(upto[:-1, -1].sum() + self.counts[-1, -1]) if L else 0
+        return below, np.broadcast_to(other, (L, P)), logit_features, max(L - 1, 0) * P + 1 + P
 
     def row_nnz(self) -> tuple[int, int, int]:
         """Stored edges over all rows ``(expected, upper bound, largest row)``. Without a cap both are the
@@ -367,11 +370,14 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
     stack = P * L * D * e if s.cross_layer else 0
     per_row = n_slots * e + max(P * D * e + step + stack, min(longest, n_slots) * edge_bytes) + 3 * D * e
     per_batch = 2 * H * P * P * e + n_slots * (16 + 4 + e)                 # mix slices; to_chunk's row buffers
-    # Stored rows and the graph.
-    block = BLOCK_ENTRIES * 40
+    # Stored rows and the graph. Readers go through stored rows a block at a time (a block is at
+    # most a chunk, which is at most a batch of rows).
     scoring = (3 * 8 * (n_a + (L + 1) * P + s.n_logits) + s.n_rows * min(s.n_rows, n_a) * 12) if capped else 0
     graph = s.graph_nnz() * (idx_bytes + e) + (s.n_nodes + 1) * idx_bytes + s.n_nodes * _NODE_BYTES
     rows_expected, rows_upper = rows_expected_nnz * edge_bytes, rows_upper_nnz * edge_bytes
+
+    def block(b: int) -> int:
+        return min(BLOCK_ENTRIES, b * longest, rows_upper_nnz) * 40       # RowChunk.blocks' transients
 
     small = frozen_acts // (2 + 2 * s.n_norm_roles) + index + tc_copy        # what stays to the end
     before = {
@@ -380,14 +386,21 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
         "residual map": patterns + frozen_acts + tc_copy + encoded + index + 2 * mix + weights + per_pos,
         "sources": small + errors + mix + weights + per_pos + tables + tables_transient + col_of,
     }
-    rows_fixed = small + errors + mix + weights + per_pos + tables + col_of + scoring + block + per_batch
-    end_fixed = small + graph + block                                      # assembling: rows become the graph
+    on_device = small + errors + mix + weights + per_pos + tables + col_of + per_batch
 
-    # The device holds the batch; on CUDA the stored rows and the graph live on the host.
+    def need(b: int, stored: int) -> tuple[int, int, int]:
+        """(attribution rows, assemble) on the CPU, or (device, host) on CUDA, and the assemble phase."""
+        host_rows = stored + scoring + block(b)
+        end = stored + small + graph + block(b)
+        if s.on_cuda:
+            return on_device + b * per_row, max(host_rows, end), end
+        return on_device + b * per_row + host_rows, end, end
+
     def fits(b: int, stored: int) -> bool:
-        device = rows_fixed + b * per_row + (0 if s.on_cuda else stored)
-        host_ok = not s.on_cuda or stored + end_fixed <= budget.host
-        return device <= budget.device and (s.on_cuda or stored + end_fixed <= budget.device) and host_ok
+        first, second, _ = need(b, stored)
+        if s.on_cuda:
+            return first <= budget.device and second <= budget.host
+        return max(first, second) <= budget.device
 
     cap_b = max(1, min(max_batch or (1024 if s.on_cuda else 256), s.n_rows))
     if batch_size is not None:
@@ -395,16 +408,18 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
     else:
         b = _largest(lambda x: fits(x, rows_expected), cap_b)
         if b < min(MIN_BATCH, cap_b):  # rows cannot all stay in memory: give the batch a quarter of what is left
-            room = budget.device - rows_fixed - (0 if s.on_cuda else end_fixed)
+            rows_phase, _, end = need(0, 0)
+            room = budget.device - (rows_phase if s.on_cuda else max(rows_phase, end))
             b = max(1, min(cap_b, int(room // 4 // max(per_row, 1))))
-    batch_mem = rows_fixed + b * per_row
+    # Stored rows get what neither the batch nor the assembled graph needs.
+    rows_phase, second, end = need(b, 0)
     pool = budget.host if s.on_cuda else budget.device
-    rows_room = max(0, min(pool - (0 if s.on_cuda else batch_mem), pool - end_fixed))
-    rows_in_memory = min(rows_room, rows_upper)
-    stored_peak = min(rows_expected, rows_in_memory)
+    rows_in_memory = max(0, min(rows_upper, pool - (second if s.on_cuda else max(rows_phase, end))))
+    stored = min(rows_expected, rows_in_memory)
+    rows_phase, second, end = need(b, stored)
     phases = dict(before)
-    phases["attribution rows"] = batch_mem + (0 if s.on_cuda else stored_peak)
-    phases["assemble"] = (0 if s.on_cuda else stored_peak) + end_fixed
+    phases["attribution rows"] = rows_phase
+    phases["assemble"] = end
     parts = {
         "attention patterns": patterns, "freeze activations": frozen_acts, "transcoder activations": encoded,
         "transcoder copy": tc_copy, "active feature index": index, "residual map": mix + weights + per_pos,
@@ -413,7 +428,9 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
     }
     plan = MemoryPlan(s, budget, b, phases, parts, per_row, rows_in_memory, rows_expected, rows_upper,
                       max(0, rows_expected - rows_in_memory))
-    _check(plan, explicit_batch=batch_size is not None, end_fixed=end_fixed, rows_fixed=rows_fixed)
+    least = need(b if batch_size is not None else 1, 0)
+    _check(plan, explicit_batch=batch_size is not None, device_least=max(max(before.values()), least[0]),
+           host_least=least[1])
     return plan
 
 
@@ -428,15 +445,13 @@ def _largest(ok, hi: int) -> int:
     return lo
 
 
-def _check(plan: MemoryPlan, *, explicit_batch: bool, end_fixed: int, rows_fixed: int) -> None:
+def _check(plan: MemoryPlan, *, explicit_batch: bool, device_least: int, host_least: int) -> None:
+    """Raise unless the least the trace can do with (one row at a time, every stored row on disk) fits."""
     s, budget = plan.shape, plan.budget
-    device_need = max(max(v for k, v in plan.phases.items() if k not in ("attribution rows", "assemble")),
-                      rows_fixed + plan.per_row * (plan.batch_size if explicit_batch else 1))
-    host_need = end_fixed
-    if not s.on_cuda:
-        device_need = max(device_need, host_need)
+    device_need = device_least if s.on_cuda else max(device_least, host_least)
+    host_need = host_least
     short_device = device_need > budget.device
-    short_host = host_need > budget.host
+    short_host = s.on_cuda and host_need > budget.host
     spill_room = _free_disk()
     short_disk = plan.spill_expected > spill_room
     if not (short_device or short_host or short_disk):

@@ -132,7 +132,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     col_map = np.concatenate([new_feature, n_sel + np.arange(n_err + P)])
     row_map = np.concatenate([new_feature, np.full(n_err + P, -1), n_sel + n_err + P + np.arange(n_logit)])
     np_dtype = np.float64 if dt == torch.float64 else np.float32
-    spilled = store.bytes_on_disk
+    spilled, stored = store.bytes_on_disk, store.bytes_on_disk + store.bytes_in_memory
     built = assemble(store, n_sel + n_err + P + n_logit, row_map, col_map, np_dtype)
     clock.lap("assemble")
 
@@ -154,7 +154,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         "n_active_features": n_active, "max_feature_nodes": max_feature_nodes, "max_logits": max_logits,
         "logit_prob": logit_prob, "dtype": str(dt).removeprefix("torch."), "device": str(dev),
         "batch_size": plan.batch_size, "identity_error": identity_error, "seconds": clock.laps,
-        "memory": plan.summary() | {"rows_on_disk": spilled},
+        "memory": plan.summary() | {"rows_stored": stored, "rows_on_disk": spilled},
     }
     text = prompt if isinstance(prompt, str) else model.tokenizer.decode(frozen.tokens.tolist())
     tokens = frozen.tokens.cpu().numpy().astype(np.int64)
