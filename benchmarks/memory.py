@@ -10,7 +10,7 @@ runs in a fresh subprocess, and the table sets the plan's estimate beside what w
 - estimate: the memory plan's peak (``circuits.attribution.memory``), what the trace allocates
   on top of the loaded model and transcoders;
 - measured: the growth of the process's peak resident memory over the trace (VmHWM, reset just
-  before it), the same quantity;
+  before it, after a warm-up trace of 8 tokens), the same quantity;
 - peak RSS: the whole process's peak, model and Python included.
 
     python benchmarks/memory.py                                  # 16, 64, 256, 1024 tokens
@@ -111,6 +111,9 @@ def one_length(n_tokens: int, max_features: int, random_transcoders: bool, threa
                              "--random-transcoders for random ones of the same shape.") from exc
         source = f"default set ({getattr(tc.cfg, 'kind', '?')}, {tc.cfg.d_features} features a layer)"
     ids = real_text_ids(model.tokenizer, n_tokens)
+    # The first trace in a process also pages in code and fills allocator pools (about 0.6 GB
+    # here, whatever the size): warm up on 8 tokens so that the measured rise is the trace's data.
+    trace(ids[:8], model, tc, max_feature_nodes=64)
     exact_peak = _reset_peak()
     before = _vm("VmRSS") if exact_peak else peak_rss_mb()
     start, cpu_start = time.perf_counter(), cpu_seconds()
@@ -170,7 +173,7 @@ def main() -> None:
               f"{r['peak_rss_mib']:,.0f} | {r['disk_mib']:,.0f} | {r['seconds']:,.1f} | {r['cpu_seconds']:,.1f} | "
               f"{r['load']:.1f} |")
     print("\nestimate: the plan's peak over the trace; measured: the rise of peak RSS over the trace "
-          "(VmHWM reset before it); peak RSS: the whole process, model included.")
+          "(VmHWM reset before it, after a warm-up trace); peak RSS: the whole process, model included.")
     for r in rows:
         phases = ", ".join(f"{k} {v / 2**20:,.0f}" for k, v in r["phases"].items())
         print(f"{r['tokens']} tokens: planned MiB by phase: {phases}; seconds by phase: {r['laps']}")

@@ -153,14 +153,16 @@ def test_selection_rounds_do_not_depend_on_the_batch_size(model) -> None:
 
 
 def test_stored_rows_are_counted_exactly_without_a_cap(model) -> None:
-    """Every source a target can reach (lower layers, positions up to its own) has a nonzero edge
-    in a random model, so the plan's count of stored edges is exact, as are its dense slots."""
+    """Every source a target can reach (lower layers, positions up to its own; the logits see the
+    last layer at the last position only) has a nonzero edge in a random model, so the plan's
+    count of stored edges is exact."""
     tc, ids = _tc(model), _ids(10)
     graph = trace(ids, model, tc, dtype="float64", device="cpu", max_logits=5)
     shape = _shape(model, tc, 10, max_logits=graph.count("logit")).with_counts(*_feature_cells(graph))
     expected, upper, _ = shape.row_nnz()
     assert expected == upper == graph.adjacency.nnz
-    assert graph.metadata["memory"]["rows_stored"] == graph.adjacency.nnz * (4 + 8)
+    mem = graph.metadata["memory"]
+    assert graph.adjacency.nnz * 8 < mem["rows_stored"] <= mem["rows_expected"]  # values, and runs of columns
 
 
 def test_the_estimate_grows_with_the_prompt_and_the_features(model) -> None:

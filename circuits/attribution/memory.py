@@ -17,7 +17,7 @@ element of the compute dtype, n_a active features, B targets per batch):
   ``[n_s, L - s, D]`` for a CLT (``attribute.build_sources``);
 - a batch of rows: the dense ``[B, n_slots]`` edges, the grads ``[B, P, D]`` and their
   transients, a CLT's ``[B, P, L, D]`` stack, and the sparse chunk the edges become;
-- stored rows (int32 column and a value per edge) until the graph is assembled; beyond the
+- stored rows (a value per edge, columns as runs) until the graph is assembled; beyond the
   budget they wait in a temporary file (``rows.RowStore``);
 - the graph: its CSR adjacency and node table.
 """
@@ -334,7 +334,7 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
     f_max = s.counts.max(axis=1) if s.counts.size else np.zeros(L, dtype=np.int64)
     capped = s.cap is not None and s.cap < n_a
     rows_expected_nnz, rows_upper_nnz, longest = s.row_nnz()
-    edge_bytes = 4 + e                                                      # int32 column + value
+    run_bytes = (2 * L + 2) * 8                                             # a row's runs of columns (rows.RowChunk)
     idx_bytes = 4 if max(s.graph_nnz(), s.n_nodes) < 2**31 - 1 else 8
 
     # freeze(): patterns and every norm's input and output are kept, the rest of the forward is transient.
@@ -368,13 +368,14 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
     step = P * e * max(2 * H * dh, H * dh + 2 * Hkv * dh, D + 2 * (int(f_max.max(initial=0)) + 2)
                        + (D if s.write_norm else 0))
     stack = P * L * D * e if s.cross_layer else 0
-    per_row = n_slots * e + max(P * D * e + step + stack, min(longest, n_slots) * edge_bytes) + 3 * D * e
-    per_batch = 2 * H * P * P * e + n_slots * (16 + 4 + e)                 # mix slices; to_chunk's row buffers
+    per_row = n_slots * e + max(P * D * e + step + stack, min(longest, n_slots) * e + run_bytes) + 3 * D * e
+    per_batch = 2 * H * P * P * e + n_slots * 32                           # mix slices; to_chunk's row buffers
     # Stored rows and the graph. Readers go through stored rows a block at a time (a block is at
     # most a chunk, which is at most a batch of rows).
     scoring = (3 * 8 * (n_a + (L + 1) * P + s.n_logits) + s.n_rows * min(s.n_rows, n_a) * 12) if capped else 0
     graph = s.graph_nnz() * (idx_bytes + e) + (s.n_nodes + 1) * idx_bytes + s.n_nodes * _NODE_BYTES
-    rows_expected, rows_upper = rows_expected_nnz * edge_bytes, rows_upper_nnz * edge_bytes
+    rows_expected = rows_expected_nnz * e + s.n_rows * run_bytes
+    rows_upper = rows_upper_nnz * e + s.n_rows * run_bytes
 
     def block(b: int) -> int:
         return min(BLOCK_ENTRIES, b * longest, rows_upper_nnz) * 40       # RowChunk.blocks' transients

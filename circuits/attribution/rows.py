@@ -11,6 +11,7 @@ blocks of about ``BLOCK_ENTRIES`` edges, so its transients stay small whatever a
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,16 +28,25 @@ from circuits.attribution.memory import BLOCK_ENTRIES, SELECTION_ROUND
 
 @dataclass
 class RowChunk:
-    """Sparse rows for a batch of targets, on the CPU, with columns in source order."""
+    """Sparse rows for a batch of targets, on the CPU, with columns in source order.
+
+    A row's nonzero columns come in a few runs of consecutive ids (the features of each lower
+    layer up to its position, then errors, then tokens), so they are kept as runs: a value is
+    all an edge costs.
+    """
 
     rows: np.ndarray
     """``[B]`` the targets' node ids."""
     counts: np.ndarray
     """``[B]`` nonzeros per row."""
-    cols: np.ndarray
-    """``[nnz]`` int32 source columns, row by row, increasing within a row."""
+    runs: np.ndarray
+    """``[B]`` runs of consecutive columns per row."""
+    run_start: np.ndarray
+    """``[n_runs]`` int32 first column of each run, row by row, increasing within a row."""
+    run_length: np.ndarray
+    """``[n_runs]`` int32."""
     vals: np.ndarray
-    """``[nnz]`` edge weights."""
+    """``[nnz]`` edge weights, row by row."""
     bias: np.ndarray
     """``[B]`` each target's constant term."""
     total: np.ndarray
@@ -46,7 +56,14 @@ class RowChunk:
 
     @property
     def nbytes(self) -> int:
-        return self.cols.nbytes + self.vals.nbytes
+        return self.run_start.nbytes + self.run_length.nbytes + self.vals.nbytes
+
+    def columns(self, rows: slice) -> np.ndarray:
+        """``[entries]`` int64 the columns of ``rows``' edges, row by row."""
+        ends = np.cumsum(self.runs)
+        r0, r1 = int(ends[rows.start - 1]) if rows.start else 0, int(ends[rows.stop - 1])
+        start, length = self.run_start[r0:r1].astype(np.int64), self.run_length[r0:r1]
+        return np.repeat(start - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
 
     def blocks(self, entries: int = BLOCK_ENTRIES) -> Iterator[tuple[slice, slice]]:
         """``(rows, entries)`` slices over runs of whole rows holding about ``entries`` edges each."""
@@ -65,17 +82,25 @@ def to_chunk(rows: np.ndarray, edges: Tensor, bias: Tensor, col_of: np.ndarray) 
     where ``edges.nonzero()`` would take 16 bytes per edge of the whole batch."""
     dense = edges.cpu().numpy()                                             # a view on the CPU
     counts = np.count_nonzero(dense, axis=1)
-    cols = np.empty(int(counts.sum()), dtype=np.int32)
-    vals = np.empty(len(cols), dtype=dense.dtype)
+    vals = np.empty(int(counts.sum()), dtype=dense.dtype)
     total, magnitude = np.empty(len(rows)), np.empty(len(rows))
+    starts, lengths, runs = [], [], np.zeros(len(rows), dtype=np.int64)
     at = 0
     for i, k in enumerate(counts.tolist()):
         nz = np.flatnonzero(dense[i])
         v = dense[i, nz]
-        cols[at:at + k], vals[at:at + k] = col_of[nz], v
+        vals[at:at + k] = v
         total[i], magnitude[i] = v.sum(dtype=np.float64), np.abs(v).sum(dtype=np.float64)
+        if k:
+            cols = col_of[nz]
+            cut = np.flatnonzero(np.diff(cols) != 1) + 1
+            starts.append(cols[np.concatenate([[0], cut])])
+            lengths.append(np.diff(np.concatenate([[0], cut, [k]])).astype(np.int32))
+            runs[i] = len(cut) + 1
         at += k
-    return RowChunk(rows, counts, cols, vals, bias.cpu().numpy(), total, magnitude)
+    empty = np.zeros(0, dtype=np.int32)
+    return RowChunk(rows, counts, runs, np.concatenate(starts) if starts else empty,
+                    np.concatenate(lengths) if lengths else empty, vals, bias.cpu().numpy(), total, magnitude)
 
 
 @dataclass
@@ -83,8 +108,9 @@ class _Spilled:
     """A chunk whose columns and values wait in the store's file at ``offset``."""
 
     chunk: RowChunk
-    """The chunk with empty ``cols``/``vals``."""
+    """The chunk with empty runs and values."""
     offset: int
+    n_runs: int
     nnz: int
 
 
@@ -104,7 +130,7 @@ class RowStore:
         return len(self._items)
 
     def append(self, chunk: RowChunk) -> None:
-        self.nnz += len(chunk.cols)
+        self.nnz += len(chunk.vals)
         if self.limit is None or self.bytes_in_memory + chunk.nbytes <= self.limit:
             self._items.append(chunk)
             self.bytes_in_memory += chunk.nbytes
@@ -114,15 +140,15 @@ class RowStore:
         f = self._file
         f.seek(0, 2)
         offset = f.tell()
-        chunk.cols.tofile(f)
-        chunk.vals.tofile(f)
+        for a in (chunk.run_start, chunk.run_length, chunk.vals):
+            a.tofile(f)
         self.bytes_on_disk += chunk.nbytes
-        empty = RowChunk(chunk.rows, chunk.counts, chunk.cols[:0].copy(), chunk.vals[:0].copy(), chunk.bias,
-                         chunk.total, chunk.magnitude)
-        self._items.append(_Spilled(empty, offset, len(chunk.cols)))
+        empty = dataclasses.replace(chunk, run_start=chunk.run_start[:0].copy(), run_length=chunk.run_length[:0].copy(),
+                                    vals=chunk.vals[:0].copy())
+        self._items.append(_Spilled(empty, offset, len(chunk.run_start), len(chunk.vals)))
 
     def metadata(self) -> Iterator[RowChunk]:
-        """The chunks without reading spilled columns and values back (rows, counts, bias, sums)."""
+        """The chunks without reading spilled runs and values back (rows, counts, bias, sums)."""
         for item in self._items:
             yield item.chunk if isinstance(item, _Spilled) else item
 
@@ -152,9 +178,10 @@ class RowStore:
             return item
         c = item.chunk
         self._file.seek(item.offset)
-        cols = np.fromfile(self._file, dtype=np.int32, count=item.nnz)
+        start = np.fromfile(self._file, dtype=np.int32, count=item.n_runs)
+        length = np.fromfile(self._file, dtype=np.int32, count=item.n_runs)
         vals = np.fromfile(self._file, dtype=c.vals.dtype, count=item.nnz)
-        return RowChunk(c.rows, c.counts, cols, vals, c.bias, c.total, c.magnitude)
+        return dataclasses.replace(c, run_start=start, run_length=length, vals=vals)
 
 
 def batches(targets: Targets | FeatureTargets, batch_size: int) -> list[Tensor]:
@@ -233,12 +260,12 @@ def feature_influence(store: RowStore, weights: np.ndarray, levels: np.ndarray, 
     first = 0
     for chunk in store:
         for rows, entries in chunk.blocks():
-            cols = chunk.cols[entries]
+            cols = chunk.columns(rows)
             hit = keep[cols]
             if hit.any():
                 local = np.repeat(np.arange(rows.start, rows.stop), chunk.counts[rows])
                 t_list.append(first + local[hit])
-                s_list.append(cols[hit].astype(np.int64))
+                s_list.append(cols[hit])
                 a_list.append(np.abs(chunk.vals[entries][hit]).astype(np.float64))
         first += len(chunk.rows)
     x = np.zeros(n_nodes)
@@ -255,7 +282,7 @@ def feature_influence(store: RowStore, weights: np.ndarray, levels: np.ndarray, 
     for chunk in store:
         for rows, entries in chunk.blocks():
             c = np.repeat(coef[first + rows.start:first + rows.stop], chunk.counts[rows])
-            score += np.bincount(chunk.cols[entries], weights=np.abs(chunk.vals[entries]) * c, minlength=n_nodes)
+            score += np.bincount(chunk.columns(rows), weights=np.abs(chunk.vals[entries]) * c, minlength=n_nodes)
         first += len(chunk.rows)
     return score[:n_f]
 
@@ -292,7 +319,7 @@ def assemble(store: RowStore, n_new: int, row_map: np.ndarray, col_map: np.ndarr
             continue
         for rows, entries in ch.blocks():
             local = np.repeat(np.arange(rows.stop - rows.start), ch.counts[rows])
-            keep = col_map[ch.cols[entries]] >= 0
+            keep = col_map[ch.columns(rows)] >= 0
             n = rows.stop - rows.start
             excluded[new_rows[rows]] = np.bincount(local[~keep], weights=ch.vals[entries][~keep], minlength=n)
             counts[new_rows[rows]] = np.bincount(local[keep], minlength=n)
@@ -305,7 +332,7 @@ def assemble(store: RowStore, n_new: int, row_map: np.ndarray, col_map: np.ndarr
     for ch in store.drain():
         new_rows = row_map[ch.rows]
         for rows, entries in ch.blocks():
-            cols, vals = ch.cols[entries], ch.vals[entries]
+            cols, vals = ch.columns(rows), ch.vals[entries]
             if drops:
                 keep = col_map[cols] >= 0
                 cols, vals = cols[keep], vals[keep]
