@@ -267,11 +267,10 @@ def labels_dir(model: Model, transcoders_spec: str | Path | None = None) -> Path
                              "labels. Fix: name the set (a preset, a directory or an hf:// address).")
         transcoders_spec = preset.name
     spec = str(transcoders_spec)
-    if spec in PRESETS:
-        return preset_dir(spec)
     if spec.startswith("hf://"):
         return cache_dir("labels", re.sub(r"[^A-Za-z0-9._-]+", "-", spec.removeprefix("hf://")).strip("-"))
-    path = Path(spec).expanduser()
+    # A preset built by an older version has no marker either: its labels go to the cache too.
+    path = preset_dir(spec) if spec in PRESETS else Path(spec).expanduser()
     if (path / MARKER).is_file():
         return path
     where = path.resolve()

@@ -76,3 +76,19 @@ def test_labels_text_save_load_and_fingerprint(corpus: Corpus, tmp_path: Path) -
         retrained.W_enc.mul_(1.01)
     assert load_labels(where, retrained) is None  # labels of other weights are never shown
     assert load_labels(tmp_path / "nowhere", tc) is None
+
+
+def test_labels_go_beside_the_engines_own_sets_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A set the engine saved keeps its labels beside it; a folder of someone else's is never written into."""
+    from circuits.labels import labels_dir
+    from transcoders import save_transcoders
+
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    model, tc = tiny_setup()
+    ours = save_transcoders(tc, tmp_path / "ours")
+    assert labels_dir(model, ours) == ours
+    theirs = tmp_path / "downloaded"
+    theirs.mkdir()
+    (theirs / "config.yaml").write_text("a set someone else published\n")
+    where = labels_dir(model, theirs)
+    assert where.is_relative_to(tmp_path / "cache") and where == labels_dir(model, theirs)
