@@ -35,14 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from circuits.attribution.freeze import post_norm_role
+
 ENV_BUDGET = "CIRCUITS_MEMORY_BUDGET"
 DEFAULT_FRACTION = 0.8
 """Of the memory available when the trace starts: what the other 20% leaves for everything else."""
 BLOCK_ENTRIES = 1 << 22
 """Stored rows are read back (scored, assembled) in blocks of about this many edges."""
-SELECTION_ROUND = 1024
-"""Features chosen per round of ``max_feature_nodes`` selection: fixed, so that the graph does not
-depend on the batch size the budget picks."""
 MIN_BATCH = 16
 """Below this, batches are kept small only when the budget forces it."""
 _NODE_BYTES = 4 * 7 + 4 * 64 + 4 + 4 + 8 * 7
@@ -174,8 +173,6 @@ class TraceShape:
         p = next(transcoders.parameters())
         act = getattr(cfg, "activation", "")
         k = min(int(getattr(cfg, "k", 0) or 0), cfg.d_features) if act in ("topk", "batchtopk") else 0
-        from circuits.attribution.freeze import post_norm_role
-
         return cls(
             n_pos=n_pos, n_layers=d.n_layers, d_model=d.d_model, n_heads=d.n_heads, n_kv_heads=d.n_kv_heads,
             d_head=d.d_head, d_vocab=d.d_vocab, d_mlp=d.d_mlp, d_features=cfg.d_features,
@@ -347,8 +344,8 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
     encoded = 2 * P * L * F * e + P * L * F + 2 * L * P * D * e
     encoding = 2 * P * L * F * e + P * L * D * e
     index = n_a * (3 * 8 + 2 * e + 8 + 8)                                    # layer/pos/feat, acts, pre, levels, renumbering
-    # build_residual_map(): the mixing patterns [L, H, P, P] (built in place: one more copy while
-    # casting) and the folded weights.
+    # build_residual_map(): the mixing patterns [L, H, P, P] (cast, transposed and scaled in place)
+    # and the folded weights; the [P, L, F] activations are gone by then.
     mix = L * H * P * P * e
     weights = (L * D * (H + Hkv) * dh + (L * D * D if s.skip else 0)) * e
     per_pos = (L * P * D * e) * (2 if s.write_norm else 1) + 2 * L * P * e  # attn_const, write_mul, scales
@@ -384,7 +381,7 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
     before = {
         "forward and freeze": patterns + frozen_acts + forward,
         "encode": patterns + frozen_acts + tc_copy + encoded + encoding,
-        "residual map": patterns + frozen_acts + tc_copy + encoded + index + 2 * mix + weights + per_pos,
+        "residual map": patterns + frozen_acts + tc_copy + errors + index + mix + weights + per_pos,
         "sources": small + errors + mix + weights + per_pos + tables + tables_transient + col_of,
     }
     on_device = small + errors + mix + weights + per_pos + tables + col_of + per_batch

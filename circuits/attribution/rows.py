@@ -23,7 +23,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.attribution.attribute import Attributor, FeatureTargets, Targets
-from circuits.attribution.memory import BLOCK_ENTRIES, SELECTION_ROUND
+from circuits.attribution.memory import BLOCK_ENTRIES
+
+SELECTION_ROUND = 1024
+"""Features chosen per round of ``max_feature_nodes`` selection: fixed (it was 4 batches), so that
+the graph does not depend on the batch size the memory budget picks."""
 
 
 @dataclass
