@@ -51,7 +51,7 @@ class Progress:
 def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, labels: Any = None,
                  max_feature_nodes: int | None = None, node_threshold: float = 0.8, edge_threshold: float = 0.98,
                  max_nodes: int = 40, svg: bool = True, full: bool = False, verify: bool = False,
-                 progress: Progress | None = None) -> Path:
+                 memory_budget: str | int | None = None, progress: Progress | None = None) -> Path:
     """Trace ``prompt`` and write ``out/``: ``graph.json`` (viewer schema), ``graph.graphml``,
     ``graph.svg`` (at most ``max_nodes`` features and errors) and ``summary.md``, all of the
     influence-pruned graph; with ``full``, also ``graph.npz``: the whole graph, exactly (it can be
@@ -72,7 +72,8 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     out = check_output_folder(out)  # before the expensive part: a wrong --out fails in a second
     if svg:
         require_dot()  # fail before the expensive part, with the fix
-    graph = trace(prompt, model=model, transcoders=transcoders, max_feature_nodes=max_feature_nodes)
+    graph = trace(prompt, model=model, transcoders=transcoders, max_feature_nodes=max_feature_nodes,
+                  memory_budget=memory_budget)
     say.done(f"traced {graph.n_pos} tokens: {graph.n_features:,} features, {graph.adjacency.nnz:,} edges; "
              f"replacement {graph.replacement_score:.3f}, completeness {graph.completeness_score:.3f}")
     if labels is not None:
@@ -141,7 +142,7 @@ def _trace(args: argparse.Namespace) -> int:
         trace_to_dir(args.prompt, args.out, model=model, transcoders=transcoders, labels=labels,
                      max_feature_nodes=args.max_feature_nodes, node_threshold=args.node_threshold,
                      edge_threshold=args.edge_threshold, max_nodes=args.max_nodes, svg=not args.no_svg,
-                     full=args.full, verify=args.verify, progress=say)
+                     full=args.full, verify=args.verify, memory_budget=args.memory_budget, progress=say)
     except GraphvizMissingError as exc:
         print(f"error: {exc} Or pass --no-svg to skip the picture.", file=sys.stderr)
         return 1
@@ -172,7 +173,7 @@ def _demo(args: argparse.Namespace) -> int:
             svg = False
     out = trace_to_dir(args.prompt, args.out, model=model, transcoders=transcoders, labels=labels,
                        max_feature_nodes=args.max_feature_nodes, max_nodes=args.max_nodes, svg=svg, full=args.full,
-                       progress=say)
+                       memory_budget=args.memory_budget, progress=say)
     print((out / "summary.md").read_text())
     print(f"files in {out}/: " + ("graph.svg (the picture), " if svg else "")
           + "graph.json (for circuit-tracer's or Neuronpedia's graph viewer), graph.graphml (Gephi, Cytoscape, "
@@ -287,17 +288,21 @@ def _add_trace_options(p: argparse.ArgumentParser, *, out_default: str | None, m
                         f"{max_features or 'all'})")
     p.add_argument("--max-nodes", type=int, default=40, help="features and errors drawn in graph.svg (default 40)")
     p.add_argument("--no-svg", action="store_true", help="skip graph.svg (needs no graphviz)")
+    p.add_argument("--memory-budget", default=None,
+                   help="memory the trace may plan for, e.g. 8GiB (default: CIRCUITS_MEMORY_BUDGET, else 80%% of what "
+                        "is available); batches are sized to it, and a trace that cannot fit fails before it starts")
     p.add_argument("--full", action="store_true",
                    help="also write graph.npz, the whole unpruned graph (graphs.load reads it; can be hundreds of MB)")
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors in what the user passed (the prompt, --out, --model, --transcoders): one line, no traceback."""
+    from circuits.attribution import MemoryBudgetError
     from circuits.models import ModelNotFoundError, PromptError
     from transcoders import TranscoderLoadError, TranscoderModelMismatchError, TranscoderShapeError
 
     return (OutputFolderError, PromptError, ModelNotFoundError, TranscoderLoadError, TranscoderModelMismatchError,
-            TranscoderShapeError)
+            TranscoderShapeError, MemoryBudgetError)
 
 
 def main(argv: list[str] | None = None) -> int:

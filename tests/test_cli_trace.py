@@ -207,3 +207,16 @@ def test_verify_writes_measured_effects(tmp_path: Path) -> None:
     assert len(effects) == g.adjacency.nnz  # every kept edge carries its measured effect
     doc = json.loads((out / "graph.json").read_text())
     jsonschema.validate(doc, graphs.viewer_schema())
+
+
+def test_a_trace_that_cannot_fit_is_refused_before_it_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tc = tiny_setup()
+    monkeypatch.setattr(cli, "_load_transcoders", lambda *args, **kwargs: tc)
+    monkeypatch.setattr("circuits.load_model", lambda *args, **kwargs: model)
+    out = tmp_path / "out"
+    assert cli.main(["trace", PROMPT, "--out", str(out), "--no-svg", "--label-tokens", "0",
+                     "--memory-budget", "1KiB"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Fix:" in err and "Traceback" not in err
+    assert not out.exists()
