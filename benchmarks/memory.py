@@ -126,6 +126,7 @@ def one_length(n_tokens: int, max_features: int, random_transcoders: bool, threa
         "edges": graph.adjacency.nnz, "batch": mem["batch_size"], "estimate_mib": mem["estimated_peak"] / 2**20,
         "measured_mib": after - before, "peak_rss_mib": peak_rss_mb(), "resident_mib": mem["resident"] / 2**20,
         "disk_mib": mem["rows_on_disk"] / 2**20, "budget_mib": mem["budget"] / 2**20, "phases": mem["phases"],
+        "stored_mib": mem["rows_stored"] / 2**20, "stored_expected_mib": mem["rows_expected"] / 2**20,
         "seconds": seconds, "cpu_seconds": cpu, "load": os.getloadavg()[0], "threads": torch.get_num_threads(),
         "laps": graph.metadata["seconds"], "transcoders": source, "exact_peak": exact_peak,
     }
@@ -165,13 +166,13 @@ def main() -> None:
           f"{rows[0]['transcoders']}; prompt: held-out Wikipedia summaries (packaged corpus); "
           f"max_feature_nodes={args.max_features}; memory budget {rows[0]['budget_mib'] / 1024:.1f} GiB (default)")
     print("\n| prompt tokens | active features | features | edges | batch | estimate MiB | measured MiB | "
-          "estimate / measured | peak RSS MiB | rows on disk MiB | wall s | CPU s | load |")
-    print("|" + "---|" * 13)
+          "estimate / measured | peak RSS MiB | rows stored MiB (expected) | rows on disk MiB | wall s | CPU s | load |")
+    print("|" + "---|" * 14)
     for r in rows:
         print(f"| {r['tokens']:,} | {r['active']:,} | {r['features']:,} | {r['edges']:,} | {r['batch']} | "
               f"{r['estimate_mib']:,.0f} | {r['measured_mib']:,.0f} | {r['estimate_mib'] / r['measured_mib']:.2f} | "
-              f"{r['peak_rss_mib']:,.0f} | {r['disk_mib']:,.0f} | {r['seconds']:,.1f} | {r['cpu_seconds']:,.1f} | "
-              f"{r['load']:.1f} |")
+              f"{r['peak_rss_mib']:,.0f} | {r['stored_mib']:,.0f} ({r['stored_expected_mib']:,.0f}) | "
+              f"{r['disk_mib']:,.0f} | {r['seconds']:,.1f} | {r['cpu_seconds']:,.1f} | {r['load']:.1f} |")
     print("\nestimate: the plan's peak over the trace; measured: the rise of peak RSS over the trace "
           "(VmHWM reset before it, after a warm-up trace); peak RSS: the whole process, model included.")
     for r in rows:

@@ -122,7 +122,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     store = RowStore(plan.rows_in_memory)
     selected = _edge_rows(attributor, f_targets, l_targets, probs, layer, L, P, max_feature_nodes,
                           plan.batch_size, store)
-    del attributor, sources, f_targets, rmap  # the map and decoder tables: the graph needs their room
+    del attributor, sources, f_targets, rmap, tc  # the map and decoder tables: the graph needs their room
     clock.lap("edges")
 
     # Node order: selected features, errors, tokens, logits; rows and columns renumbered to it.
