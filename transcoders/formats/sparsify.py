@@ -262,8 +262,8 @@ def _input_site(run: dict[str, Any], coders: list[_Coder], path: Path) -> str:
     if layers != list(range(len(coders))):
         raise TranscoderLoadError(
             f"{path / 'config.json'} has hookpoints_in {ins}: its layers read those modules' inputs, and this "
-            "reader knows only the MLP input and the MLP norm's input of every layer (layers.{i}."
-            "post_attention_layernorm). Fix: load a set that reads the MLP inputs.")
+            "reader knows only the MLP input and the MLP norm's input of every layer. Fix: load a set that reads "
+            "the MLP inputs.")
     return "resid_mid"
 
 
