@@ -107,6 +107,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(run_case(args.case[0], (args.threads or [None])[0])))
         return
+    from benchmarks.machine import print_machine
+
+    print_machine()
     rows = []
     for threads in args.threads or [None]:
         for name in args.case or list(CASES):
