@@ -52,7 +52,7 @@ def discover(model, task) -> NodeCircuit:
     c = discover_nodes(model, task, patcher=patcher, method="acdc", candidates=100, include_mlps=False,
                        precision="auto", tau=0.02 * abs(patcher.m_full - patcher.m_empty), progress=False)
     print(f"\nIOI node circuit: {len(c.heads)} heads, faithfulness {c.faithfulness:.3f} "
-          f"(bf16 search {c.info['faithfulness_bf16']:.3f}), {c.info['seconds_total']:.0f} s")
+          f"(search in {c.info['searched_in']}), {c.info['seconds_total']:.0f} s")
     return c
 
 
