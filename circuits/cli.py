@@ -279,7 +279,7 @@ def _add_trace_options(p: argparse.ArgumentParser, *, out_default: str | None, m
     # The demo builds the default set when it is missing (the README's main command must work on a fresh
     # machine); `trace` asks first, since a user tracing a prompt may not expect ten minutes of training.
     p.add_argument("--build-transcoders", action=argparse.BooleanOptionalAction, default=build,
-                   help="train the default set first if it is not built yet (about 10 min on 2 idle CPU cores; "
+                   help="train the default set first if it is not built yet (about 10-25 min on 2 idle CPU cores; "
                         f"default: {'yes' if build else 'no'})")
     p.add_argument("--label-tokens", type=int, default=50_000,
                    help="tokens of training text for feature labels, computed once per set (0: no labels)")

@@ -33,7 +33,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         TrainConfig(kind="plt", d_features=1024, activation="topk", k=64, skip=True, n_tokens=150_000,
                     seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=1024, lr=2e-3,
                     warmup_steps=10, checkpoint_every=10, num_threads=2),
-        cost="about 10 min on 2 idle CPU cores", default=True),
+        cost="about 10 min on 2 idle AVX-512 CPU cores, about 20 on AVX2", default=True),
     Preset(
         "smollm2-clt", _SMOLLM2,
         # The quick preset's recipe and budget, with cross-layer decoders: same width, same k
