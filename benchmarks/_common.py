@@ -32,5 +32,7 @@ def run_case(script: str | Path, args: list[str], name: str) -> dict:
     out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         print(out.stderr, file=sys.stderr)
-        raise SystemExit(f"case {name} failed")
+        how = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit code {out.returncode}"
+        raise SystemExit(f"case {name} failed ({how}; a kill by signal 9 with no traceback is usually the "
+                         "out-of-memory killer)")
     return json.loads(out.stdout.strip().splitlines()[-1])

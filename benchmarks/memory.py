@@ -20,6 +20,7 @@ runs in a fresh subprocess, and the table sets the plan's estimate beside what w
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON result (internal, per subprocess)")
     args = parser.parse_args()
     if args.json:
+        faulthandler.enable()  # a crash in a case that runs for an hour says where it was
         print(json.dumps(one_length(args.lengths[0], args.max_features, args.random_transcoders, args.threads)))
         return
 

@@ -199,3 +199,66 @@ def test_memory_sizes(text, n: int) -> None:
 def test_bad_memory_sizes(bad) -> None:
     with pytest.raises(ValueError, match="memory size"):
         parse_memory(bad)
+
+
+def _random_rows(seed: int, n_nodes: int = 60, n_rows: int = 25, batch: int = 4):
+    """Chunks of random rows over ``n_nodes`` (features 0..39, then 10 errors/tokens, then 10 logits):
+    each row reads only nodes of lower levels, with some exact zeros, as ``to_chunk`` makes them."""
+    from circuits.attribution.rows import to_chunk
+
+    rng = np.random.default_rng(seed)
+    levels = np.concatenate([rng.integers(0, 4, 40), np.full(10, -1), np.full(10, 4)])
+    rows = np.concatenate([np.arange(50, 60), rng.choice(40, n_rows - 10, replace=False)])
+    dense = rng.normal(size=(n_rows, n_nodes)) * (rng.random((n_rows, n_nodes)) < 0.7)
+    dense *= levels[None, :] < levels[rows][:, None]
+    col_of = np.arange(n_nodes, dtype=np.int32)
+    chunks = [to_chunk(rows[i:i + batch], torch.as_tensor(dense[i:i + batch]), torch.zeros(len(rows[i:i + batch])),
+                       col_of) for i in range(0, n_rows, batch)]
+    return chunks, rows, dense, levels
+
+
+def test_rows_spilled_to_disk_read_back_and_assemble_the_same() -> None:
+    from circuits.attribution.rows import RowStore, assemble
+
+    chunks, rows, dense, _ = _random_rows(0)
+    in_memory, on_disk, mixed = RowStore(), RowStore(limit=0), RowStore(limit=chunks[0].nbytes * 2)
+    for c in chunks:
+        for store in (in_memory, on_disk, mixed):
+            store.append(c)
+    assert in_memory.bytes_on_disk == 0 and on_disk.bytes_in_memory == 0 and mixed.bytes_on_disk > 0
+    for a, b in zip(in_memory, on_disk):
+        for name in ("rows", "counts", "runs", "run_start", "run_length", "vals", "bias", "total", "magnitude"):
+            assert np.array_equal(getattr(a, name), getattr(b, name))
+    # Drop some columns, as a capped graph drops features without rows.
+    keep = np.isin(np.arange(60), rows) | (np.arange(60) >= 40)
+    col_map = np.where(keep, np.cumsum(keep) - 1, -1)
+    row_map = np.where(keep, np.cumsum(keep) - 1, -1)
+    built = [assemble(s, int(keep.sum()), row_map, col_map, np.float64) for s in (in_memory, on_disk, mixed)]
+    want = np.zeros((keep.sum(), keep.sum()))
+    want[row_map[rows]] = dense[:, keep]
+    for b in built:
+        np.testing.assert_array_equal(b.matrix.toarray(), want)
+        np.testing.assert_allclose(b.excluded[row_map[rows]], dense[:, ~keep].sum(1))
+    assert len(on_disk) == len(mixed) == 0                               # assembling empties the store
+
+
+def test_streamed_influence_equals_the_assembled_graphs() -> None:
+    """The selection's influence, read chunk by chunk, equals graphs.metrics.influence of the rows
+    assembled into one matrix (what selection computed before, every round)."""
+    import scipy.sparse as sp
+
+    from circuits.attribution.rows import RowStore, feature_influence
+    from graphs.metrics import influence
+
+    for seed in range(3):
+        chunks, rows, dense, levels = _random_rows(seed)
+        store = RowStore(limit=chunks[0].nbytes)
+        for c in chunks:
+            store.append(c)
+        weights = np.zeros(60)
+        weights[50:] = np.random.default_rng(seed).random(10)
+        visited = np.isin(np.arange(40), rows)
+        full = np.zeros((60, 60))
+        full[rows] = dense
+        want = influence(sp.csr_matrix(full), weights, levels)[:40]
+        np.testing.assert_allclose(feature_influence(store, weights, levels, visited), want, rtol=1e-12, atol=1e-15)
