@@ -45,7 +45,7 @@ demo: setup
 	$(PY) -m circuits demo $(DEMO_ARGS)
 
 transcoders: setup
-	$(PY) -m transcoders train --preset smollm2-quick
+	$(PY) -m circuits transcoders train --preset smollm2-quick
 
 test: setup
 	$(PY) -m pytest -q

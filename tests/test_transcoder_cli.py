@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from circuits import load_model, tiny_model
+from circuits import cli, load_model, tiny_model
+from circuits.transcoders_cli import main
 from transcoders import load_transcoders
-from transcoders.cli import main
 
 
 def test_sparsity_must_be_given() -> None:
@@ -26,6 +28,28 @@ def test_presets_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
     main(["presets"])
     out = capsys.readouterr().out
     assert "smollm2-quick" in out and "(default)" in out and "smollm2-clt" in out
+
+
+def test_circuits_transcoders_is_the_same_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["transcoders", "presets"]) == 0
+    assert "smollm2-quick" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"--k K .* or --l0 TARGET"):
+        cli.main(["transcoders", "train", "--kind", "plt", "--width", "64"])
+
+
+def test_python_m_transcoders_names_the_command_that_works() -> None:
+    """``python -m transcoders`` cannot run the command (transcoders never imports circuits): it says, in
+    one line, what to run instead, and the spelling it gives works."""
+    proc = subprocess.run([sys.executable, "-m", "transcoders", "presets"], capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    said = [line for line in proc.stderr.splitlines() if "python -m transcoders" in line]
+    assert len(said) == 1 and "Traceback" not in proc.stderr
+    assert "`transcoders presets`" in said[0] and "`python -m circuits transcoders presets`" in said[0]
+    proc = subprocess.run([sys.executable, "-m", "circuits", "transcoders", "presets"], capture_output=True,
+                          text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "smollm2-quick" in proc.stdout
 
 
 def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

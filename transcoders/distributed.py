@@ -1,6 +1,6 @@
 """Data-parallel training across processes (GPUs or CPU workers) with torch.distributed.
 
-Launch with ``torchrun --nproc-per-node N -m transcoders train ...``: torchrun sets RANK,
+Launch with ``torchrun --nproc-per-node N -m circuits transcoders train ...``: torchrun sets RANK,
 WORLD_SIZE and LOCAL_RANK, ``init_from_env`` joins the group (NCCL on CUDA, gloo on CPU),
 and ``train`` wraps its objective in DistributedDataParallel. Every rank harvests its own
 share of the corpus (batch i goes to rank i % world), gradients are averaged, and the

@@ -3,8 +3,12 @@
     transcoders train --preset smollm2-quick                   # the default set for the default model
     transcoders train --model smollm2 --kind clt --width 4096 --k 32 --out DIR
     transcoders train --model smollm2 --kind plt --width 2048 --l0 48      # JumpReLU steered to L0 48
-    torchrun --nproc-per-node 4 -m transcoders train ...       # data-parallel over 4 GPUs or CPU workers
+    torchrun --nproc-per-node 4 -m circuits transcoders train ...   # data-parallel over 4 GPUs or CPU workers
     transcoders evaluate --set smollm2-quick --n-tokens 16384
+
+``python -m circuits transcoders ...`` is the same command. It lives in ``circuits``, not in
+``transcoders``, because it loads a model to harvest from (``circuits.load_model``), and the
+``transcoders`` library never imports ``circuits`` (tests/test_layering.py).
 """
 
 from __future__ import annotations
@@ -24,8 +28,7 @@ PRECISION_HELP = ("auto (default): bf16 only where this machine runs it faster t
 
 
 def _load_model(name: str | None, device: str | None) -> Any:
-    # The one place transcoders imports circuits: the CLI must load a model to harvest from,
-    # and does it lazily, here, so the library itself never depends on circuits.
+    # Lazily: --help and a wrong flag need no model code.
     from circuits import load_model
 
     return load_model(name, device=device)
@@ -65,12 +68,12 @@ def _corpus(paths: list[str] | None) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from transcoders.distributed import context, init_from_env
     from transcoders.evaluate import evaluate
     from transcoders.io import preset_dir
     from transcoders.train import run_name, train
-
-    import torch
 
     init_from_env()
     dctx = context()
