@@ -67,8 +67,7 @@ def model_and_transcoders(device: str):
     from circuits.models.adapter import Model
     from transcoders import TranscoderConfig, build_transcoder
     from transcoders.cache import cache_dir
-    from transcoders.io import preset_dir
-    from transcoders.presets import PRESETS
+    from transcoders.sets import PRESETS, preset_dir
 
     preset = PRESETS["smollm2-quick"]
     if (cache_dir("models", preset.model) / "config.json").is_file():

@@ -58,7 +58,7 @@ def default_shaped_random(model):
     import torch
 
     from transcoders import TranscoderConfig, build_transcoder
-    from transcoders.presets import default_preset
+    from transcoders.sets import default_preset
 
     preset = default_preset(model.name)
     if preset is None:

@@ -43,8 +43,8 @@ from transcoders import (  # noqa: E402
     harvest,
     load_transcoders,
 )
-from transcoders.io import preset_dir  # noqa: E402
 from transcoders.precision import autocast  # noqa: E402
+from transcoders.sets import preset_dir  # noqa: E402
 from transcoders.train import Objective  # noqa: E402
 
 

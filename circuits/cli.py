@@ -201,7 +201,7 @@ def _load_transcoders(model: Any, spec: str | None, say: Progress, *, build: boo
     """The set ``spec`` names (None: the model's default); if the default preset is not built yet,
     build it when ``build`` (or the user says yes on a terminal), else say how and return None."""
     from transcoders import TranscoderLoadError, load_transcoders
-    from transcoders.presets import PRESETS, default_preset
+    from transcoders.sets import PRESETS, default_preset
 
     try:
         tc = load_transcoders(model, spec)
@@ -225,8 +225,7 @@ def _load_transcoders(model: Any, spec: str | None, say: Progress, *, build: boo
 
 
 def _build(model: Any, preset_name: str, say: Progress) -> None:
-    from transcoders.io import preset_dir
-    from transcoders.presets import PRESETS
+    from transcoders.sets import PRESETS, preset_dir
     from transcoders.train import train
 
     preset = PRESETS[preset_name]

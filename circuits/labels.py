@@ -257,8 +257,7 @@ def labels_dir(model: Model, transcoders_spec: str | Path | None = None) -> Path
     --out``); otherwise (an ``hf://`` set in the read-only hub cache, or a folder of someone else's,
     which we never write into) a directory of its own under ``cache_dir("labels")``."""
     from transcoders.cache import cache_dir
-    from transcoders.io import preset_dir
-    from transcoders.presets import PRESETS, default_preset
+    from transcoders.sets import PRESETS, default_preset, preset_dir
 
     if transcoders_spec is None:
         preset = default_preset(model.name)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from transcoders.precision import PRECISIONS
-from transcoders.presets import PRESETS
+from transcoders.sets import PRESETS
 from transcoders.train import TrainConfig
 
 PRECISION_HELP = ("auto (default): bf16 only where this machine runs it faster than float32 (CPUs with "
@@ -72,7 +72,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from transcoders.distributed import context, init_from_env
     from transcoders.evaluate import evaluate
-    from transcoders.io import preset_dir
+    from transcoders.sets import preset_dir
     from transcoders.train import run_name, train
 
     init_from_env()
@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from transcoders.evaluate import evaluate
-    from transcoders.io import load_transcoders
+    from transcoders.sets import load_transcoders
 
     model = _load_model(args.model, args.device)
     tc = load_transcoders(model, args.set)
@@ -124,7 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from transcoders.io import preset_dir
+    from transcoders.sets import preset_dir
 
     for p in PRESETS.values():
         built = "built" if (preset_dir(p.name) / "config.yaml").is_file() else "not built"

@@ -25,7 +25,8 @@ from transcoders import (
     load_transcoders,
     save_transcoders,
 )
-from transcoders.io import hub_reachable, parse_hf
+from transcoders.cache import hub_reachable
+from transcoders.hub import parse_hf
 
 L, D, FEAT = 3, 8, 12
 
@@ -253,7 +254,7 @@ def test_hub_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.hub
 @pytest.mark.skipif(not hub_reachable(), reason="the Hugging Face hub is not reachable from this machine")
 def test_published_clt_loads_from_the_hub() -> None:  # pragma: no cover - needs the network
-    from transcoders.io import fetch_hf
+    from transcoders.sets import fetch_hf
 
     where = fetch_hf("hf://mntss/clt-131k")
     tc = load_transcoder_dir(where)

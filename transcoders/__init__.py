@@ -4,12 +4,11 @@ from transcoders.cache import cache_dir
 from transcoders.corpus import Corpus, Document, fetch_packaged
 from transcoders.evaluate import Evaluation, evaluate
 from transcoders.harvest import NonFiniteError, harvest
+from transcoders.hub import HubUnavailableError
 from transcoders.io import (
-    HubUnavailableError,
     TranscoderLoadError,
     TranscoderModelMismatchError,
     load_transcoder_dir,
-    load_transcoders,
     save_transcoders,
 )
 from transcoders.model import (
@@ -22,7 +21,7 @@ from transcoders.model import (
     TranscoderShapeError,
     build_transcoder,
 )
-from transcoders.presets import PRESETS, Preset
+from transcoders.sets import PRESETS, Preset, load_transcoders
 from transcoders.train import TrainConfig, train
 
 __all__ = [

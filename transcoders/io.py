@@ -1,5 +1,9 @@
 """Save and load transcoder sets: circuit-tracer's on-disk format, and the published formats we read.
 
+This module is about files only: given a directory, read the set in it; given a set, write one.
+Which set to load (presets, each model's default set, the cache, ``hf://`` addresses) is
+``transcoders.sets``; downloads from the hub are ``transcoders.hub``.
+
 A saved set is a directory with a ``config.yaml`` and safetensors files in circuit-tracer's
 format. Loading reads, each exactly as its publisher writes it (``transcoders/formats/``, one
 module per publisher, each naming the source file and function it follows):
@@ -34,17 +38,16 @@ import copy
 import math
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import torch
 import yaml
 from safetensors.torch import save_file
 from torch import Tensor
 
-from transcoders.cache import cache_dir, hub_reachable
 from transcoders.formats.circuit_tracer import read_clt, read_transcoder_set, sites
 from transcoders.formats.common import LoadedSet, Target, TranscoderLoadError
 from transcoders.formats.sparsify import is_sparsify_dir, read_sparsify
+from transcoders.hub import hub_file
 from transcoders.model import Transcoder, TranscoderConfig, TranscoderShapeError, build_transcoder
 from transcoders.writes import Writer, write_folder
 
@@ -56,10 +59,6 @@ SITE_OUTPUT_HOOK = {"mlp_resid": "hook_mlp_out", "mlp_out": "mlp.hook_out"}
 
 class TranscoderModelMismatchError(ValueError):
     """A transcoder set was made for another model."""
-
-
-class HubUnavailableError(ConnectionError):
-    """An ``hf://`` set was asked for and the Hugging Face hub cannot be reached."""
 
 
 # --- saving ---------------------------------------------------------------------------------------
@@ -127,7 +126,7 @@ def save_transcoders(tc: Transcoder, path: str | Path, *, dtype: torch.dtype = t
     return path
 
 
-def _read_config(cfg_file: Path) -> dict[str, Any]:
+def read_config(cfg_file: Path) -> dict[str, Any]:
     """A set's config.yaml as a dict, or a clear error for a file that is not one."""
     try:
         config = yaml.safe_load(cfg_file.read_text()) or {}
@@ -162,7 +161,7 @@ def load_transcoder_dir(path: str | Path, model: Any = None, *, check_model: boo
     target = Target(torch.device(device), dtype)
     cfg_file = path / "config.yaml"
     if cfg_file.is_file():
-        config = _read_config(cfg_file)
+        config = read_config(cfg_file)
         in_hook = sites(config, cfg_file)[2]
         kind = config["model_kind"]
         if kind not in ("transcoder_set", "cross_layer_transcoder"):
@@ -282,131 +281,12 @@ def fold_input_norm(tc: Transcoder, model: Any) -> None:
     tc.cfg.input_site = "mlp_in"
 
 
-# --- the hub --------------------------------------------------------------------------------------
-
-
-def parse_hf(uri: str) -> tuple[str, str | None, str | None]:
-    """``hf://org/repo[/sub/dir][@rev]`` (or ``?revision=rev``) → ``(repo_id, subfolder, revision)``."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "hf" or not parsed.netloc:
-        raise ValueError(f"{uri!r} is not an hf:// address. Fix: write hf://org/repo[/subfolder][@revision].")
-    path = parsed.path.lstrip("/")
-    revision = parse_qs(parsed.query).get("revision", [None])[0]
-    if "@" in path:
-        path, revision = path.split("@", 1)
-    repo, _, sub = path.partition("/")
-    if not repo:
-        raise ValueError(f"{uri!r} names no repository. Fix: write hf://org/repo.")
-    return f"{parsed.netloc}/{repo}", sub.strip("/") or None, revision
-
-
-def _hub_call(uri: str, fn: Any, *, missing_ok: bool = False, **kwargs: Any) -> str | None:
-    """Run a huggingface_hub download, from the local hub cache first, and say clearly when it cannot.
-    With ``missing_ok``, a file the repository does not have gives None."""
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        return fn(**kwargs, local_files_only=True)
-    except Exception:  # not cached: go to the network below
-        pass
-    if not hub_reachable():
-        raise HubUnavailableError(
-            f"cannot load {uri}: the Hugging Face hub is not reachable from here (offline, or HF_HUB_OFFLINE is set) "
-            "and the files are not in the local hub cache. Fix: connect to the internet or set HF_ENDPOINT to a "
-            "mirror; or download the repository elsewhere and pass its local directory.")
-    try:
-        return fn(**kwargs)
-    except EntryNotFoundError as exc:
-        if missing_ok and not isinstance(exc, LocalEntryNotFoundError):
-            return None
-        raise TranscoderLoadError(f"could not fetch {uri} from the hub: {type(exc).__name__}: {exc}. "
-                                  "Fix: check the repository name, revision and your access token.") from exc
-    except Exception as exc:
-        raise TranscoderLoadError(f"could not fetch {uri} from the hub: {type(exc).__name__}: {exc}. "
-                                  "Fix: check the repository name, revision and your access token.") from exc
-
-
-def fetch_hf(uri: str) -> Path:
-    """Download the set at ``hf://org/repo[/sub]`` and return its directory: circuit-tracer's (config.yaml and
-    its weight files) or, when the repository has no config.yaml, sparsify's (every hookpoint's cfg.json and
-    sae.safetensors, and the run's config.json)."""
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    repo_id, sub, rev = parse_hf(uri)
-    prefix = f"{sub}/" if sub else ""
-    sparsify = [f"{prefix}config.json", f"{prefix}*/cfg.json", f"{prefix}*/sae.safetensors"]
-    try:
-        cfg_path = _hub_call(uri, hf_hub_download, missing_ok=True, repo_id=repo_id, filename="config.yaml",
-                             subfolder=sub, revision=rev)
-    except HubUnavailableError:  # offline: a sparsify set may still be whole in the hub cache
-        try:
-            root = Path(snapshot_download(repo_id=repo_id, revision=rev, allow_patterns=sparsify,
-                                          local_files_only=True))
-        except Exception:
-            root = None
-        if root is not None and is_sparsify_dir(root / sub if sub else root):
-            return root / sub if sub else root
-        raise
-    if cfg_path is None:
-        patterns = sparsify
-    else:
-        config = _read_config(Path(cfg_path))
-        if "transcoders" in config:  # the files are listed, often in other repos: fetched by _resolve
-            return Path(cfg_path).parent
-        patterns = [f"{prefix}config.yaml", f"{prefix}*.safetensors"]
-    root = Path(_hub_call(uri, snapshot_download, repo_id=repo_id, revision=rev, allow_patterns=patterns))
-    return root / sub if sub else root
+# --- paths in a config ----------------------------------------------------------------------------
 
 
 def _resolve(p: str, base: Path) -> Path:
     """A path from a config's ``transcoders:`` list: ``hf://`` (downloaded), absolute, or relative to the set."""
     if str(p).startswith("hf://"):
-        from huggingface_hub import hf_hub_download
-
-        repo_id, file, rev = parse_hf(p)
-        if not file:
-            raise TranscoderLoadError(f"{p!r} in {base / 'config.yaml'} names no file. Fix: hf://org/repo/path/file.")
-        return Path(_hub_call(p, hf_hub_download, repo_id=repo_id, filename=file, revision=rev))
+        return hub_file(p, base / "config.yaml")
     q = Path(p).expanduser()
     return q if q.is_absolute() else base / q
-
-
-def load_transcoders(model: Any, name_or_path: str | Path | None = None, *, check_model: bool = True,
-                     dtype: torch.dtype = torch.float32) -> Transcoder:
-    """The transcoder set for ``model``, on its device.
-
-    ``name_or_path``: None for the model's default set (trained by a preset into the cache); a
-    preset name (``"smollm2-quick"``); a directory; or ``"hf://org/repo[/subfolder][@revision]"``.
-    """
-    from transcoders.presets import PRESETS, default_preset
-
-    if name_or_path is None:
-        preset = default_preset(model.name)
-        if preset is None:
-            raise TranscoderLoadError(
-                f"there is no default transcoder set for {model.name!r} (defaults exist for "
-                f"{sorted({p.model for p in PRESETS.values()})}). Fix: train one with "
-                f"`transcoders train --model {model.name} --kind plt --k 32`, or pass a path or hf:// address.")
-        name_or_path = preset.name
-    text = str(name_or_path)
-    if text in PRESETS:
-        where = preset_dir(text)
-        if not (where / "config.yaml").is_file():
-            raise TranscoderLoadError(
-                f"the transcoder set {text!r} is not in the cache ({where}). Fix: build it once with "
-                f"`transcoders train --preset {text}` ({PRESETS[text].cost}).")
-    elif text.startswith("hf://"):
-        where = fetch_hf(text)
-    else:
-        where = Path(text).expanduser()
-        if not where.exists():
-            raise TranscoderLoadError(f"no transcoder set at {where}: not a directory, a preset "
-                                      f"({', '.join(sorted(PRESETS))}) or an hf:// address. Fix: check the path.")
-    # Read straight onto the model's device: the set is never held on the CPU on its way to the GPU.
-    tc = load_transcoder_dir(where, model, check_model=check_model, dtype=dtype, device=model.device)
-    return tc.to(model.device)
-
-
-def preset_dir(name: str) -> Path:
-    """Where ``transcoders train --preset NAME`` saves its set."""
-    return cache_dir("transcoders") / name

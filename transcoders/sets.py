@@ -1,0 +1,137 @@
+"""Which transcoder set to load, and where it is: presets, each model's default set, the cache, the hub.
+
+``transcoders.io`` reads and writes a set's files (the formats); this module turns what a user
+names into the directory that holds them: nothing (the model's default set), a preset name, a
+directory, or ``hf://org/repo[/subfolder][@revision]``.
+
+``transcoders train --preset NAME`` trains a preset and saves it to ``preset_dir(NAME)``
+(``cache_dir("transcoders", NAME)``), where ``load_transcoders(model)`` finds the default one.
+The figures in each ``cost`` were measured on a shared 2-core CPU (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transcoders.cache import cache_dir
+from transcoders.formats.common import TranscoderLoadError
+from transcoders.formats.sparsify import is_sparsify_dir
+from transcoders.hub import HubUnavailableError, hub_call, parse_hf
+from transcoders.io import load_transcoder_dir, read_config
+from transcoders.model import Transcoder
+from transcoders.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: str  # the model's name as circuits.load_model reports it
+    config: TrainConfig
+    cost: str  # what building it takes, for error messages and the CLI's help
+    default: bool = False  # the set load_transcoders(model) picks
+
+    def train_config(self, **overrides: object) -> TrainConfig:
+        return dataclasses.replace(self.config, **overrides)
+
+
+_SMOLLM2 = "smollm2-135m-instruct"
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset(
+        "smollm2-quick", _SMOLLM2,
+        TrainConfig(kind="plt", d_features=1024, activation="topk", k=64, skip=True, n_tokens=150_000,
+                    seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=1024, lr=2e-3,
+                    warmup_steps=10, checkpoint_every=10, num_threads=2),
+        cost="about 10 min on 2 idle AVX-512 CPU cores, about 20 on AVX2", default=True),
+    Preset(
+        "smollm2-clt", _SMOLLM2,
+        # The quick preset's recipe and budget, with cross-layer decoders: same width, same k
+        # (so the same L0 per layer), same tokens. Its skip is saved as W_skip_{i}, which
+        # circuit-tracer's CLT loader does not read.
+        TrainConfig(kind="clt", d_features=1024, activation="topk", k=64, skip=True, n_tokens=150_000,
+                    seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=1024, lr=2e-3,
+                    warmup_steps=10, checkpoint_every=10, num_threads=2),
+        cost="several hours on 2 CPU cores"),
+)}
+
+
+def default_preset(model_name: str) -> Preset | None:
+    """The preset whose set ``load_transcoders(model)`` loads for a model of this name."""
+    key = model_name.rstrip("/").split("/")[-1].lower()
+    return next((p for p in PRESETS.values() if p.default and p.model == key), None)
+
+
+def preset_dir(name: str) -> Path:
+    """Where ``transcoders train --preset NAME`` saves its set."""
+    return cache_dir("transcoders") / name
+
+
+def load_transcoders(model: Any, name_or_path: str | Path | None = None, *, check_model: bool = True,
+                     dtype: torch.dtype = torch.float32) -> Transcoder:
+    """The transcoder set for ``model``, on its device.
+
+    ``name_or_path``: None for the model's default set (trained by a preset into the cache); a
+    preset name (``"smollm2-quick"``); a directory; or ``"hf://org/repo[/subfolder][@revision]"``.
+    """
+    if name_or_path is None:
+        preset = default_preset(model.name)
+        if preset is None:
+            raise TranscoderLoadError(
+                f"there is no default transcoder set for {model.name!r} (defaults exist for "
+                f"{sorted({p.model for p in PRESETS.values()})}). Fix: train one with "
+                f"`transcoders train --model {model.name} --kind plt --k 32`, or pass a path or hf:// address.")
+        name_or_path = preset.name
+    text = str(name_or_path)
+    if text in PRESETS:
+        where = preset_dir(text)
+        if not (where / "config.yaml").is_file():
+            raise TranscoderLoadError(
+                f"the transcoder set {text!r} is not in the cache ({where}). Fix: build it once with "
+                f"`transcoders train --preset {text}` ({PRESETS[text].cost}).")
+    elif text.startswith("hf://"):
+        where = fetch_hf(text)
+    else:
+        where = Path(text).expanduser()
+        if not where.exists():
+            raise TranscoderLoadError(f"no transcoder set at {where}: not a directory, a preset "
+                                      f"({', '.join(sorted(PRESETS))}) or an hf:// address. Fix: check the path.")
+    # Read straight onto the model's device: the set is never held on the CPU on its way to the GPU.
+    tc = load_transcoder_dir(where, model, check_model=check_model, dtype=dtype, device=model.device)
+    return tc.to(model.device)
+
+
+def fetch_hf(uri: str) -> Path:
+    """Download the set at ``hf://org/repo[/sub]`` and return its directory: circuit-tracer's (config.yaml and
+    its weight files) or, when the repository has no config.yaml, sparsify's (every hookpoint's cfg.json and
+    sae.safetensors, and the run's config.json)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    repo_id, sub, rev = parse_hf(uri)
+    prefix = f"{sub}/" if sub else ""
+    sparsify = [f"{prefix}config.json", f"{prefix}*/cfg.json", f"{prefix}*/sae.safetensors"]
+    try:
+        cfg_path = hub_call(uri, hf_hub_download, missing_ok=True, repo_id=repo_id, filename="config.yaml",
+                            subfolder=sub, revision=rev)
+    except HubUnavailableError:  # offline: a sparsify set may still be whole in the hub cache
+        try:
+            root = Path(snapshot_download(repo_id=repo_id, revision=rev, allow_patterns=sparsify,
+                                          local_files_only=True))
+        except Exception:
+            root = None
+        if root is not None and is_sparsify_dir(root / sub if sub else root):
+            return root / sub if sub else root
+        raise
+    if cfg_path is None:
+        patterns = sparsify
+    else:
+        config = read_config(Path(cfg_path))
+        if "transcoders" in config:  # the files are listed, often in other repos: fetched as it loads
+            return Path(cfg_path).parent
+        patterns = [f"{prefix}config.yaml", f"{prefix}*.safetensors"]
+    root = Path(hub_call(uri, snapshot_download, repo_id=repo_id, revision=rev, allow_patterns=patterns))
+    return root / sub if sub else root
