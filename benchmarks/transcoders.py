@@ -5,7 +5,7 @@
 Prints three tables: harvest tokens/s next to the bare model forward (fp32 and bf16
 autocast); training tokens/s of one optimiser step on harvested-size batches, PLT and
 CLT; and for each preset set found in the cache, FVU, L0, dead fraction, CE recovered
-and KL from ``transcoders.evaluate`` on held-out packaged text.
+and KL from ``circuits.replacement.evaluate`` on held-out packaged text.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import torch  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 
 from circuits import load_model  # noqa: E402
+from circuits.replacement.evaluate import evaluate  # noqa: E402
 from transcoders import (  # noqa: E402
     PRESETS,
     TrainConfig,
     TranscoderConfig,
     build_transcoder,
-    evaluate,
     harvest,
     load_transcoders,
 )

@@ -1,10 +1,11 @@
 """``intervene(prompt, {(layer, position, feature): value})``: clamp or steer features and read the logits.
 
-Runs in the replacement model (``circuits.patching.features``): transcoders in the MLP slots,
-errors held at their clean values, every other feature recomputed through its encoder and
-activation function, so the clamp's effect flows through downstream features too. With
-``freeze_attention=True`` attention patterns and norm scales stay at their clean values (the
-attribution graph's world); by default they are recomputed, as circuit-tracer intervenes.
+Runs in the replacement model (``circuits.replacement.forward``) with ``errors="clean"`` and, by
+default, ``features="recompute"``: transcoders in the MLP slots, errors held at their clean values,
+every other feature recomputed through its encoder and activation function, so the clamp's effect
+flows through downstream features too. With ``freeze_attention=True`` (``attention="frozen"``)
+attention patterns and norm scales stay at their clean values (the attribution graph's world); by
+default they are recomputed, as circuit-tracer intervenes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from circuits.attribution.checks import check_transcoders, default_transcoders
 from circuits.models.adapter import Model, PromptError
 from circuits.models.loading import load_model
-from circuits.patching.features import CleanState, EditBuilder, Edits, FeatureMode, patch_forward
+from circuits.replacement import CleanState, EditBuilder, Edits, FeatureMode, forward
 
 Key = tuple[int, int | None, int]
 """``(layer, position, feature)``; position None: every position (generated ones included)."""
@@ -60,7 +61,7 @@ def intervene(prompt: str | Sequence[int] | Tensor, interventions: Mapping[Key, 
         model: default ``circuits.load_model()``; transcoders: default the model's set, as ``trace`` picks.
         freeze_attention: hold attention patterns and norm scales at their clean values.
         features: ``"recompute"`` (default), ``"linear"`` (clean on/off masks) or ``"frozen"``
-            (other features held at their clean values); see ``circuits.patching.features``.
+            (other features held at their clean values); see ``circuits.replacement.forward``.
         generate: greedily generate this many tokens with the intervention held (needs
             ``freeze_attention=False``; without a KV cache each step reruns the whole sequence).
             Generated positions have no clean error: theirs is the true MLP write minus the
@@ -83,13 +84,15 @@ def intervene(prompt: str | Sequence[int] | Tensor, interventions: Mapping[Key, 
     _check_keys(interventions, clean)
 
     both = _edits(interventions, clean, clean.n_pos, mode, rows=2)  # row 0 clean, row 1 intervened
-    run = patch_forward(clean, both, freeze_attention=freeze_attention, features=features)
+    run = forward(model, None, clean=clean, edits=both, attention="frozen" if freeze_attention else "live",
+                  features=features, errors="clean")
     generated = text = None
     if generate:
         ids = clean.frozen.tokens
         for _ in range(generate):
             edits = _edits(interventions, clean, len(ids), mode, rows=1)
-            step = patch_forward(clean, edits, features="recompute", ids=ids)
+            step = forward(model, None, clean=clean, edits=edits, ids=ids, attention="live", features="recompute",
+                           errors="clean")
             ids = torch.cat([ids, step.logits[0, -1].argmax()[None].to(ids)])
         generated = ids[clean.n_pos:].cpu()
         text = model.tokenizer.decode(generated.tolist())
@@ -109,6 +112,10 @@ def _check_keys(interventions: Mapping[Key, float], clean: CleanState) -> None:
         if pos is not None and not -P <= pos < P:
             raise InterventionError(f"position {pos} is outside the prompt's {P} tokens: use 0..{P - 1}, "
                                     "a negative index from the end, or None for every position")
+        if pos is not None and pos % P < clean.feature_start:
+            raise InterventionError(f"position {pos % P} has no features: positions before {clean.feature_start} "
+                                    "(the first token, an attention sink) keep their true MLP output. Fix: "
+                                    f"intervene at positions {clean.feature_start}..{P - 1}.")
 
 
 def _edits(interventions: Mapping[Key, float], clean: CleanState, T: int, mode: Mode, rows: int) -> Edits:
@@ -116,7 +123,7 @@ def _edits(interventions: Mapping[Key, float], clean: CleanState, T: int, mode: 
     per_value: dict[tuple[int, int, int], float] = {}
     # Every-position entries first, so an explicit position for the same feature overrides them.
     for (layer, pos, feat), value in sorted(interventions.items(), key=lambda kv: kv[0][1] is not None):
-        for p in (range(T) if pos is None else [pos % clean.n_pos]):
+        for p in (range(clean.feature_start, T) if pos is None else [pos % clean.n_pos]):
             per_value[(layer, p, feat)] = float(value)
     scale_add = {"set": lambda v: (0.0, v), "add": lambda v: (1.0, v), "scale": lambda v: (v, 0.0)}[mode]
     b = EditBuilder(rows, clean.model.d_model)

@@ -32,6 +32,7 @@ from circuits.models.adapter import Model
 from graphs.node_labels import show_token
 from transcoders.writes import MARKER, dumps, write_folder
 from transcoders.precision import Precision, autocast
+from transcoders.positions import FEATURE_START
 
 log = logging.getLogger("circuits.labels")
 
@@ -133,7 +134,7 @@ def load_labels(directory: str | Path, transcoders: torch.nn.Module) -> FeatureL
 @torch.no_grad()
 def compute_labels(model: Model, transcoders: torch.nn.Module, corpus: Any = None, *, n_tokens: int = 50_000,
                    seq_len: int = 128, batch_size: int = 8, k: int = 8, before: int = 8, after: int = 2,
-                   n_label_tokens: int = 3, skip_first: int = 1, split: str = "train", seed: int = 0,
+                   n_label_tokens: int = 3, skip_first: int = FEATURE_START, split: str = "train", seed: int = 0,
                    precision: Precision = "auto", progress: bool = True) -> FeatureLabels:
     """Top-``k`` activations of every feature over ``n_tokens`` tokens of ``corpus``.
 

@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from transcoders.distributed import context, init_from_env
-    from transcoders.evaluate import evaluate
+    from circuits.replacement.evaluate import evaluate
     from transcoders.sets import preset_dir
     from transcoders.train import run_name, train
 
@@ -111,7 +111,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from transcoders.evaluate import evaluate
+    from circuits.replacement.evaluate import evaluate
     from transcoders.sets import load_transcoders
 
     model = _load_model(args.model, args.device)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from circuits import tiny_model
-from transcoders import TrainConfig, TranscoderConfig, TranscoderShapeError, build_transcoder, evaluate, train
+from circuits.replacement.evaluate import evaluate
+from transcoders import TrainConfig, TranscoderConfig, TranscoderShapeError, build_transcoder, train
 
 D_VOCAB = 64
 

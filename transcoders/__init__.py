@@ -1,8 +1,8 @@
-"""Transcoders: train, evaluate, save and load per-layer and cross-layer transcoders."""
+"""Transcoders: train, save and load per-layer and cross-layer transcoders (evaluating them runs the
+replacement model, so it lives in ``circuits.replacement.evaluate``)."""
 
 from transcoders.cache import cache_dir
 from transcoders.corpus import Corpus, Document, fetch_packaged
-from transcoders.evaluate import Evaluation, evaluate
 from transcoders.harvest import NonFiniteError, harvest
 from transcoders.hub import HubUnavailableError
 from transcoders.io import (
@@ -27,8 +27,8 @@ from transcoders.train import TrainConfig, train
 __all__ = [
     "Corpus", "CrossLayerTranscoder", "Document", "Encoded", "PerLayerTranscoder", "Transcoder",
     "TranscoderConfig", "TranscoderOutput", "build_transcoder", "cache_dir", "fetch_packaged",
-    # training, evaluation, saving and loading
-    "PRESETS", "Evaluation", "HubUnavailableError", "NonFiniteError", "Preset", "TrainConfig",
-    "TranscoderLoadError", "TranscoderModelMismatchError", "TranscoderShapeError", "evaluate", "harvest",
+    # training, saving and loading
+    "PRESETS", "HubUnavailableError", "NonFiniteError", "Preset", "TrainConfig",
+    "TranscoderLoadError", "TranscoderModelMismatchError", "TranscoderShapeError", "harvest",
     "load_transcoder_dir", "load_transcoders", "save_transcoders", "train",
 ]

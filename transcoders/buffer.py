@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from transcoders.harvest import HarvestModel, harvest
+from transcoders.positions import FEATURE_START
 from transcoders.precision import Precision
 
 
@@ -55,7 +56,7 @@ class PairStream:
 
     def __init__(self, model: HarvestModel, token_batches: Callable[[], Iterator[Tensor]], spec: StreamSpec, *,
                  seed: int, rank: int = 0, world: int = 1, input_site: str = "mlp_in",
-                 output_site: str = "mlp_resid", precision: Precision = "auto", skip_first: int = 1,
+                 output_site: str = "mlp_resid", precision: Precision = "auto", skip_first: int = FEATURE_START,
                  dtype: torch.dtype = torch.bfloat16) -> None:
         self.model, self.token_batches, self.spec = model, token_batches, spec
         self.seed, self.rank, self.world = seed, rank, world

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from transcoders.positions import FEATURE_START
 from transcoders.precision import Precision, autocast
 
 
@@ -33,7 +34,7 @@ class HarvestModel(Protocol):
 
 
 def harvest(model: HarvestModel, ids: Tensor, *, input_site: str = "mlp_in", output_site: str = "mlp_resid",
-            precision: Precision = "auto", skip_first: int = 1) -> tuple[Tensor, Tensor]:
+            precision: Precision = "auto", skip_first: int = FEATURE_START) -> tuple[Tensor, Tensor]:
     """MLP inputs and outputs of every layer for a batch of token rows.
 
     ``ids``: LongTensor ``[B, T]``. Returns ``x, y``: ``[B * (T - skip_first), n_layers, d_model]``,

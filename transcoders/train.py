@@ -30,6 +30,7 @@ from transcoders.checkpoint import load_checkpoint, save_checkpoint
 from transcoders.distributed import all_reduce_mean, barrier, context
 from transcoders.harvest import HarvestModel, NonFiniteError
 from transcoders.model import Activation, Kind, Transcoder, TranscoderConfig, TranscoderOutput, build_transcoder
+from transcoders.positions import FEATURE_START
 from transcoders.precision import Precision, autocast, check_precision, use_bf16
 from transcoders.sparse import sparse_decode
 
@@ -61,7 +62,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     precision: Precision = "auto"  # bf16 only where it runs faster (transcoders.precision)
-    skip_first: int = 1  # positions dropped from each row (the attention sink)
+    skip_first: int = FEATURE_START  # positions dropped from each row (the attention sink; transcoders.positions)
     dead_window: int = 200_000  # a feature silent for this many tokens counts as dead (display only)
     checkpoint_every: int = 200  # steps
     num_threads: int | None = None  # torch CPU threads (None: leave torch's default)

@@ -1,15 +1,22 @@
 """Replacement models and attribution graphs: ``trace(prompt)`` and the pieces it is built from."""
 
 from circuits.attribution.checks import TranscoderMismatchError, TranscodersMissingError
-from circuits.attribution.freeze import FreezeError, FrozenForward, FrozenNorm, freeze
 from circuits.attribution.memory import MemoryBudgetError, MemoryPlan, parse_memory
-from circuits.attribution.replacement import (
+from circuits.attribution.tracing import trace
+
+# The replacement model that every graph explains lives in circuits.replacement; these names are
+# re-exported because attribution is where users look for them.
+from circuits.replacement import (
+    FreezeError,
+    FrozenForward,
+    FrozenNorm,
     MlpReplacement,
     ReplacementRun,
+    freeze,
     replace_mlps,
     run_replacement,
+    salient_logits,
 )
-from circuits.attribution.tracing import salient_logits, trace
 
 __all__ = [
     "FreezeError", "FrozenForward", "FrozenNorm", "MemoryBudgetError", "MemoryPlan", "MlpReplacement",

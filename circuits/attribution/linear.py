@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from circuits.attribution.freeze import FrozenForward, FrozenNorm, post_norm_role
+from circuits.replacement.freeze import FrozenForward, FrozenNorm, post_norm_role
 from circuits.models.adapter import Model
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from circuits.attribution.freeze import post_norm_role
+from circuits.replacement.freeze import post_norm_role
 
 ENV_BUDGET = "CIRCUITS_MEMORY_BUDGET"
 DEFAULT_FRACTION = 0.8

@@ -25,14 +25,14 @@ from circuits.attribution.checks import (
     check_transcoders,
     default_transcoders,
 )
-from circuits.attribution.freeze import FrozenForward, freeze
 from circuits.attribution.linear import build_residual_map
 from circuits.attribution.memory import TraceShape, plan_trace, resolve_budget
-from circuits.attribution.replacement import as_compute, replace_mlps
 from circuits.attribution.rows import RowStore, assemble, compute_rows, compute_selected_rows
 from circuits.models.adapter import Model, PromptError
 from circuits.models.loading import load_model, resolve_device, resolve_dtype
+from circuits.replacement import FrozenForward, as_compute, demeaned_unembedding, freeze, replace_mlps, salient_logits
 from graphs.graph import AttributionGraph, empty_nodes
+from transcoders.positions import FEATURE_START
 
 log = logging.getLogger("circuits.attribution")
 
@@ -45,7 +45,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
           max_logits: int = 10, logit_prob: float = 0.95, max_feature_nodes: int | None = None,
           batch_size: int | None = None, device: str | torch.device | None = None,
           dtype: str | torch.dtype | None = None, memory_budget: int | str | None = None, verify: bool = False,
-          node_threshold: float = 0.8, edge_threshold: float = 0.98, tau: float | None = None) -> AttributionGraph:
+          node_threshold: float = 0.8, edge_threshold: float = 0.98, tau: float | None = None,
+          feature_start: int = FEATURE_START) -> AttributionGraph:
     """Attribute ``prompt``'s next-token logits to features, errors and tokens.
 
     Args:
@@ -71,6 +72,9 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
             each edge gets a ``measured_effect``, disagreeing ones an ``effect_flag``, and the metadata a
             ``verification`` summary. ``tau``: also drop edges whose measured effect is under ``tau`` times
             their target's total absolute input.
+        feature_start: positions before it have no features; their MLP output is kept exactly as
+            their error nodes (``circuits.replacement.slots``: the first token is an attention sink,
+            where transcoders are neither trained nor evaluated). 0 puts features everywhere.
 
     Returns:
         An ``AttributionGraph`` whose edges are exact direct effects in the frozen replacement model;
@@ -94,7 +98,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     plan_trace(shape, budget, batch_size)
     frozen = freeze(model, ids, input_site=transcoders.cfg.input_site, output_site=transcoders.cfg.output_site)
     tc = as_compute(transcoders, dev, dt)
-    mlps = replace_mlps(tc, frozen, device=dev, dtype=dt)
+    mlps = replace_mlps(tc, frozen, device=dev, dtype=dt, feature_start=feature_start)
 
     # Features in node order: (layer, position, feature id).
     layer, pos, feat = mlps.mask.permute(1, 0, 2).nonzero(as_tuple=True)
@@ -152,7 +156,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         "model": model.name, "family": model.spec.family, "n_layers": L, "d_model": model.d_model, "n_pos": P,
         "transcoders": _jsonable(transcoders.cfg.to_dict() if hasattr(transcoders.cfg, "to_dict") else {}),
         "n_active_features": n_active, "max_feature_nodes": max_feature_nodes, "max_logits": max_logits,
-        "logit_prob": logit_prob, "dtype": str(dt).removeprefix("torch."), "device": str(dev),
+        "logit_prob": logit_prob, "feature_start": feature_start, "dtype": str(dt).removeprefix("torch."), "device": str(dev),
         "batch_size": plan.batch_size, "identity_error": identity_error, "seconds": clock.laps,
         "memory": plan.summary() | {"rows_stored": stored, "rows_on_disk": spilled},
     }
@@ -204,30 +208,6 @@ def _release_bulk(frozen: FrozenForward) -> FrozenForward:
     its tokens, logits, embeddings and final norm output."""
     empty = frozen.patterns.new_empty(0)
     return dataclasses.replace(frozen, patterns=empty, mlp_in=empty, mlp_write=empty)
-
-
-def salient_logits(logits: Tensor, max_logits: int, logit_prob: float) -> tuple[Tensor, Tensor]:
-    """The most likely next tokens until their probability adds up to ``logit_prob`` (at most
-    ``max_logits``): ``(token ids [n] on the CPU, probabilities [n] float64)``."""
-    probs = logits.double().softmax(-1).cpu()
-    top = probs.topk(min(max_logits, probs.shape[0]))
-    n = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(logit_prob, dtype=torch.float64))) + 1
-    n = min(n, len(top.values))
-    return top.indices[:n], top.values[:n]
-
-
-def demeaned_unembedding(model: Model, token_ids: Tensor, device: torch.device,
-                         dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """Unembedding rows of ``token_ids`` minus the mean row ``[n, D]``, and the same for the bias ``[n]``
-    (None without one): logit targets read the logit relative to the mean logit."""
-    W_U = model.W_U.detach()
-    rows = W_U[token_ids.to(W_U.device)].to(device, dtype)
-    u = rows - W_U.to(dtype).mean(0).to(device)
-    b = getattr(model.module(model.spec.unembed), "bias", None)
-    if b is None:
-        return u, None
-    b = b.detach().to(device, dtype)
-    return u, b[token_ids.to(device)] - b.mean()
 
 
 def _node_table(model: Model, frozen, errors: Tensor, layer: Tensor, pos: Tensor, feat: Tensor, acts: Tensor,

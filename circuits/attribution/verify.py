@@ -30,16 +30,16 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from circuits.attribution.tracing import demeaned_unembedding
 from circuits.models.adapter import Model
-from circuits.patching.features import (
+from circuits.replacement import (
     CleanState,
     Edits,
-    PatchRun,
+    ReplacementRun,
     ablation_edits,
     ablation_values,
+    demeaned_unembedding,
     feature_pre_acts,
-    patch_forward,
+    forward,
 )
 from graphs.effects import set_effect_flags, set_measured_effect
 from graphs.graph import AttributionGraph
@@ -59,7 +59,9 @@ def verify_edges(graph: AttributionGraph, model: Model, transcoders: nn.Module, 
     start = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    clean = CleanState.of(model, transcoders, [int(t) for t in graph.tokens])
+    # Graphs saved before the position policy have features at every position (feature_start 0).
+    clean = CleanState.of(model, transcoders, [int(t) for t in graph.tokens],
+                          feature_start=int(graph.metadata.get("feature_start", 0)))
     coo = graph.adjacency.tocoo()
     rows, cols, weights = coo.row, coo.col, coo.data.astype(np.float64)
     targets, t_of_edge = np.unique(rows, return_inverse=True)
@@ -67,7 +69,8 @@ def verify_edges(graph: AttributionGraph, model: Model, transcoders: nn.Module, 
     read = _reader(graph, clean, targets)
 
     def run(edits: Edits | None = None) -> Tensor:
-        return read(patch_forward(clean, edits, freeze_attention=freeze_attention, features="frozen"))
+        return read(forward(model, None, clean=clean, edits=edits, attention="frozen" if freeze_attention else "live",
+                            features="frozen", errors="clean"))
 
     base = run()[0]                                                           # [n_targets]
     measured = np.zeros(len(weights))
@@ -101,7 +104,7 @@ def verify_edges(graph: AttributionGraph, model: Model, transcoders: nn.Module, 
     return out
 
 
-def _reader(graph: AttributionGraph, clean: CleanState, targets: np.ndarray) -> Callable[[PatchRun], Tensor]:
+def _reader(graph: AttributionGraph, clean: CleanState, targets: np.ndarray) -> Callable[[ReplacementRun], Tensor]:
     """A function from a patched run to ``[B, n_targets]``: each target's pre-activation or demeaned logit."""
     n, model = graph.nodes, clean.model
     kinds = n["kind"][targets]
@@ -115,7 +118,7 @@ def _reader(graph: AttributionGraph, clean: CleanState, targets: np.ndarray) -> 
     u, u_bias = demeaned_unembedding(model, torch.as_tensor(n["token_id"][targets[lg]]), dev, model.dtype)
     order = torch.as_tensor(np.argsort(np.concatenate([f, lg]), kind="stable"), device=dev)
 
-    def read(run: PatchRun) -> Tensor:
+    def read(run: ReplacementRun) -> Tensor:
         logits = run.final[:, -1] @ u.T + (0.0 if u_bias is None else u_bias)
         return torch.cat([feature_pre_acts(clean, run, layer, pos, feat), logits], dim=1)[:, order]
 

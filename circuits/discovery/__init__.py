@@ -101,14 +101,13 @@ def _discover_features(model: Model, task: Task, *, method: Method, tau: float |
                        batch_size: int, transcoders: nn.Module | None, progress: bool) -> FeatureCircuit:
     from circuits.attribution.checks import default_transcoders
 
-    if ablation != "resample" or metric != "task":
-        raise ValueError(f"feature-level discovery patches nodes with their values on the paired corrupted prompts "
-                         f"(resample ablation) and reads the task's metric; got ablation={ablation!r}, "
-                         f"metric={metric!r}. Fix: pass ablation='resample', metric='task' (the defaults).")
+    if metric != "task":
+        raise ValueError(f"feature-level discovery reads the task's metric; got metric={metric!r}. "
+                         "Fix: pass metric='task' (the default).")
     transcoders = default_transcoders(model) if transcoders is None else transcoders
     return discover_features(model, task, transcoders, method=method, tau=tau, top_n=top_n,
                              candidates=64 if candidates is None else candidates, steps=steps,
-                             batch=1 if batch is None else batch, batch_size=min(batch_size, 16),
+                             batch=1 if batch is None else batch, batch_size=min(batch_size, 16), ablation=ablation,
                              progress=progress)
 
 

@@ -60,11 +60,13 @@ def measure_edges(p: FeaturePatcher, keep: Tensor, edges: list[tuple[int, int]],
                     continue
                 kind, layer, pos, f = idx.describe(d)
                 x_new, x_old = seen[f"in{layer}"][block, pos], base[f"in{layer}"][:, pos]
+                if kind == "feature" and pos < p.feature_start:
+                    continue  # no features there (circuits.replacement.slots): nothing to move
                 if kind == "feature":
                     add = tc.encode(x_new, layer).acts[:, f] - base[f"acts{layer}"][:, pos, f]
                 else:
-                    add = (p.error_part(x_new, seen[f"out{layer}"][block, pos], layer)
-                           - p.error_part(x_old, base[f"out{layer}"][:, pos], layer))
+                    add = (p.error_part(x_new, seen[f"out{layer}"][block, pos], layer, pos)
+                           - p.error_part(x_old, base[f"out{layer}"][:, pos], layer, pos))
                 fixes.setdefault(layer, []).append((j, pos, f, add))
             # Pass 2: C with each d moved by what it lost.
             if fixes:
@@ -82,7 +84,7 @@ def _own_write(p: FeaturePatcher, base: dict[str, Tensor], rows: slice, u: int, 
     held = base[f"write{t}"]
     change = torch.zeros_like(held)
     if kind == "feature" and s in p.tc.sources(t):
-        delta = strength * (p.corrupted.acts[s, rows, pos, f] - base[f"acts{s}"][:, pos, f])   # [b]
+        delta = strength * (p.ablated.acts[s, rows, pos, f] - base[f"acts{s}"][:, pos, f])   # [b]
         change[:, pos] = delta[:, None] * p.tc.decoder_at(s, t)[f]
     return change
 

@@ -8,9 +8,13 @@ stays live: attention, norms and the real MLPs all run, and each MLP slot's writ
     write_l = Σ_s a_s · dec[s→l] + b_dec_l + skip(x_l) + e_l,     e_l = MLP_l(x_l) − (the rest),
 
 so with nothing patched the replacement model *is* the model, on clean and corrupted prompts
-alike. A node is *ablated* by fixing it to its value on the paired corrupted prompt (resample
-ablation); a kept node is computed live from whatever its inputs now are. Ablating every node
-gives exactly the corrupted run, so m(∅) is the corrupted metric and m(M) the clean one.
+alike: the world of ``circuits.replacement.forward`` with ``attention="live", features="recompute",
+errors="live"``, batched over a task's prompts and many circuits at once. A node is *ablated* by
+fixing it to its ablated value (``circuits.ablation``: by default its value on the paired corrupted
+prompt, resample ablation; or its per-position mean over the corrupted prompts within the task's
+template groups; or zero); a kept node is computed live from whatever its inputs now are. Under
+resample ablation, ablating every node gives exactly the corrupted run, so m(∅) is the corrupted
+metric and m(M) the clean one. No features sit before ``feature_start`` (the one position policy).
 
 The write is formed as ``MLP_l(x_l) + Σ (ablated − live) · direction``, so with nothing ablated
 the change is exactly zero, not a rounding of a reconstruction.
@@ -18,11 +22,9 @@ the change is exactly zero, not a rounding of a reconstruction.
 Nodes are numbered ``[embeddings P | features L·P·F | errors L·P]`` (``NodeIndex``); a circuit
 or a batch of K of them is a bool mask ``[K, n_nodes]``, True where the node is kept.
 
-Why not ``circuits.patching.features``: that engine edits one prompt at a time and holds every
-error at its clean value. Discovery needs a task's prompt pairs in one batch, and here a kept
-error is computed live from the circuit's own MLP input, so an ablated upstream node cannot
-leak its clean value into the circuit through an error it feeds (as with SAE errors in Marks
-et al.'s sparse feature circuits). The two agree when nothing, or everything, is ablated.
+Kept errors are computed live from the circuit's own MLP input, so an ablated upstream node cannot
+leak its clean value into the circuit through an error it feeds (as with SAE errors in Marks et
+al.'s sparse feature circuits).
 """
 
 from __future__ import annotations
@@ -31,19 +33,31 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from circuits.ablation import position_means, rows_of
 from circuits.attribution.checks import check_transcoders
-from circuits.attribution.hooks import hooked, read_hook, write_hook
-from circuits.attribution.replacement import as_compute
+from circuits.hooks import (
+    detached,
+    hooked,
+    read_hook,
+    repeat_output,
+    replace_forward,
+    restore,
+    write_hook,
+)
 from circuits.models.adapter import Model
 from circuits.models.arch import Location
-from circuits.patching.engine import _detached, _repeat_output, _replace_forward, _undo
+from circuits.replacement import as_compute
+from circuits.replacement.slots import without_early_features
 from circuits.tasks.task import Task
+from transcoders.positions import FEATURE_START
+
+Ablation = Literal["resample", "mean", "zero"]
 
 _IN = Location("", "input", 0)
 
@@ -110,7 +124,8 @@ class Run(NamedTuple):
     """``[L, n, P, F]`` feature activations."""
     errors: Tensor
     """``[L, n, P, D]`` MLP write minus the transcoder's."""
-    metric: float
+    metric: float | None
+    """None until measured (an ablated run that is no real prompt's)."""
 
 
 class Grads(NamedTuple):
@@ -145,17 +160,24 @@ class FeaturePatcher:
         batch_size: prompts per forward pass (times the number of variants evaluated at once).
     """
 
-    def __init__(self, model: Model, task: Task, transcoders: nn.Module, *, batch_size: int = 16) -> None:
+    def __init__(self, model: Model, task: Task, transcoders: nn.Module, *, ablation: Ablation = "resample",
+                 batch_size: int = 16) -> None:
         check_transcoders(model, transcoders)
         task.check_fits(model)
+        if ablation not in ("resample", "mean", "zero"):
+            raise ValueError(f"unknown ablation {ablation!r}: use 'resample', 'mean' or 'zero' (circuits.ablation)")
+        self.ablation = ablation
         self.model, self.task = model, task
         # eval(): BatchTopK keeps k per token at inference (as in trace).
         self.tc = as_compute(transcoders, model.device, model.dtype).eval()
         self.index = NodeIndex(model.n_layers, task.n_pos, transcoders.cfg.d_features)
+        # The one position policy (circuits.replacement.slots): no features before it, whose nodes
+        # stay in the numbering but are always zero, so ablating them changes nothing.
+        self.feature_start = FEATURE_START
         self.batch_size = batch_size
         self.chunks = [slice(i, min(i + batch_size, task.n)) for i in range(0, task.n, batch_size)]
         self.clean = self._record(task.clean)
-        self.corrupted = self._record(task.corrupted)
+        self.ablated = self._ablated_values(self._record(task.corrupted))
 
     @property
     def acc_dtype(self) -> torch.dtype:
@@ -168,7 +190,27 @@ class FeaturePatcher:
 
     @property
     def m_empty(self) -> float:
-        return self.corrupted.metric
+        """The metric with every node ablated: the corrupted run itself under resample ablation."""
+        if self.ablated.metric is None:
+            self.ablated = self.ablated._replace(metric=float(self.evaluate(~self.all_kept()[None])[0]))
+        return self.ablated.metric
+
+    def _ablated_values(self, corrupted: Run) -> Run:
+        """What each node of each prompt becomes when ablated (``circuits.ablation``): its value on the
+        paired corrupted prompt; its per-position mean over the corrupted prompts within the task's
+        template groups; or zero. The metric of the all-ablated run is measured on first use."""
+        if self.ablation == "resample":
+            return corrupted
+        if self.ablation == "zero":
+            return Run(torch.zeros_like(corrupted.embed), torch.zeros_like(corrupted.acts),
+                       torch.zeros_like(corrupted.errors), None)
+        groups = self.task.groups
+        everyone = slice(0, self.task.n)
+
+        def mean(x: Tensor, dim: int) -> Tensor:   # each prompt's own group mean, per position
+            return rows_of(position_means(x, groups, dim), groups, everyone, dim).expand_as(x)
+
+        return Run(mean(corrupted.embed, 0), mean(corrupted.acts, 1), mean(corrupted.errors, 1), None)
 
     # --- evaluation ---------------------------------------------------------------------
 
@@ -216,11 +258,13 @@ class FeaturePatcher:
         rows, t = self.chunks[chunk], self.task
         return t.metric_fn(logits, t.answers[rows].to(logits.device), t.wrong[rows].to(logits.device))
 
-    def error_part(self, x: Tensor, mlp_out: Tensor, layer: int) -> Tensor:
-        """The part of an error that depends on its own MLP input: MLP(x) minus this layer's
-        features and skip (earlier CLT features are nodes of their own). ``x``, ``mlp_out``: ``[b, D]``."""
+    def error_part(self, x: Tensor, mlp_out: Tensor, layer: int, pos: int) -> Tensor:
+        """The part of an error at ``pos`` that depends on its own MLP input: MLP(x) minus this layer's
+        features (none before ``feature_start``) and skip (earlier CLT features are nodes of their own).
+        ``x``, ``mlp_out``: ``[b, D]``."""
         tc = self.tc
-        return mlp_out - tc.encode(x, layer).acts @ tc.decoder_at(layer, layer) - tc.skip_layer(x, layer)
+        own = 0.0 if pos < self.feature_start else tc.encode(x, layer).acts @ tc.decoder_at(layer, layer)
+        return mlp_out - own - tc.skip_layer(x, layer)
 
     def all_kept(self) -> Tensor:
         return torch.ones(self.index.n_nodes, dtype=torch.bool)
@@ -270,9 +314,10 @@ class FeaturePatcher:
             logits = self._forward(c, None, ids=ids[rows], seen=seen)
             metric += float(self.score(c, logits)) * (rows.stop - rows.start) / self.task.n
             x = torch.stack([seen[f"in{l}"] for l in range(L)], dim=2)      # [b, P, L, D]
-            out = self.tc(x)
+            acts = without_early_features(self.tc(x).acts, self.feature_start, pos_dim=1)
+            recon = self.tc.decode(acts) + self.tc.skip(x)
             write = torch.stack([seen[f"out{l}"] for l in range(L)], dim=2)
-            parts.append((seen["embed"], out.acts, write - out.recon))
+            parts.append((seen["embed"], acts, write - recon))
         embed, acts, err = (torch.cat(t) for t in zip(*parts))
         return Run(embed, acts.permute(2, 0, 1, 3), err.permute(2, 0, 1, 3), metric)
 
@@ -334,10 +379,10 @@ class FeaturePatcher:
             if seen is not None:
                 seen["embed"] = x
             if alpha is not None and alpha != 1.0:
-                corr = self.corrupted.embed[rows]
+                corr = self.ablated.embed[rows]
                 x = corr + alpha * (x - corr)
             if keep is not None and bool(move_embed.any()):
-                corr = variants(self.corrupted.embed[rows])
+                corr = variants(self.ablated.embed[rows])
                 x = x + (move_embed * (corr - x).reshape(K, -1, P, x.shape[-1])).reshape(x.shape)
             if direct:
                 x = x.detach()
@@ -389,13 +434,13 @@ class FeaturePatcher:
             for layer in range(self.model.n_layers):
                 module = self.model.module("resid_pre", layer)   # the decoder layer itself
                 if replay is not None and layer < replay[1]:
-                    cached = _repeat_output(replay[0][layer], K)
-                    replaced.append(_replace_forward(module, lambda *a, _c=cached, **kw: _c))
+                    cached = repeat_output(replay[0][layer], K)
+                    replaced.append(replace_forward(module, lambda *a, _c=cached, **kw: _c))
                 elif record is not None:
-                    handles.append(module.register_forward_hook(lambda m, a, out: record.append(_detached(out))))
+                    handles.append(module.register_forward_hook(lambda m, a, out: record.append(detached(out))))
             yield
         finally:
-            _undo(handles, replaced)
+            restore(handles, replaced)
 
     def _ablated_write(self, layer: int, x: Tensor, out: Tensor, K: int, rows: slice, move_feat: Tensor,
                        move_err: Tensor, live: dict[int, Tensor], diff: dict[int, Tensor],
@@ -406,9 +451,9 @@ class FeaturePatcher:
         tc = self.tc
         b = rows.stop - rows.start
         shape = (K, b) + tuple(x.shape[1:-1])
-        live[layer] = tc.encode(x, layer).acts
+        live[layer] = without_early_features(tc.encode(x, layer).acts, self.feature_start, pos_dim=1)
         move = move_feat[:, layer]                                       # [K, P, F]
-        corr = self.corrupted.acts[layer, rows]                          # [b, P, F]
+        corr = self.ablated.acts[layer, rows]                          # [b, P, F]
         d = move[:, None] * (corr[None] - live[layer].reshape(*shape, -1))       # [K, b, P, F]
         err_fix = []
         for k, pos, f, add in fix or []:
@@ -423,7 +468,7 @@ class FeaturePatcher:
         if bool(m_err.any()):
             recon = tc.output_at(x, live, layer)
             e_live = (out - recon).reshape(*shape, -1)
-            e_corr = self.corrupted.errors[layer, rows]
+            e_corr = self.ablated.errors[layer, rows]
             delta = delta + (m_err * (e_corr[None] - e_live)).reshape(out.shape)
         for k, pos, add in err_fix:
             delta[k * b:(k + 1) * b, pos] += add.to(delta.dtype)

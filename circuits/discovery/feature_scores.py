@@ -46,7 +46,7 @@ def node_scores(p: FeaturePatcher, method: Literal["eap", "eap-ig"] = "eap", *,
     else:
         runs = [p.gradients((i + 0.5) / steps) for i in range(steps)]
         g = Grads(sum(r.embed for r in runs) / steps, sum(r.write for r in runs) / steps)  # type: ignore[arg-type]
-    c, x, acc = p.clean, p.corrupted, p.acc_dtype
+    c, x, acc = p.clean, p.ablated, p.acc_dtype
     s_embed = ((x.embed - c.embed).to(acc) * g.embed).sum((0, 2))                  # [P]
     s_feat = ((x.acts - c.acts).to(acc) * p.feature_grads(g.write)).sum(1)         # [L, P, F]
     s_err = ((x.errors - c.errors).to(acc) * g.write).sum((1, 3))                  # [L, P]
@@ -62,9 +62,9 @@ def edge_scores(p: FeaturePatcher, kept: list[int], grads: Grads) -> dict[tuple[
     targets = [i for i in kept if described[i][0] != "embedding"] + [LOGITS]
     g_a = p.feature_grads(grads.write)                                            # [L, n, P, F]
     acc = p.acc_dtype
-    d_embed = (p.corrupted.embed - p.clean.embed).to(acc)
-    d_acts = (p.corrupted.acts - p.clean.acts).to(acc)
-    d_err = (p.corrupted.errors - p.clean.errors).to(acc)
+    d_embed = (p.ablated.embed - p.clean.embed).to(acc)
+    d_acts = (p.ablated.acts - p.clean.acts).to(acc)
+    d_err = (p.ablated.errors - p.clean.errors).to(acc)
     decoders = [tc.decoder_vectors(s).detach().to(acc) for s in range(L)]                   # [F, n_targets, D]
     out: dict[tuple[int, int], float] = {}
     n, P, D = p.task.n, p.task.n_pos, p.model.d_model
@@ -113,5 +113,5 @@ def _readout(p: FeaturePatcher, target: int, described: tuple[str, int, int, int
         active = (p.clean.acts[layer, rows, pos, f] != 0).float()
         w = g_a[layer, rows, pos, f] * active                                       # ∂m/∂pre: 1 where active
         return (p.tc.pre_acts(x, layer)[:, f].to(w.dtype) * w).sum(), layer
-    e = p.error_part(x, seen[f"out{layer}"][:, pos], layer)
+    e = p.error_part(x, seen[f"out{layer}"][:, pos], layer, pos)
     return (e.to(grads.write.dtype) * grads.write[layer, rows, pos]).sum(), layer

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from circuits.discovery.feature_edges import measure_edges
 from circuits.discovery.feature_graph import LOGITS_NAME, FeatureCircuit, FeatureEdge, FeatureNode
-from circuits.discovery.feature_patch import FeaturePatcher
+from circuits.discovery.feature_patch import Ablation, FeaturePatcher
 from circuits.discovery.feature_scores import LOGITS, edge_scores, node_scores
 from circuits.models.adapter import Model
 from circuits.patching.metrics import faithfulness
@@ -45,7 +45,7 @@ def discover_features(model: Model, task: Task, transcoders: nn.Module, *,
                       method: Literal["acdc", "eap", "eap-ig"] = "eap-ig", tau: float | None = None,
                       top_n: int | None = None, candidates: int = 64, steps: int = 5, batch: int = 1,
                       edge_tau: float | None = None, edges: bool = True, measure: bool = True,
-                      batch_size: int = 16,
+                      ablation: Ablation = "resample", batch_size: int = 16,
                       labels: Any = None, patcher: FeaturePatcher | None = None,
                       progress: bool = True) -> FeatureCircuit:
     """Find the feature-level circuit of ``model`` (with ``transcoders`` in its MLP slots) for ``task``.
@@ -62,13 +62,20 @@ def discover_features(model: Model, task: Task, transcoders: nn.Module, *,
             circuits of thousands of nodes).
         measure: measure every kept node's and edge's effect (EAP: one variant per node; edges:
             two per edge); else NaN. ACDC nodes always carry the effect it measured.
+        ablation: what an ablated node becomes (``circuits.ablation``): ``"resample"`` (its value on the
+            paired corrupted prompt), ``"mean"`` (its per-position mean over the corrupted prompts, within
+            the task's template groups) or ``"zero"``.
         labels: ``circuits.labels.FeatureLabels`` or ``{(layer, feature): text}`` for node labels.
-        patcher: reuse one (its transcoders and batch size then apply).
+        patcher: reuse one (its transcoders, ablation and batch size then apply).
     """
     if method not in ("acdc", "eap", "eap-ig"):
         raise ValueError(f"unknown method {method!r}: use 'acdc', 'eap' or 'eap-ig'")
     t0 = time.perf_counter()
-    p = FeaturePatcher(model, task, transcoders, batch_size=batch_size) if patcher is None else patcher
+    if patcher is not None and patcher.ablation != ablation:
+        raise ValueError(f"the patcher ablates with {patcher.ablation!r}, not {ablation!r}. Fix: pass "
+                         f"ablation={patcher.ablation!r}, or build a FeaturePatcher with ablation={ablation!r}.")
+    p = (FeaturePatcher(model, task, transcoders, ablation=ablation, batch_size=batch_size) if patcher is None
+         else patcher)
     t_setup = time.perf_counter() - t0
     if tau is None:
         tau = 0.01 * abs(p.m_full - p.m_empty)
@@ -180,14 +187,14 @@ def _build(p: FeaturePatcher, kept: Tensor, scores: Tensor, effects: Tensor,
     for i in order:
         kind, layer, pos, f = idx.describe(i)
         if kind == "feature":
-            delta = float((p.corrupted.acts[layer, :, pos, f] - p.clean.acts[layer, :, pos, f]).float().mean())
+            delta = float((p.ablated.acts[layer, :, pos, f] - p.clean.acts[layer, :, pos, f]).float().mean())
             label = labels.get((layer, f), "")
         elif kind == "error":
-            change = p.corrupted.errors[layer, :, pos] - p.clean.errors[layer, :, pos]
+            change = p.ablated.errors[layer, :, pos] - p.clean.errors[layer, :, pos]
             delta = float(change.float().norm(dim=-1).mean())
             label = ""
         else:
-            delta = float((p.corrupted.embed[:, pos] - p.clean.embed[:, pos]).float().norm(dim=-1).mean())
+            delta = float((p.ablated.embed[:, pos] - p.clean.embed[:, pos]).float().norm(dim=-1).mean())
             label = decode([first[pos]])
         nodes[i] = FeatureNode(kind, layer, pos, f, float(scores[i]), float(effects[i]), delta, label)
     kept_edges = [FeatureEdge(nodes[u].name, LOGITS_NAME if d == LOGITS else nodes[d].name, w, e)

@@ -33,6 +33,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from circuits.hooks import (
+    first_tensor,
+    repeat_output,
+    replace_forward,
+    restore,
+    with_first,
+)
 from circuits.models.adapter import Model
 from circuits.patching.graph import HeadGraph
 from circuits.patching.weights import (
@@ -90,21 +97,6 @@ class PatchOutput:
     """``[n_src, batch, n_pos, d_model]`` every source's output (``record=True``)."""
     prefix: Prefix | None = None
     """The run's per-layer outputs and differences (``keep_prefix=True``)."""
-
-
-def _first_tensor(args: tuple, kwargs: dict) -> tuple[Tensor, int | str]:
-    if args and isinstance(args[0], Tensor):
-        return args[0], 0
-    for key, value in kwargs.items():
-        if isinstance(value, Tensor):
-            return value, key
-    raise ValueError("the module was called without a tensor argument")
-
-
-def _with_first(args: tuple, kwargs: dict, where: int | str, new: Tensor) -> tuple[tuple, dict]:
-    if where == 0:
-        return (new,) + tuple(args[1:]), kwargs
-    return args, {**kwargs, where: new}
 
 
 class _Pass:
@@ -219,7 +211,7 @@ class _Pass:
     def layer_pre(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if layer < self.start:
             return None
-        x, where = _first_tensor(args, kwargs)
+        x, where = first_tensor(args, kwargs)
         if layer == 0:
             if self.input_override is not None:
                 x = self.input_override.to(x.dtype).repeat(self.K, 1, 1)
@@ -228,7 +220,7 @@ class _Pass:
                 x = x.detach().requires_grad_(True)
             self._write_actual(0, x.reshape(self.K, 1, self.B, self.T, self.d))
         self.resid[layer] = x
-        return _with_first(args, kwargs, where, x)
+        return with_first(args, kwargs, where, x)
 
     def layer_post(self, layer: int, output: Any) -> None:
         if self.keep_prefix:
@@ -294,10 +286,10 @@ class _Pass:
     def mlp_norm_pre(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if layer < self.start:
             return None
-        x, where = _first_tensor(args, kwargs)
+        x, where = first_tensor(args, kwargs)
         dst = self.g.mlp_dst(layer)
         x = self._corrected(x, dst)
-        return _with_first(args, kwargs, where, x)
+        return with_first(args, kwargs, where, x)
 
     def _corrected(self, x: Tensor, dst: int) -> Tensor:
         """The input ``[KB, T, d]`` of a single destination (MLP or logits) after its removed edges."""
@@ -315,8 +307,8 @@ class _Pass:
         self._write_actual(self.g.mlp_src(layer), out.reshape(self.K, 1, self.B, self.T, self.d))
 
     def final_norm_pre(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        x, where = _first_tensor(args, kwargs)
-        return _with_first(args, kwargs, where, self._corrected(x, self.g.logits_dst))
+        x, where = first_tensor(args, kwargs)
+        return with_first(args, kwargs, where, self._corrected(x, self.g.logits_dst))
 
     # --- installation ---------------------------------------------------------------------
 
@@ -334,8 +326,8 @@ class _Pass:
                     lambda m, a, kw, l=l: self.layer_pre(l, a, kw), with_kwargs=True))
                 if l < self.start:
                     # Resume: the layer returns what it returned in the base run.
-                    cached = _repeat_output(self.prefix.layer_outputs[l], self.K)  # type: ignore[union-attr]
-                    replaced.append(_replace_forward(layer, lambda *a, _c=cached, **kw: _c))
+                    cached = repeat_output(self.prefix.layer_outputs[l], self.K)  # type: ignore[union-attr]
+                    replaced.append(replace_forward(layer, lambda *a, _c=cached, **kw: _c))
                     continue
                 if self.keep_prefix:
                     handles.append(layer.register_forward_hook(lambda m, a, out, l=l: self.layer_post(l, out)))
@@ -348,10 +340,10 @@ class _Pass:
                 for role, (module, _chunk, n) in enumerate(projection_modules(model, l)):
                     if n > 1 and role > 0:
                         continue  # fused: one call returns q, k and v together
-                    replaced.append(_replace_forward(
+                    replaced.append(replace_forward(
                         module, lambda x, *a, _m=module, l=l, r=role, n=n, **kw: self.proj_forward(_m, l, r, n, x)))
                 handles.append(model.module("attn_z", l).register_forward_hook(
-                    lambda m, a, out, l=l: self.o_proj_post(l, _first_tensor(a, {})[0], out)))
+                    lambda m, a, out, l=l: self.o_proj_post(l, first_tensor(a, {})[0], out)))
                 handles.append(model.norm("ln_mlp", l).register_forward_pre_hook(
                     lambda m, a, kw, l=l: self.mlp_norm_pre(l, a, kw), with_kwargs=True))
                 handles.append(model.module("mlp_resid", l).register_forward_hook(
@@ -360,64 +352,9 @@ class _Pass:
                 lambda m, a, kw: self.final_norm_pre(a, kw), with_kwargs=True))
             yield
         finally:
-            _undo(handles, replaced)
+            restore(handles, replaced)
             for attn in grouped:
                 attn.num_key_value_groups = model.n_heads // model.n_kv_heads
-
-
-_NO_FORWARD = object()
-
-
-def _replace_forward(module: nn.Module, fn: Any) -> tuple[nn.Module, Any]:
-    """Shadow ``module.forward`` with ``fn`` for one pass; returns what to restore. nnsight keeps
-    its own instance-level ``forward``, so the previous instance attribute is put back, not deleted."""
-    previous = module.__dict__.get("forward", _NO_FORWARD)
-    module.forward = fn
-    return module, previous
-
-
-def _undo(handles: list[RemovableHandle], replaced: list[tuple[nn.Module, Any]]) -> None:
-    """Remove ``handles`` and put back the forwards ``_replace_forward`` shadowed, last first."""
-    for h in handles:
-        h.remove()
-    for module, previous in reversed(replaced):
-        if previous is _NO_FORWARD:
-            del module.forward
-        else:
-            module.forward = previous
-
-
-def _repeat_output(output: Any, k: int) -> Any:
-    """A layer output (tensor or tuple of them) repeated ``k`` times along the batch."""
-    if k == 1:
-        return output
-    if isinstance(output, Tensor):
-        return output.repeat(k, *([1] * (output.ndim - 1)))
-    if isinstance(output, tuple):
-        return tuple(_repeat_output(o, k) for o in output)
-    return output
-
-
-def _detached(output: Any) -> Any:
-    """A layer output (tensor or tuple of them) cut from the autograd graph, to record and replay."""
-    if isinstance(output, Tensor):
-        return output.detach()
-    if isinstance(output, tuple):
-        return tuple(_detached(o) for o in output)
-    return output
-
-
-@contextmanager
-def frozen_parameters(model: Model) -> Iterator[None]:
-    """No parameter gradients: EAP needs activation gradients only, and weight grads double the cost."""
-    params = [p for p in model.hf.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor, removed: Tensor | None,

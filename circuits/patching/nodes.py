@@ -27,18 +27,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from circuits.models.adapter import Model
-from circuits.patching.engine import (
-    _detached,
-    _first_tensor,
-    _repeat_output,
-    _replace_forward,
-    _undo,
-    _with_first,
+from circuits.hooks import (
+    detached,
+    first_tensor,
     frozen_parameters,
+    repeat_output,
+    replace_forward,
+    restore,
+    with_first,
 )
+from circuits.models.adapter import Model
 from circuits.patching.graph import HeadGraph
-from circuits.patching.means import group_counts, group_sums, rows_of
+from circuits.ablation import group_counts, group_sums, rows_of
 from circuits.patching.metrics import faithfulness, kl_to_clean
 from circuits.tasks.task import Task
 from transcoders.precision import Precision, autocast, use_bf16
@@ -65,7 +65,7 @@ class NodeValues:
 
     def mean(self, groups: Tensor | None = None) -> NodeValues:
         """The per-position mean over prompts: ``[1, ...]``, or ``[n_groups, ...]`` within each
-        group of ``groups`` ``[B]`` (see ``circuits.patching.means``)."""
+        group of ``groups`` ``[B]`` (see ``circuits.ablation``)."""
         counts = group_counts(groups, self.z[0].shape[0])
         return self._map(lambda t: group_sums(t, groups, len(counts)) / counts.to(t).view(-1, *[1] * (t.ndim - 1)))
 
@@ -105,27 +105,27 @@ class _NodePass:
         return x + delta
 
     def embed_pre(self, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        x, where = _first_tensor(args, kwargs)
+        x, where = first_tensor(args, kwargs)
         if self.record is not None:
             self.record.embed.append(x.detach().clone())
         if self.grad_probes is not None:
-            return _with_first(args, kwargs, where, self._probe(x, self.grad_probes.embed))
+            return with_first(args, kwargs, where, self._probe(x, self.grad_probes.embed))
         if self.removed is None or not self.removed[:, 0].any():
             return None
         KB = x.shape[0]
         xk = x.reshape(self.K, KB // self.K, *x.shape[1:])
         abl = self.ablated.embed[0].to(xk.dtype).unsqueeze(0)  # type: ignore[union-attr]
         new = torch.where(self.removed[:, 0, None, None, None], abl, xk).reshape(x.shape)
-        return _with_first(args, kwargs, where, new)
+        return with_first(args, kwargs, where, new)
 
     def z_pre(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        z, where = _first_tensor(args, kwargs)
+        z, where = first_tensor(args, kwargs)
         H = self.g.n_heads
         zh = z.reshape(*z.shape[:-1], H, -1)  # [K*B, T, H, d_head]
         if self.record is not None:
             self.record.z.append(zh.detach().clone())
         if self.grad_probes is not None:
-            return _with_first(args, kwargs, where, self._probe(zh, self.grad_probes.z).reshape(z.shape))
+            return with_first(args, kwargs, where, self._probe(zh, self.grad_probes.z).reshape(z.shape))
         if self.removed is None:
             return None
         mask = self.removed[:, [self.g.head_src(layer, h) for h in range(H)]]  # [K, H]
@@ -135,7 +135,7 @@ class _NodePass:
         zk = zh.reshape(self.K, KB // self.K, T, H, -1)
         abl = self.ablated.z[layer].to(zk.dtype).unsqueeze(0)  # type: ignore[union-attr]  # [1, B|1, T, H, dh]
         new = torch.where(mask[:, None, None, :, None], abl, zk)
-        return _with_first(args, kwargs, where, new.reshape(z.shape))
+        return with_first(args, kwargs, where, new.reshape(z.shape))
 
     def mlp_post(self, layer: int, out: Any) -> Any:
         y = out[0] if isinstance(out, tuple) else out
@@ -164,22 +164,22 @@ class _NodePass:
             for l in range(self.g.n_layers):
                 layer = model.module("resid_pre", l)
                 if l < self.start:
-                    cached = _repeat_output(self.base[l], self.K)  # type: ignore[index]
-                    replaced.append(_replace_forward(layer, lambda *a, _c=cached, **kw: _c))
+                    cached = repeat_output(self.base[l], self.K)  # type: ignore[index]
+                    replaced.append(replace_forward(layer, lambda *a, _c=cached, **kw: _c))
                     continue
                 if l == 0:
                     handles.append(layer.register_forward_pre_hook(lambda m, a, kw: self.embed_pre(a, kw),
                                                                    with_kwargs=True))
                 if self.keep:
                     handles.append(layer.register_forward_hook(
-                        lambda m, a, out: self.layer_outputs.append(_detached(out))))
+                        lambda m, a, out: self.layer_outputs.append(detached(out))))
                 handles.append(model.module("attn_z", l).register_forward_pre_hook(
                     lambda m, a, kw, l=l: self.z_pre(l, a, kw), with_kwargs=True))
                 handles.append(model.module("mlp_resid", l).register_forward_hook(
                     lambda m, a, out, l=l: self.mlp_post(l, out)))
             yield
         finally:
-            _undo(handles, replaced)
+            restore(handles, replaced)
 
 
 def node_forward(model: Model, graph: HeadGraph, ids: Tensor, positions: Tensor, *, removed: Tensor | None = None,

@@ -16,16 +16,16 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from circuits.hooks import frozen_parameters
 from circuits.models.adapter import Model
 from circuits.patching.engine import (
     GradRequest,
     HeadWeights,
     Prefix,
-    frozen_parameters,
     patched_forward,
 )
 from circuits.patching.graph import HeadGraph
-from circuits.patching.means import group_counts, group_sums, rows_of
+from circuits.ablation import group_counts, group_sums, rows_of
 from circuits.patching.metrics import answer_prob, faithfulness, kl_to_clean
 from circuits.tasks.task import Task
 

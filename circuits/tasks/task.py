@@ -44,7 +44,7 @@ class Task:
     lists are tuples."""
     groups: Tensor | None = None
     """``[n]`` ints from 0: prompts that share a template (token layout), or None for one layout.
-    Mean ablation averages within a group (``circuits.patching.means``); a prompt and its
+    Mean ablation averages within a group (``circuits.ablation``); a prompt and its
     corrupted partner share a group."""
 
     def __post_init__(self) -> None:

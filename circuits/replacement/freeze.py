@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from circuits.attribution.hooks import hooked, read_hook
+from circuits.hooks import hooked, read_hook
 from circuits.models.adapter import Model
 from circuits.models.arch import ArchSpec, Location, NormKind
 

@@ -1,0 +1,105 @@
+"""Graph quality of a transcoder set: ``python benchmarks/graph_quality.py [--set NAME_OR_DIR]``.
+
+Traces every prompt of the fixed set (``benchmarks/prompts.py``: 24 prompts of eight kinds) on the
+default model and prints circuit-tracer's two graph scores (``graphs.metrics.graph_scores``):
+
+- replacement: the share of the logits' end-to-end influence from tokens and errors that tokens
+  carry (1 = no path through an error node);
+- completeness: the influence-weighted share of node inputs that come from features and tokens.
+
+Each as mean, spread and minimum over the prompts, and per kind. ``--feature-start 0 1`` compares
+position policies (``circuits.replacement.slots``: 1 = no features at the first token, whose MLP
+output is an error node; 0 = features everywhere); ``--eval-tokens N`` adds the set's held-out FVU,
+CE and KL (``circuits.replacement.evaluate``). Graphs keep the ``--max-features`` most influential
+features (circuit-tracer's greedy selection), the demo's cap by default.
+
+    python benchmarks/graph_quality.py                                  # the default set, policy 1
+    python benchmarks/graph_quality.py --feature-start 0 1 --threads 2  # both policies
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Run as a script, Python puts benchmarks/ first on the path, where benchmarks/transcoders.py
+# would shadow the transcoders package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.*
+
+from benchmarks.prompts import PROMPTS  # noqa: E402
+
+MAX_FEATURES = 4096
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {sd:.3f} (min {min(values):.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", help="transcoder set: a preset name, a directory or hf://; default the model's set")
+    parser.add_argument("--feature-start", type=int, nargs="+", default=[1],
+                        help="position policies to compare: positions before this have no features")
+    parser.add_argument("--max-features", type=int, default=MAX_FEATURES, help="max_feature_nodes for every trace")
+    parser.add_argument("--eval-tokens", type=int, default=0, help="also evaluate on this many held-out tokens")
+    parser.add_argument("--threads", type=int, help="torch threads; default torch's choice")
+    parser.add_argument("--prompts", nargs="+", help="only these prompt names")
+    args = parser.parse_args()
+
+    import torch
+
+    from benchmarks.machine import print_machine
+    from circuits import load_model, trace
+    from transcoders import load_transcoders
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print_machine()
+    model = load_model()
+    tc = load_transcoders(model, args.set) if args.set else load_transcoders(model)
+    cfg = tc.cfg
+    print(f"# set: {args.set or 'default'} ({cfg.kind}, {cfg.d_features} features a layer, {cfg.activation}"
+          f"{' k=' + str(cfg.k) if getattr(cfg, 'k', None) else ''}); model {model.name}; "
+          f"max_feature_nodes {args.max_features}")
+    prompts = [p for p in PROMPTS if not args.prompts or p.name in args.prompts]
+    results: dict[int, list[tuple[str, str, float, float, float]]] = {}
+    for start in args.feature_start:
+        rows = results.setdefault(start, [])
+        for p in prompts:
+            t0 = time.perf_counter()
+            graph = trace(p.text, model, tc, max_feature_nodes=args.max_features, feature_start=start)
+            rep, comp = graph.replacement_score, graph.completeness_score
+            rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0))
+            print(f"feature_start={start} {p.name:<20} {p.kind:<11} tokens {graph.n_pos:>3}  replacement {rep:.3f}  "
+                  f"completeness {comp:.3f}  ({rows[-1][4]:.1f} s)", file=sys.stderr, flush=True)
+
+    print("\n| feature_start | prompts | replacement (mean ± sd, min) | completeness (mean ± sd, min) | trace s (mean) |")
+    print("|---|---|---|---|---|")
+    for start, rows in results.items():
+        print(f"| {start} | {len(rows)} | {_spread([r[2] for r in rows])} | {_spread([r[3] for r in rows])} | "
+              f"{statistics.fmean(r[4] for r in rows):.1f} |")
+    kinds = sorted({p.kind for p in prompts}, key=[p.kind for p in prompts].index)
+    print("\nBy kind (replacement / completeness, means):\n")
+    print("| kind | " + " | ".join(f"feature_start={s}" for s in results) + " |")
+    print("|---|" + "---|" * len(results))
+    for kind in kinds:
+        cells = []
+        for rows in results.values():
+            mine = [r for r in rows if r[1] == kind]
+            cells.append(f"{statistics.fmean(r[2] for r in mine):.3f} / {statistics.fmean(r[3] for r in mine):.3f}")
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+    if args.eval_tokens:
+        from circuits.replacement import evaluate
+
+        ev = evaluate(model, tc, n_tokens=args.eval_tokens, precision="fp32")
+        print(f"\nHeld-out ({ev.n_tokens} tokens): {ev}")
+
+
+if __name__ == "__main__":
+    main()
