@@ -1,10 +1,10 @@
 """Attribution graphs: the graph object, its metrics and every export. Never imports `circuits`."""
 
-from graphs.convert import from_networkx, to_networkx
+from graphs.convert import to_networkx
 from graphs.draw import GraphvizMissingError, render, svg
 from graphs.effects import effect_flags, measured_effects, set_effect_flags, set_measured_effect
 from graphs.files import load, save
-from graphs.graph import NODE_COLUMNS, NODE_KINDS, AttributionGraph, GraphFileError
+from graphs.graph import AttributionGraph, from_networkx, from_viewer_json, read_viewer_json
 from graphs.graphml import read_graphml, write_graphml
 from graphs.metrics import (
     PruneResult,
@@ -19,9 +19,10 @@ from graphs.metrics import (
     subgraph,
 )
 from graphs.node_labels import node_labels, set_feature_labels
+from graphs.nodes import NODE_COLUMNS, NODE_KINDS, GraphFileError
 from graphs.paths import TokenPath, strongest_paths
 from graphs.summary import summary
-from graphs.viewer import from_viewer_json, read_viewer_json, to_viewer_json, viewer_schema, write_viewer_json
+from graphs.viewer import to_viewer_json, viewer_schema, write_viewer_json
 
 __all__ = [
     # exports, drawing and summaries

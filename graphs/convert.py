@@ -2,27 +2,32 @@
 
 Nodes are keyed by ``graph.node_ids`` in node order and carry every node-table column their kind
 uses (``kind``, ``layer``, ``position``, ``feature``, ``activation``, ``token_id``, ``token``,
-``prob``, ``pre_activation``, ``bias``, ``excluded_input``; see ``graphs.graph.NODE_COLUMNS``),
+``prob``, ``pre_activation``, ``bias``, ``excluded_input``; see ``graphs.nodes.NODE_COLUMNS``),
 plus two derived ones: ``influence`` (on the logits, through every path) and ``label``.
 Edges run source → target with ``weight`` (the direct effect) and, where the edge was verified,
 ``measured_effect``, and ``effect_flag`` (``"sign"`` or ``"size"``) where that effect disagrees with the
 weight (``circuits.attribution.verify``). The graph's attributes hold the prompt, its tokens and the metadata.
 
-``from_networkx`` reads that back; derived attributes are recomputed, not read.
+``build_from_networkx`` reads that back (``graphs.from_networkx``, ``AttributionGraph.from_networkx``);
+derived attributes are recomputed, not read. This module sits below ``graphs.graph`` and never imports it
+at run time: it builds a graph of the class it is given.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
 from graphs.effects import FLAGS_KEY, effect_flags, measured_effects, set_effect_flags, set_measured_effect
-from graphs.graph import NODE_COLUMNS, AttributionGraph, empty_nodes
 from graphs.metrics import node_influence
 from graphs.node_labels import node_labels
+from graphs.nodes import NODE_COLUMNS, empty_nodes
+
+if TYPE_CHECKING:
+    from graphs.graph import AttributionGraph
 
 FORMAT = "circuit-engine attribution graph"
 DERIVED_NODE_ATTRS = ("influence", "label")
@@ -59,8 +64,8 @@ def to_networkx(graph: AttributionGraph, *, influence: np.ndarray | None = None)
     return g
 
 
-def from_networkx(g: nx.DiGraph) -> AttributionGraph:
-    """The ``AttributionGraph`` that ``to_networkx`` (or a GraphML file of it) describes."""
+def build_from_networkx(cls: type[AttributionGraph], g: nx.DiGraph) -> AttributionGraph:
+    """The ``cls`` (an ``AttributionGraph``) that ``to_networkx`` (or a GraphML file of it) describes."""
     if g.graph.get("format") != FORMAT:
         raise ValueError("this networkx graph was not made by to_networkx (its 'format' attribute is "
                          f"{g.graph.get('format')!r}). Fix: convert an AttributionGraph with graphs.to_networkx, "
@@ -78,9 +83,9 @@ def from_networkx(g: nx.DiGraph) -> AttributionGraph:
     cols = np.array([index[s] for s, _, _ in edges], dtype=np.int64)
     vals = np.array([w for _, _, w in edges], dtype=dtype)
     adjacency = sp.csr_matrix((vals, (rows, cols)), shape=(len(order), len(order)), dtype=dtype)
-    graph = AttributionGraph(prompt=g.graph["prompt"], tokens=np.array(g.graph["tokens"], dtype=np.int64),
-                             token_texts=list(g.graph["token_texts"]), nodes=nodes, adjacency=adjacency,
-                             metadata=dict(g.graph.get("metadata") or {}))
+    graph = cls(prompt=g.graph["prompt"], tokens=np.array(g.graph["tokens"], dtype=np.int64),
+                token_texts=list(g.graph["token_texts"]), nodes=nodes, adjacency=adjacency,
+                metadata=dict(g.graph.get("metadata") or {}))
     if list(graph.node_ids) != order:
         raise ValueError("the node keys do not match the ids their attributes give (e.g. a feature's layer was "
                          "edited). Fix: keep node keys as AttributionGraph.node_ids.")

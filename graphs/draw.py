@@ -26,7 +26,7 @@ import shutil
 from collections import Counter, defaultdict
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import graphviz
 import networkx as nx
@@ -34,10 +34,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from graphs.convert import to_networkx
-from graphs.graph import AttributionGraph
 from graphs.metrics import PruneResult, node_influence, prune
 from graphs.node_labels import show_token
 from transcoders.writes import write_bytes, write_text
+
+if TYPE_CHECKING:
+    from graphs.graph import AttributionGraph
 
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"  # blue excites, red inhibits
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
@@ -237,11 +239,11 @@ def repr_svg(graph: AttributionGraph) -> str | None:
 
 def _dot_of(obj: AttributionGraph | nx.DiGraph, *, max_nodes: int = 40, max_edges: int = 90,
             node_threshold: float = 0.8, edge_threshold: float = 0.98, title: str | None = None) -> graphviz.Digraph:
-    if isinstance(obj, AttributionGraph):
+    if isinstance(obj, nx.DiGraph):
+        g = cap(obj, max_nodes=max_nodes, max_edges=max_edges)
+    elif hasattr(obj, "adjacency") and hasattr(obj, "node_ids"):  # an AttributionGraph (not imported: see graphs.graph)
         g = drawable(obj, max_nodes=max_nodes, max_edges=max_edges, node_threshold=node_threshold,
                      edge_threshold=edge_threshold)
-    elif isinstance(obj, nx.DiGraph):
-        g = cap(obj, max_nodes=max_nodes, max_edges=max_edges)
     else:
         raise TypeError(f"cannot draw a {type(obj).__name__}. Fix: pass an AttributionGraph or a networkx.DiGraph "
                         "(e.g. circuit.to_networkx()).")

@@ -9,11 +9,13 @@ every file format (native, GraphML, JSON) that already carries the metadata. Abs
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
-from graphs.graph import AttributionGraph
+if TYPE_CHECKING:
+    from graphs.graph import AttributionGraph
 
 EFFECT_KEY = "measured_effect"
 FLAGS_KEY = "effect_flags"

@@ -23,55 +23,49 @@ differ by kind and never collide: ``F{layer}.{feature}@{pos}``, ``E{layer}@{pos}
 This module never imports ``circuits``.
 """
 
+# Where this module sits in ``graphs`` (tests/test_layering.py checks it), bottom up:
+#
+#   graphs.nodes                                     the node table's schema, the file error
+#   graphs.metrics, effects, node_labels, paths,     what works on any graph: influence, pruning,
+#     graphml                                        scores, measured effects, labels, GraphML
+#   graphs.convert, viewer, draw, summary            networkx, the viewer's JSON, pictures, summaries
+#   graphs.graph (this module)                       the type, its constructors and conveniences
+#   graphs.files, graphs (the package)               the public functions
+#
+# Nothing below imports this module at run time (only under TYPE_CHECKING, for annotations): the
+# functions there take a graph as an argument, and the readers among them (build_from_networkx,
+# build_from_viewer_json) build one of the class they are given. So the methods here that export,
+# score or draw (save, load, to_networkx, render, _repr_svg_, scores) are thin delegations downward,
+# and there is no import cycle, not even through a function-level import.
+
 from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
+from graphs import convert, draw
+from graphs.graphml import read_graphml, write_graphml
+from graphs.metrics import graph_scores
+from graphs.nodes import NODE_COLUMNS, NODE_KINDS, GraphFileError, empty_nodes, unreadable
+from graphs.viewer import build_from_viewer_json, read_viewer_data, write_viewer_json
 from transcoders.writes import atomic_file, dumps, tag_floats, untag_floats
 
-NODE_KINDS: tuple[str, ...] = ("feature", "error", "token", "logit")
-
-# The node table's columns, their dtypes, and what a node of a kind that lacks them holds.
-NODE_COLUMNS: dict[str, tuple[str, Any]] = {
-    "kind": ("U7", ""),
-    "layer": ("int32", -1),            # tokens: -1; logits: n_layers
-    "position": ("int32", -1),
-    "feature": ("int64", -1),          # features only
-    "activation": ("float64", np.nan),  # features: activation; errors: norm of the error vector
-    "token_id": ("int64", -1),         # tokens: input id; logits: vocabulary id
-    "token": ("U64", ""),              # tokens and logits: the decoded text
-    "prob": ("float64", np.nan),       # logits: next-token probability
-    "pre_activation": ("float64", np.nan),  # targets: encoder pre-activation, or demeaned logit
-    "bias": ("float64", np.nan),       # targets: the constant (bias) part of the pre-activation
-    "excluded_input": ("float64", np.nan),  # targets: input from active features left out of the graph
-}
+# The schema's names, where they were before graphs.nodes held them.
+__all__ = ["NODE_COLUMNS", "NODE_KINDS", "SUFFIXES", "AttributionGraph", "GraphFileError", "empty_nodes",
+           "from_networkx", "from_viewer_json", "read_viewer_json", "unreadable"]
 
 _FORMAT = "circuit-engine attribution graph"
 _VERSION = 1
-
-
-class GraphFileError(ValueError):
-    """A graph file that cannot be read: truncated, damaged, or not a graph file."""
-
-
-def unreadable(path: str | Path, exc: BaseException) -> GraphFileError:
-    """The error for a graph file a reader choked on (its exception chained by the caller)."""
-    return GraphFileError(f"{path} is not a readable graph file ({type(exc).__name__}: {str(exc)[:200]}): it is "
-                          "truncated, damaged, or was not written by graphs.save. Fix: write it again with "
-                          "graphs.save(graph, path), or pass an intact copy.")
-
-
-def empty_nodes(n: int) -> dict[str, np.ndarray]:
-    """A node table of ``n`` rows holding each column's fill value."""
-    return {name: np.full(n, fill, dtype=dtype) for name, (dtype, fill) in NODE_COLUMNS.items()}
+SUFFIXES: tuple[str, ...] = (".npz", ".graphml", ".json")
 
 
 @dataclass
@@ -184,8 +178,6 @@ class AttributionGraph:
     @cached_property
     def scores(self) -> tuple[float, float]:
         """``(replacement_score, completeness_score)``; see ``graphs.metrics``."""
-        from graphs.metrics import graph_scores
-
         return graph_scores(self)
 
     @property
@@ -201,16 +193,47 @@ class AttributionGraph:
     # --- files ----------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the graph to ``path`` (``.npz``: arrays plus a JSON header); ``load`` reads it back.
-        ``.graphml`` and ``.json`` (the viewer's schema) are written by ``graphs.files.save``."""
-        path = Path(path)
-        if path.suffix.lower() in (".graphml", ".json"):
-            from graphs.files import save
+        """Write the graph to ``path`` in the format its suffix names; ``load`` reads each back into an
+        equal graph. Every writer is atomic (``transcoders.writes``).
 
-            return save(self, path)
-        if path.suffix != ".npz":
-            raise ValueError(f"cannot save a graph as {path.suffix or 'a file without a suffix'!r}: "
-                             "use a path ending in .npz, .graphml or .json")
+        ==============  ===============================================================
+        ``.npz``        native: numpy arrays plus a JSON header
+        ``.graphml``    GraphML of ``to_networkx(graph)``: for Gephi, Cytoscape, yEd, networkx
+        ``.json``       circuit-tracer's and Neuronpedia's viewer schema (``graphs.viewer``)
+        ==============  ===============================================================
+        """
+        path = Path(path)
+        writer = _WRITERS.get(path.suffix.lower())
+        if writer is None:
+            raise ValueError(f"cannot save a graph as {path.suffix or 'a file without a suffix'!r}. Fix: use a path "
+                             f"ending in one of {', '.join(SUFFIXES)} (or graphs.render(graph, 'x.svg') for a "
+                             "picture).")
+        writer(self, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttributionGraph:
+        """Read a graph written by ``save`` (any of its formats), or a viewer JSON from circuit-tracer."""
+        path = Path(path)
+        reader = _READERS.get(path.suffix.lower())
+        if reader is None:
+            raise ValueError(f"cannot read a graph from {path.suffix or 'a file without a suffix'!r}. "
+                             f"Fix: pass a file ending in one of {', '.join(SUFFIXES)}.")
+        if not path.is_file():
+            raise FileNotFoundError(f"no graph file at {path}. Fix: check the path (graph.save(path) writes one).")
+        return reader(cls, path)
+
+    @classmethod
+    def from_networkx(cls, g: nx.DiGraph) -> AttributionGraph:
+        """The graph that ``to_networkx`` (or a GraphML file of it) describes (``graphs.convert``)."""
+        return convert.build_from_networkx(cls, g)
+
+    @classmethod
+    def from_viewer_json(cls, data: dict[str, Any]) -> AttributionGraph:
+        """The graph a viewer JSON document describes: exactly, if we wrote it (``graphs.viewer``)."""
+        return build_from_viewer_json(cls, data)
+
+    def _save_npz(self, path: Path) -> None:
         csr = self.adjacency.tocsr()
         header = {"format": _FORMAT, "version": _VERSION, "prompt": self.prompt,
                   "token_texts": list(self.token_texts), "metadata": self.metadata}
@@ -219,18 +242,9 @@ class AttributionGraph:
             np.savez(f, header=np.array(dumps(tag_floats(header))), tokens=np.asarray(self.tokens),
                      adj_data=csr.data, adj_indices=csr.indices, adj_indptr=csr.indptr,
                      adj_shape=np.array(csr.shape), **arrays)
-        return path
 
     @classmethod
-    def load(cls, path: str | Path) -> AttributionGraph:
-        """Read a graph written by ``save`` (any of its formats)."""
-        path = Path(path)
-        if path.suffix.lower() in (".graphml", ".json"):
-            from graphs.files import load
-
-            return load(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no graph file at {path}. Fix: check the path (graph.save(path) writes one).")
+    def _load_npz(cls, path: Path) -> AttributionGraph:
         try:
             with np.load(path, allow_pickle=False) as z:
                 header = untag_floats(json.loads(str(z["header"])))
@@ -254,21 +268,42 @@ class AttributionGraph:
 
     # --- exports (the logic lives in graphs.convert and graphs.draw) ---------------------
 
-    def to_networkx(self):  # -> networkx.DiGraph
+    def to_networkx(self) -> nx.DiGraph:
         """The graph as a ``networkx.DiGraph``: node and edge attributes as ``graphs.convert`` describes."""
-        from graphs.convert import to_networkx
-
-        return to_networkx(self)
+        return convert.to_networkx(self)
 
     def render(self, path: str | Path, **kwargs: Any) -> Path:
         """Draw the pruned graph to ``.svg``/``.png``/``.pdf`` (needs graphviz's ``dot``) or ``.dot``;
         see ``graphs.draw.render`` for ``kwargs``."""
-        from graphs.draw import render
-
-        return render(self, path, **kwargs)
+        return draw.render(self, path, **kwargs)
 
     def _repr_svg_(self) -> str | None:
         """Jupyter's rich display: the pruned graph as SVG (None without graphviz's ``dot``)."""
-        from graphs.draw import repr_svg
+        return draw.repr_svg(self)
 
-        return repr_svg(self)
+
+_WRITERS: dict[str, Callable[[AttributionGraph, Path], object]] = {
+    ".npz": AttributionGraph._save_npz,
+    ".graphml": lambda graph, path: write_graphml(convert.to_networkx(graph), path),
+    ".json": write_viewer_json,
+}
+_READERS: dict[str, Callable[[type[AttributionGraph], Path], AttributionGraph]] = {
+    ".npz": lambda cls, path: cls._load_npz(path),
+    ".graphml": lambda cls, path: convert.build_from_networkx(cls, read_graphml(path)),
+    ".json": lambda cls, path: build_from_viewer_json(cls, read_viewer_data(path)),
+}
+
+
+def from_networkx(g: nx.DiGraph) -> AttributionGraph:
+    """The ``AttributionGraph`` that ``to_networkx`` (or a GraphML file of it) describes."""
+    return AttributionGraph.from_networkx(g)
+
+
+def from_viewer_json(data: dict[str, Any]) -> AttributionGraph:
+    """The graph a viewer JSON document describes (see ``read_viewer_json``)."""
+    return AttributionGraph.from_viewer_json(data)
+
+
+def read_viewer_json(path: str | Path) -> AttributionGraph:
+    """Read a viewer JSON file: exactly, if we wrote it; else rebuilt from the viewer's fields."""
+    return AttributionGraph.from_viewer_json(read_viewer_data(path))

@@ -21,7 +21,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from graphs.graph import unreadable
+from graphs.nodes import unreadable
 from transcoders.writes import atomic_file
 
 JSON_ATTRS = "json_attrs"  # graph attribute: {"graph": [...], "node": [...], "edge": [...]} keys stored as JSON

@@ -17,12 +17,13 @@ Everything here takes plain scipy/numpy objects or an ``AttributionGraph``; noth
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
-from graphs.graph import AttributionGraph
+if TYPE_CHECKING:
+    from graphs.graph import AttributionGraph
 
 
 def normalized(adjacency: sp.spmatrix) -> sp.csr_matrix:
@@ -204,7 +205,8 @@ def subgraph(graph: AttributionGraph, node_mask: np.ndarray, edge_mask: sp.spmat
     adjacency = sp.csr_matrix(adjacency[idx][:, idx])
     nodes = {k: v[idx] for k, v in graph.nodes.items()}
     metadata = dict(graph.metadata, pruned_from=graph.n_nodes)
-    return AttributionGraph(graph.prompt, graph.tokens, list(graph.token_texts), nodes, adjacency, metadata)
+    # The graph's own class: this module sits below graphs.graph and never imports it at run time.
+    return type(graph)(graph.prompt, graph.tokens, list(graph.token_texts), nodes, adjacency, metadata)
 
 
 def graph_scores(graph: AttributionGraph) -> tuple[float, float]:

@@ -8,8 +8,10 @@ so every export carries them and this package needs no tokenizer or model.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from graphs.graph import AttributionGraph
+if TYPE_CHECKING:
+    from graphs.graph import AttributionGraph
 
 LABELS_KEY = "feature_labels"
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import networkx as nx
 
 from graphs.draw import drawable
-from graphs.graph import NODE_KINDS, AttributionGraph
 from graphs.node_labels import show_token
+from graphs.nodes import NODE_KINDS
 from graphs.paths import strongest_paths
+
+if TYPE_CHECKING:
+    from graphs.graph import AttributionGraph
 
 
 

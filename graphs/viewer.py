@@ -19,6 +19,8 @@ compares against; null for logits), ``activation`` a feature's activation (null 
 The viewer ignores fields it does not know, so ``metadata.circuit_engine`` carries the exact node
 table, tokens, weight dtype and our metadata: ``read_viewer_json`` gives back the very graph
 that was written. Files from circuit-tracer (without that block) are read as far as they go.
+This module sits below ``graphs.graph`` and never imports it at run time: the readers build a graph of
+the class they are given (``graphs.read_viewer_json`` and ``graphs.from_viewer_json`` pass ``AttributionGraph``).
 The output is strict JSON: NaN and infinities never appear (the viewer's ``JSON.parse`` rejects them).
 """
 
@@ -31,16 +33,19 @@ import time
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from graphs.effects import effect_flags, measured_effects
-from graphs.graph import NODE_COLUMNS, NODE_KINDS, AttributionGraph, empty_nodes, unreadable
 from graphs.metrics import node_influence
 from graphs.node_labels import LABELS_KEY, feature_key
+from graphs.nodes import NODE_COLUMNS, NODE_KINDS, empty_nodes, unreadable
 from transcoders.writes import dumps, tag_floats, tagged, untag_floats, untagged, write_text
+
+if TYPE_CHECKING:
+    from graphs.graph import AttributionGraph
 
 SCHEMA_VERSION = 1
 FORMAT = "circuit-engine attribution graph"
@@ -149,25 +154,25 @@ def write_viewer_json(graph: AttributionGraph, path: str | Path, **kwargs: Any) 
     return write_text(path, dumps(to_viewer_json(graph, **kwargs), ensure_ascii=False))
 
 
-def read_viewer_json(path: str | Path) -> AttributionGraph:
-    """Read a viewer JSON file: exactly, if we wrote it; else rebuilt from the viewer's fields."""
+def read_viewer_data(path: str | Path) -> Any:
+    """A viewer JSON file's document, or a clear error for a file that is not JSON."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise unreadable(path, exc) from exc
-    return from_viewer_json(data)
 
 
-def from_viewer_json(data: dict[str, Any]) -> AttributionGraph:
-    """The graph a viewer JSON document describes (see ``read_viewer_json``)."""
+def build_from_viewer_json(cls: type[AttributionGraph], data: dict[str, Any]) -> AttributionGraph:
+    """The ``cls`` (an ``AttributionGraph``) a viewer JSON document describes: exactly, if we wrote it;
+    else rebuilt from the viewer's fields."""
     for key in ("metadata", "nodes", "links"):
         if not isinstance(data, dict) or key not in data:
             raise ValueError(f"not a viewer graph: no {key!r} field. Fix: pass a file written by graphs.save(..json) "
                              "or circuit-tracer's create_graph_files.")
     block = data["metadata"].get("circuit_engine")
     if block and block.get("format") == FORMAT:
-        return _from_exact(data, block)
-    return _from_foreign(data)
+        return _from_exact(cls, data, block)
+    return _from_foreign(cls, data)
 
 
 @cache
@@ -196,7 +201,7 @@ def _exact_block(graph: AttributionGraph) -> dict[str, Any]:
             "graph_metadata": tag_floats(graph.metadata), "columns": columns}
 
 
-def _from_exact(data: dict[str, Any], block: dict[str, Any]) -> AttributionGraph:
+def _from_exact(cls: type[AttributionGraph], data: dict[str, Any], block: dict[str, Any]) -> AttributionGraph:
     columns = block["columns"]
     n = len(columns["kind"])
     nodes = empty_nodes(n)
@@ -211,9 +216,9 @@ def _from_exact(data: dict[str, Any], block: dict[str, Any]) -> AttributionGraph
                          "metadata.circuit_engine by hand, or delete it to read the viewer fields only.")
     dtype = np.dtype(block.get("weight_dtype", "float32"))
     adjacency = _adjacency(data["links"], index, n, dtype)
-    return AttributionGraph(prompt=data["metadata"]["prompt"], tokens=np.array(block["tokens"], dtype=np.int64),
-                            token_texts=list(block["token_texts"]), nodes=nodes, adjacency=adjacency,
-                            metadata=untag_floats(block["graph_metadata"]))
+    return cls(prompt=data["metadata"]["prompt"], tokens=np.array(block["tokens"], dtype=np.int64),
+               token_texts=list(block["token_texts"]), nodes=nodes, adjacency=adjacency,
+               metadata=untag_floats(block["graph_metadata"]))
 
 
 def _adjacency(links: list[dict[str, Any]], index: dict[str, int], n: int, dtype: np.dtype) -> sp.csr_matrix:
@@ -234,7 +239,7 @@ _KIND_OF = {v: k for k, v in FEATURE_TYPES.items()}
 _OUTPUT = re.compile(r'^Output "(.*)" \(p=[^)]*\)$', re.S)
 
 
-def _from_foreign(data: dict[str, Any]) -> AttributionGraph:
+def _from_foreign(cls: type[AttributionGraph], data: dict[str, Any]) -> AttributionGraph:
     """A graph from the viewer fields alone (circuit-tracer's files): kinds, positions, ids and weights;
     the pre-activations and biases such files do not hold stay missing."""
     meta = data["metadata"]
@@ -291,5 +296,5 @@ def _from_foreign(data: dict[str, Any]) -> AttributionGraph:
     if labels:
         metadata[LABELS_KEY] = labels
     texts += [""] * (n_pos - len(texts))
-    return AttributionGraph(prompt=meta.get("prompt", ""), tokens=tokens, token_texts=texts, nodes=nodes,
-                            adjacency=adjacency, metadata=metadata)
+    return cls(prompt=meta.get("prompt", ""), tokens=tokens, token_texts=texts, nodes=nodes, adjacency=adjacency,
+               metadata=metadata)

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import graphs
 from graph_helpers import AWKWARD_TOKENS, assert_same_graph, hand_made_graph, tiny_graph
-from graphs import measured_effects, prune
+from graphs import from_viewer_json, measured_effects, prune
 from graphs.graphml import graphml_ready
-from graphs.viewer import cantor, from_viewer_json, to_viewer_json
+from graphs.viewer import cantor, to_viewer_json
 
 DATA = Path(__file__).parent / "data"
 SUFFIXES = (".npz", ".graphml", ".json")
@@ -94,7 +94,7 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setitem(graphs.files._WRITERS, ".json", boom)
+    monkeypatch.setitem(graphs.graph._WRITERS, ".json", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         graphs.save(hand_made_graph(), path)
     assert path.read_text() == "previous"
