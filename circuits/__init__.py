@@ -14,10 +14,19 @@ from circuits.models import (
 __all__ = ["DeviceError", "Model", "ModelLoadError", "ModelNotFoundError", "PromptError", "load_model",
            "tiny_model", "trace"]
 
-# Head-level circuit discovery (the feature-level half lands with trace).
-from circuits.discovery import Circuit, discover
+# Circuit discovery: one entry point per kind of circuit, and ``discover`` dispatching to them.
+from circuits.discovery import (
+    Circuit,
+    FeatureCircuit,
+    NodeCircuit,
+    discover,
+    discover_edges,
+    discover_features,
+    discover_nodes,
+)
 
-__all__ += ["Circuit", "discover"]
+__all__ += ["Circuit", "FeatureCircuit", "NodeCircuit", "discover", "discover_edges", "discover_features",
+            "discover_nodes"]
 
 # Feature interventions in the replacement model.
 from circuits.intervention import InterventionResult, intervene

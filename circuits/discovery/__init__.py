@@ -1,16 +1,26 @@
 """Circuit discovery: ACDC, EAP and EAP-IG over the ``HeadGraph`` of a model (heads), or over the
-features, errors and token embeddings of its replacement model (features)."""
+features, errors and token embeddings of its replacement model (features).
+
+One entry point per kind of circuit, each taking only the keywords that apply to it:
+
+- ``discover_edges(model, task, ...) -> Circuit``: edges between heads, MLPs, the input and the logits;
+- ``discover_nodes(model, task, ...) -> NodeCircuit``: which heads and MLPs run;
+- ``discover_features(model, task, transcoders, ...) -> FeatureCircuit``: transcoder features, errors
+  and token embeddings of the replacement model, with the edges among them.
+
+``discover`` dispatches to them by ``granularity`` and ``level``.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Literal
-
-from torch import nn
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal
 
 from circuits.discovery.acdc import acdc
 from circuits.discovery.circuit import Circuit
 from circuits.discovery.eap import attribution_circuit, measure_effects
+from circuits.discovery.edges import EdgeMethod, discover_edges
 from circuits.discovery.feature_graph import FeatureCircuit, FeatureEdge, FeatureNode
 from circuits.discovery.feature_patch import FeaturePatcher
 from circuits.discovery.features import discover_features
@@ -18,99 +28,88 @@ from circuits.discovery.node_circuit import NodeCircuit
 from circuits.discovery.nodes import discover_nodes
 from circuits.discovery.prune import prune_dead, reaches_logits, top_edges
 from circuits.models.adapter import Model
-from circuits.patching.patcher import Ablation, MetricName, Patcher
 from circuits.tasks.task import Task
-from transcoders.precision import Precision
 
-Method = Literal["acdc", "eap", "eap-ig"]
+Method = EdgeMethod
+
+# (granularity, level) -> the entry point ``discover`` calls.
+ENTRY_POINTS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("heads", "edges"): discover_edges,
+    ("heads", "nodes"): discover_nodes,
+    ("features", "edges"): discover_features,
+}
+
+
+def keywords(entry: Callable[..., Any]) -> tuple[str, ...]:
+    """The keywords ``discover`` may forward to ``entry``: its parameters after ``model`` and ``task``."""
+    return tuple(inspect.signature(entry).parameters)[2:]
 
 
 def discover(model: Model, task: Task, *, granularity: Literal["heads", "features"] = "heads",
-             method: Method = "acdc", tau: float | None = None, ablation: Ablation = "resample",
-             metric: MetricName = "task", split_qkv: bool = True, top_n: int | None = None,
-             candidates: int | None = None, order: Literal["topological", "scores"] = "topological",
-             scores_method: Literal["eap", "eap-ig"] = "eap-ig", steps: int = 5, batch: int | None = None,
-             batch_size: int = 64, patcher: Patcher | None = None, transcoders: nn.Module | None = None,
-             level: Literal["edges", "nodes"] = "edges", include_mlps: bool = True, screen_layers: bool = False,
-             precision: Precision = "fp32", progress: bool = True) -> Circuit | FeatureCircuit | NodeCircuit:
-    """Find the circuit of ``model`` for ``task``.
+             level: Literal["edges", "nodes"] = "edges", **options: Any) -> Circuit | NodeCircuit | FeatureCircuit:
+    """Find the circuit of ``model`` for ``task`` by calling the entry point for its kind:
 
-    Args:
-        granularity: ``"heads"`` (attention heads and MLPs of the original model) or ``"features"``
-            (transcoder features, errors and token embeddings of the replacement model, one node per
-            position; returns a ``FeatureCircuit``, see ``circuits.discovery.features``).
-        method: ``"acdc"`` (patch edges out one by one), ``"eap"`` or ``"eap-ig"`` (attribution scores).
-        tau: threshold in units of the metric (ACDC: |Δm| to keep an edge; EAP: |score| to keep an
-            edge); default 1% of |m(M) − m(∅)|.
-        ablation: ``"resample"`` (paired corrupted prompt), ``"mean"`` or ``"zero"``.
-        metric: ``"task"`` (the task's metric), ``"kl"`` (to the clean output) or ``"prob"``.
-        split_qkv: separate q/k/v inputs per head (ACDC/MIB) or one input per head.
-        top_n: EAP/EAP-IG: keep the n strongest edges instead of thresholding.
-        candidates: ACDC: test only the n edges with the largest attribution |score| (scored with
-            ``scores_method``); every other edge is removed untested.
-        order: ACDC: ``"scores"`` tests a node's edges least important first.
-        steps: EAP-IG integration steps. batch: ACDC edge sets per forward pass (default 4 on a
-            GPU, 1 on a CPU).
-        batch_size: prompts per forward pass. patcher: reuse one (its ablation, metric and
-            split_qkv then apply).
-        level: heads only: ``"edges"`` (a ``Circuit`` of kept edges) or ``"nodes"`` (a ``NodeCircuit``:
-            which heads and MLPs run, every other one ablated, as Wang et al.'s IOI circuit; methods
-            ``"acdc"`` or ``"eap"``; ``candidates`` and ``top_n`` count nodes, scored by node EAP).
-        include_mlps, screen_layers: node level: see ``acdc_nodes``. precision: node level:
-            ``"auto"`` searches in bf16 where the hardware runs it faster (about 2.5x on an AVX-512
-            BF16 CPU; never on AVX2, where bf16 is emulated), and the circuit's faithfulness is
-            then re-measured in the model's precision; ``"fp32"`` (default) or ``"bf16"`` force it.
+    - ``granularity="heads", level="edges"`` (the default): ``discover_edges(model, task, **options)``,
+      a ``Circuit``;
+    - ``granularity="heads", level="nodes"``: ``discover_nodes(model, task, **options)``, a ``NodeCircuit``;
+    - ``granularity="features"`` (level ``"edges"``, the default):
+      ``discover_features(model, task, transcoders, **options)``, a ``FeatureCircuit``.
+
+    Prefer calling the entry point: it says which keywords it takes, and its return type is one.
+    ``options`` are that entry point's keywords (see its docstring); one that does not apply to the
+    granularity and level (say ``split_qkv=`` at node level, or ``precision=`` at edge level) raises
+    ``ValueError`` naming the entry point that takes it. A feature circuit holds nodes and the edges
+    among them: ``level="nodes"`` has no meaning there (``discover_features(..., edges=False)`` keeps
+    the nodes only).
+
+    Defaults are the entry point's, except three kept from before the entry points were split, so
+    that existing calls find the same circuit: ``method="acdc"`` at every granularity
+    (``discover_features`` defaults to ``"eap-ig"``), ``ablation="resample"`` at node level when no
+    ``patcher=`` is given (``discover_nodes`` defaults to ``"mean"``), and at feature granularity
+    ``transcoders=`` defaults to the model's default set (``transcoders.load_transcoders``).
     """
-    if granularity == "features":
-        if patcher is not None:
-            raise ValueError("patcher= is a head-level Patcher; to reuse work at feature level call "
-                             "discover_features(model, task, transcoders, patcher=FeaturePatcher(model, task, transcoders))")
-        return _discover_features(model, task, method=method, tau=tau, ablation=ablation, metric=metric,
-                                  top_n=top_n, candidates=candidates, steps=steps, batch=batch,
-                                  batch_size=batch_size, transcoders=transcoders, progress=progress)
-    if granularity != "heads":
+    if granularity not in ("heads", "features"):
         raise ValueError(f"unknown granularity {granularity!r}: use 'heads' or 'features'")
-    if method not in ("acdc", "eap", "eap-ig"):
-        raise ValueError(f"unknown method {method!r}: use 'acdc', 'eap' or 'eap-ig'")
-    if level == "nodes":
-        return discover_nodes(model, task, method=method, tau=tau, ablation=ablation, metric=metric,
-                              candidates=candidates, top_n=top_n, include_mlps=include_mlps,
-                              screen_layers=screen_layers, precision=precision, batch_size=batch_size,
-                              progress=progress)
-    if level != "edges":
+    if level not in ("edges", "nodes"):
         raise ValueError(f"unknown level {level!r}: use 'edges' or 'nodes'")
-    t0 = time.perf_counter()
-    if patcher is None:
-        patcher = Patcher(model, task, ablation=ablation, metric=metric, split_qkv=split_qkv, batch_size=batch_size)
-    t_setup = time.perf_counter() - t0
-    if method == "acdc":
-        scores = None
-        if candidates is not None or order == "scores":
-            scores = patcher.edge_scores(scores_method, steps=steps, progress=progress)
-        circuit = acdc(patcher, tau, scores=scores, candidates=candidates, order=order, batch=batch, progress=progress)
-    else:
-        circuit = attribution_circuit(patcher, method, tau=tau, top_n=top_n, steps=steps, progress=progress)
-    circuit.info.update(task=task.name, model=model.name, ablation=patcher.ablation, metric=patcher.metric_name,
-                        n_prompts=task.n, split_qkv=patcher.graph.split_qkv, seconds_setup=t_setup,
-                        seconds_total=time.perf_counter() - t0)
-    return circuit
+    entry = ENTRY_POINTS.get((granularity, level))
+    if entry is None:
+        raise ValueError("level='nodes' does not apply to granularity='features': a feature circuit holds nodes "
+                         "and the edges among them. Fix: leave level out, or call "
+                         "discover_features(model, task, transcoders, edges=False) for its nodes only.")
+    _check_options(entry, granularity, level, options)
+    options.setdefault("method", "acdc")
+    if entry is discover_nodes and options.get("patcher") is None:
+        options.setdefault("ablation", "resample")
+    if entry is discover_features:
+        transcoders = options.pop("transcoders", None)
+        if transcoders is None:
+            from circuits.attribution.checks import default_transcoders
+
+            transcoders = default_transcoders(model)
+        return discover_features(model, task, transcoders, **options)
+    return entry(model, task, **options)
 
 
-def _discover_features(model: Model, task: Task, *, method: Method, tau: float | None, ablation: Ablation,
-                       metric: MetricName, top_n: int | None, candidates: int | None, steps: int, batch: int | None,
-                       batch_size: int, transcoders: nn.Module | None, progress: bool) -> FeatureCircuit:
-    from circuits.attribution.checks import default_transcoders
+def _check_options(entry: Callable[..., Any], granularity: str, level: str, options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming every keyword of ``options`` that ``entry`` does not take."""
+    takes = set(keywords(entry))
+    wrong = sorted(set(options) - takes)
+    if not wrong:
+        return
+    lines = []
+    for name in wrong:
+        elsewhere = [(mode, e.__name__) for mode, e in ENTRY_POINTS.items() if name in keywords(e)]
+        if elsewhere:
+            where = "; ".join(f"{e} (granularity={g!r}, level={lv!r})" for (g, lv), e in elsewhere)
+            lines.append(f"{name}= is an option of {where}")
+        else:
+            lines.append(f"{name}= is no option of any discovery entry point")
+    raise ValueError(f"discover(granularity={granularity!r}, level={level!r}) calls {entry.__name__}, which does not "
+                     f"take {', '.join(n + '=' for n in wrong)}: " + "; ".join(lines)
+                     + f". Fix: leave {'it' if len(wrong) == 1 else 'them'} out, or call the entry point named.")
 
-    if metric != "task":
-        raise ValueError(f"feature-level discovery reads the task's metric; got metric={metric!r}. "
-                         "Fix: pass metric='task' (the default).")
-    transcoders = default_transcoders(model) if transcoders is None else transcoders
-    return discover_features(model, task, transcoders, method=method, tau=tau, top_n=top_n,
-                             candidates=64 if candidates is None else candidates, steps=steps,
-                             batch=1 if batch is None else batch, batch_size=min(batch_size, 16), ablation=ablation,
-                             progress=progress)
 
-
-__all__ = ["NodeCircuit", "discover_nodes", "Circuit", "FeatureCircuit", "FeatureEdge", "FeatureNode", "FeaturePatcher", "Method", "acdc",
-           "attribution_circuit", "discover", "discover_features", "measure_effects", "prune_dead",
-           "reaches_logits", "top_edges"]
+__all__ = ["ENTRY_POINTS", "NodeCircuit", "discover_nodes", "Circuit", "FeatureCircuit", "FeatureEdge", "FeatureNode",
+           "FeaturePatcher", "Method", "acdc", "attribution_circuit", "discover", "discover_edges", "discover_features",
+           "keywords", "measure_effects", "prune_dead", "reaches_logits", "top_edges"]

@@ -36,6 +36,7 @@ from circuits.discovery.feature_edges import measure_edges
 from circuits.discovery.feature_graph import LOGITS_NAME, FeatureCircuit, FeatureEdge, FeatureNode
 from circuits.discovery.feature_patch import Ablation, FeaturePatcher
 from circuits.discovery.feature_scores import LOGITS, edge_scores, node_scores
+from circuits.discovery.options import check_method, check_patcher, reject
 from circuits.models.adapter import Model
 from circuits.patching.metrics import faithfulness
 from circuits.tasks.task import Task
@@ -43,39 +44,62 @@ from circuits.tasks.task import Task
 
 def discover_features(model: Model, task: Task, transcoders: nn.Module, *,
                       method: Literal["acdc", "eap", "eap-ig"] = "eap-ig", tau: float | None = None,
-                      top_n: int | None = None, candidates: int = 64, steps: int = 5, batch: int = 1,
-                      edge_tau: float | None = None, edges: bool = True, measure: bool = True,
-                      ablation: Ablation = "resample", batch_size: int = 16,
+                      top_n: int | None = None, candidates: int | None = None, steps: int | None = None,
+                      batch: int | None = None, edge_tau: float | None = None, edges: bool = True,
+                      measure: bool = True, ablation: Ablation | None = None, batch_size: int | None = None,
                       labels: Any = None, patcher: FeaturePatcher | None = None,
                       progress: bool = True) -> FeatureCircuit:
-    """Find the feature-level circuit of ``model`` (with ``transcoders`` in its MLP slots) for ``task``.
+    """Find the feature-level circuit of ``model`` (with ``transcoders`` in its MLP slots) for ``task``:
+    a ``FeatureCircuit`` of kept nodes (features, errors, token embeddings, each at a position) and
+    the edges among them and into the logits.
+
+    A keyword that does not apply to ``method`` raises ``ValueError`` rather than being ignored.
 
     Args:
+        method: ``"eap-ig"`` (default), ``"eap"`` or ``"acdc"``.
         tau: in units of the metric (EAP: |score| to keep a node; ACDC: |Δm| to keep one); default
             1% of |m(M) − m(∅)|.
         top_n: EAP/EAP-IG: keep the n nodes with the largest |score| instead.
-        candidates: ACDC: nodes tested (largest EAP-IG |score|); the rest are ablated untested.
-        steps: EAP-IG integration steps (also ACDC's candidate scoring).
-        batch: ACDC: speculative cumulative removals per forward pass.
+        candidates: ACDC: nodes tested (largest EAP-IG |score|; default 64); the rest are ablated untested.
+        steps: EAP-IG integration steps (also ACDC's candidate scoring; default 5).
+        batch: ACDC: speculative cumulative removals per forward pass (default 1).
         edge_tau: keep edges with |weight| ≥ this; default tau.
         edges: score edges among the kept nodes (one backward pass per kept node: turn off for
             circuits of thousands of nodes).
         measure: measure every kept node's and edge's effect (EAP: one variant per node; edges:
             two per edge); else NaN. ACDC nodes always carry the effect it measured.
-        ablation: what an ablated node becomes (``circuits.ablation``): ``"resample"`` (its value on the
-            paired corrupted prompt), ``"mean"`` (its per-position mean over the corrupted prompts, within
-            the task's template groups) or ``"zero"``.
+        ablation: what an ablated node becomes (``circuits.ablation``): ``"resample"`` (default; its value
+            on the paired corrupted prompt), ``"mean"`` (its per-position mean over the corrupted prompts,
+            within the task's template groups) or ``"zero"``.
+        batch_size: prompts per forward pass (default 16).
         labels: ``circuits.labels.FeatureLabels`` or ``{(layer, feature): text}`` for node labels.
-        patcher: reuse one (its transcoders, ablation and batch size then apply).
+        patcher: reuse a ``FeaturePatcher`` built for ``model``, ``task`` and ``transcoders``: its
+            ablation and batch size apply, so those keywords must be left out or agree with it.
     """
-    if method not in ("acdc", "eap", "eap-ig"):
-        raise ValueError(f"unknown method {method!r}: use 'acdc', 'eap' or 'eap-ig'")
+    check_method("discover_features", method, ("acdc", "eap", "eap-ig"))
+    if method == "acdc":
+        reject("discover_features(method='acdc')", {"top_n": top_n},
+               "ACDC keeps every candidate whose removal moves the metric by at least tau; to test more or "
+               "fewer nodes pass candidates=, or use method='eap' or 'eap-ig' for top_n=")
+    else:
+        reject(f"discover_features(method={method!r})", {"candidates": candidates, "batch": batch},
+               "they are ACDC's (method='acdc'); EAP and EAP-IG score every node at once")
+        if method == "eap":
+            reject("discover_features(method='eap')", {"steps": steps},
+                   "EAP has no integration steps; use method='eap-ig' for steps=")
+    if not edges:
+        reject("discover_features(edges=False)", {"edge_tau": edge_tau}, "no edges are scored")
     t0 = time.perf_counter()
-    if patcher is not None and patcher.ablation != ablation:
-        raise ValueError(f"the patcher ablates with {patcher.ablation!r}, not {ablation!r}. Fix: pass "
-                         f"ablation={patcher.ablation!r}, or build a FeaturePatcher with ablation={ablation!r}.")
-    p = (FeaturePatcher(model, task, transcoders, ablation=ablation, batch_size=batch_size) if patcher is None
-         else patcher)
+    if patcher is None:
+        p = FeaturePatcher(model, task, transcoders, ablation="resample" if ablation is None else ablation,
+                           batch_size=16 if batch_size is None else batch_size)
+    else:
+        check_patcher("discover_features", patcher, FeaturePatcher, model, task, lambda p: {
+            "ablation": (ablation, p.ablation), "batch_size": (batch_size, p.batch_size)})
+        p = patcher
+    candidates = 64 if candidates is None else candidates
+    steps = 5 if steps is None else steps
+    batch = 1 if batch is None else batch
     t_setup = time.perf_counter() - t0
     if tau is None:
         tau = 0.01 * abs(p.m_full - p.m_empty)
@@ -101,7 +125,7 @@ def discover_features(model: Model, task: Task, transcoders: nn.Module, *,
     found = {e: (weights[e], float(v)) for e, v in zip(pairs, measured)}
     info["seconds_edge_effects"] = time.perf_counter() - t_edges - info["seconds_edges"]
     circuit = _build(p, kept, scores, effects, found, m_c, method, _label_map(labels))
-    circuit.info.update(info, task=task.name, model=model.name, ablation="resample", n_prompts=task.n,
+    circuit.info.update(info, task=task.name, model=model.name, ablation=p.ablation, n_prompts=task.n,
                         edge_tau=edge_tau, seconds_setup=t_setup, seconds_scoring=t_scores,
                         seconds_total=time.perf_counter() - t0)
     return circuit

@@ -1,4 +1,4 @@
-"""Node-level head discovery: ``discover(..., level="nodes")`` — which heads (and MLPs) a task needs."""
+"""Node-level head discovery: which heads (and MLPs) a task needs."""
 
 from __future__ import annotations
 
@@ -9,40 +9,74 @@ import torch
 
 from circuits.discovery.acdc_nodes import acdc_nodes
 from circuits.discovery.node_circuit import NodeCircuit
+from circuits.discovery.options import FIXED, check_method, check_patcher, reject
 from circuits.models.adapter import Model
 from circuits.patching.metrics import faithfulness
 from circuits.patching.nodes import NodeAblation, NodePatcher, droppable_nodes, strongest_nodes
 from circuits.tasks.task import Task
-from transcoders.precision import Precision
+from transcoders.precision import Precision, use_bf16
 
 
-def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap", "eap-ig"] = "acdc",
-                   tau: float | None = None, ablation: NodeAblation = "mean", metric: Literal["task", "kl"] = "task",
-                   candidates: int | None = None, top_n: int | None = None, include_mlps: bool = True,
-                   screen_layers: bool = False, max_sweeps: int = 4, precision: Precision = "fp32", batch_size: int = 64,
+def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] = "acdc", tau: float | None = None,
+                   top_n: int | None = None, candidates: int | None = None, include_mlps: bool = True,
+                   screen_layers: bool | None = None, max_sweeps: int | None = None,
+                   ablation: NodeAblation | None = None, metric: Literal["task", "kl"] | None = None,
+                   precision: Precision | None = None, batch_size: int | None = None,
                    patcher: NodePatcher | None = None, progress: bool = True) -> NodeCircuit:
-    """The node circuit of ``model`` for ``task`` (see ``acdc_nodes`` for ACDC's options).
+    """The node circuit of ``model`` for ``task``: a ``NodeCircuit`` of which heads and MLPs run,
+    every other one ablated (as Wang et al.'s IOI circuit).
 
     ``"eap"`` keeps the ``top_n`` nodes of largest |node EAP score| (or those with |score| ≥ tau)
     and measures its faithfulness; ``"acdc"`` tests nodes by patching, optionally only the
-    ``candidates`` of largest |score|. ``precision`` is the search's (see ``NodePatcher``); when the
-    search ran in bf16, the final faithfulness is measured again in the model's own precision.
+    ``candidates`` of largest |score| (see ``acdc_nodes`` for ``screen_layers`` and ``max_sweeps``).
+    A keyword that does not apply to ``method`` raises ``ValueError`` rather than being ignored.
+
+    Args:
+        ablation: ``"mean"`` (default; per position, within the task's template groups), ``"resample"``
+            or ``"zero"``. metric: ``"task"`` (default) or ``"kl"``.
+        include_mlps: MLPs are candidates too (else they always run).
+        screen_layers, max_sweeps: ACDC only (defaults False and 4).
+        precision: the search's (see ``NodePatcher``; default ``"fp32"``): when the search ran in bf16,
+            the final faithfulness is measured again in the model's own precision.
+        batch_size: prompts per forward pass (default 64).
+        patcher: reuse a ``NodePatcher`` built for ``model`` and ``task``: its ablation, metric,
+            precision and batch size apply, so those keywords must be left out or agree with it.
     """
     if method == "eap-ig":
         raise ValueError("node-level discovery scores nodes with EAP (a node's score is exactly the sum of "
-                         "its outgoing edges' EAP scores); use method='eap' or 'acdc', or level='edges' for EAP-IG")
+                         "its outgoing edges' EAP scores); use method='eap' or 'acdc', or discover_edges for EAP-IG")
+    check_method("discover_nodes", method, ("acdc", "eap"))
+    if method == "acdc":
+        reject("discover_nodes(method='acdc')", {"top_n": top_n},
+               "ACDC keeps every node whose removal moves the metric by at least tau; to test only the "
+               "strongest nodes pass candidates=, or use method='eap' for top_n=")
+    else:
+        reject("discover_nodes(method='eap')",
+               {"candidates": candidates, "screen_layers": screen_layers, "max_sweeps": max_sweeps},
+               "they are ACDC's (method='acdc'); EAP scores every node at once")
+        if top_n is not None:
+            reject("discover_nodes with top_n=", {"tau": tau},
+                   "top_n= keeps the n strongest nodes whatever their score; pass tau= or top_n=, not both")
     t0 = time.perf_counter()
     if patcher is None:
-        patcher = NodePatcher(model, task, ablation=ablation, metric=metric, batch_size=batch_size, precision=precision)
+        patcher = NodePatcher(model, task, ablation="mean" if ablation is None else ablation,
+                              metric="task" if metric is None else metric,
+                              batch_size=64 if batch_size is None else batch_size,
+                              precision="fp32" if precision is None else precision)
+    else:
+        asked = None if precision is None else ("bf16" if use_bf16(model.device, precision) else "fp32")
+        check_patcher("discover_nodes", patcher, NodePatcher, model, task, lambda p: {
+            "ablation": (ablation, p.ablation), "metric": (metric, p.metric_name),
+            "precision": (asked, "bf16" if p.bf16 else "fp32"), "batch_size": (batch_size, FIXED)})
+    screen_layers = False if screen_layers is None else screen_layers
+    max_sweeps = 4 if max_sweeps is None else max_sweeps
     scores = patcher.node_scores() if (method == "eap" or candidates is not None) else None
     t_scores = time.perf_counter() - t0
     if method == "acdc":
         circuit = acdc_nodes(patcher, tau, scores=scores, candidates=candidates, include_mlps=include_mlps,
                              screen_layers=screen_layers, max_sweeps=max_sweeps, progress=progress)
-    elif method == "eap":
-        circuit = eap_nodes(patcher, scores, tau=tau, top_n=top_n, include_mlps=include_mlps)  # type: ignore[arg-type]
     else:
-        raise ValueError(f"unknown method {method!r}: use 'acdc' or 'eap'")
+        circuit = eap_nodes(patcher, scores, tau=tau, top_n=top_n, include_mlps=include_mlps)  # type: ignore[arg-type]
     if patcher.bf16:
         # The same ablation as the search (a caller's patcher may carry its own reference set).
         exact = NodePatcher(model, task, ablation=patcher.ablation, metric=patcher.metric_name,
