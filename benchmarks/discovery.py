@@ -38,7 +38,7 @@ from circuits.discovery.prune import prune_dead, top_edges
 from circuits.discovery.acdc_nodes import acdc_nodes
 from circuits.discovery.nodes import eap_nodes
 from circuits.patching.nodes import NodePatcher
-from circuits.patching import MIB_BUDGETS, Patcher, area_under_curve
+from circuits.patching import MIB_BUDGETS, EdgePatcher, area_under_curve
 from circuits.tasks import ioi
 
 
@@ -56,7 +56,7 @@ class Clock:
         return f"{wall:.0f} s wall, {cpu:.0f} s CPU"
 
 
-def faithfulness_curve(patcher: Patcher, scores: torch.Tensor) -> list[float]:
+def faithfulness_curve(patcher: EdgePatcher, scores: torch.Tensor) -> list[float]:
     g = patcher.graph
     removed = torch.stack([g.valid & ~prune_dead(g, top_edges(g, scores, max(1, int(k * g.n_edges))))
                            for k in MIB_BUDGETS])
@@ -98,7 +98,7 @@ def main() -> None:
             _table(rows)
             return
     clock = Clock()
-    patcher = Patcher(model, task, ablation="resample", split_qkv=not args.no_split_qkv)
+    patcher = EdgePatcher(model, task, ablation="resample", split_qkv=not args.no_split_qkv)
     g = patcher.graph
     print(f"# setup (clean, corrupted and empty-circuit passes) {clock}; {g.n_edges} edges; "
           f"m(M) = {patcher.m_full:.3f}, m(∅) = {patcher.m_empty:.3f}")

@@ -39,7 +39,7 @@ from circuits.discovery.circuit import CircuitFileError
 from circuits.discovery.feature_graph import FeatureCircuit, FeatureCircuitFileError
 from circuits.discovery.node_circuit import NodeCircuit
 from circuits.labels import FeatureLabels, fingerprint, load_labels
-from circuits.patching import Patcher
+from circuits.patching import EdgePatcher
 from circuits.tasks.task import Task, logit_diff
 from graphs import GraphFileError
 from transcoders import (
@@ -419,12 +419,12 @@ def test_task_prompts_of_different_lengths() -> None:
 def test_task_answers_outside_the_vocabulary(model) -> None:
     with refused(ValueError, "answers holds token id 99", "vocabulary 0..39", "Fix: build the task with this "
                                                                             "model's tokenizer"):
-        Patcher(model, _task(answer=99))
+        EdgePatcher(model, _task(answer=99))
 
 
 def test_task_longer_than_the_context(model) -> None:
     with refused(ValueError, "prompts of 20 tokens", "context of 16", "Fix: build the task with shorter prompts"):
-        Patcher(model, _task(n_pos=20))
+        EdgePatcher(model, _task(n_pos=20))
 
 
 # --- training -------------------------------------------------------------------------------------

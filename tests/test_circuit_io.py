@@ -12,7 +12,7 @@ from planted import PLANTED_EDGES, V, planted_induction_model
 
 from circuits.discovery import Circuit, attribution_circuit
 from circuits.discovery.circuit import CircuitFileError, nan_matrix
-from circuits.patching import HeadGraph, Patcher
+from circuits.patching import HeadGraph, EdgePatcher
 from circuits.tasks import induction
 
 
@@ -30,7 +30,7 @@ def _same(a: Circuit, b: Circuit) -> None:
 def eap_circuit() -> Circuit:
     model = planted_induction_model()
     task = induction.dataset(model.tokenizer, n=4, seq_len=6, bos=None, vocab=torch.arange(1, V), seed=0)
-    return attribution_circuit(Patcher(model, task), "eap", tau=0.05, progress=False)
+    return attribution_circuit(EdgePatcher(model, task), "eap", tau=0.05, progress=False)
 
 
 def _hand_made() -> Circuit:

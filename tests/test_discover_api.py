@@ -21,7 +21,7 @@ from test_discovery_features import planted_model, planted_task
 
 from circuits import Circuit, FeatureCircuit, NodeCircuit, discover, discover_edges, discover_features, discover_nodes
 from circuits.discovery import ENTRY_POINTS, FeaturePatcher, keywords
-from circuits.patching import Patcher
+from circuits.patching import EdgePatcher
 from circuits.patching.nodes import NodePatcher
 from circuits.tasks import induction
 
@@ -215,7 +215,7 @@ def test_the_same_misuse_raises_through_discover():
 
 def test_a_patcher_is_reused_only_where_it_agrees(heads, features):
     model, task = heads
-    p = Patcher(model, task)
+    p = EdgePatcher(model, task)
     c = discover_edges(model, task, method="eap", tau=0.05, patcher=p, ablation="resample", progress=False)
     assert {e["name"] for e in c.edges} == set(PLANTED_EDGES)
     with pytest.raises(ValueError, match=r"ablation='mean' \(the patcher's: 'resample'\)"):
@@ -226,14 +226,14 @@ def test_a_patcher_is_reused_only_where_it_agrees(heads, features):
         discover_edges(model, task, method="eap", patcher=p, batch_size=8)
     with pytest.raises(ValueError, match="another model or task"):
         discover_edges(model, _induction(model, seed=1), method="eap", patcher=p)
-    with pytest.raises(TypeError, match="instance of NodePatcher, got Patcher"):
+    with pytest.raises(TypeError, match="instance of NodePatcher, got EdgePatcher"):
         discover_nodes(model, task, patcher=p)
     nodes = NodePatcher(model, task, ablation="resample")
     with pytest.raises(ValueError, match=r"ablation='mean' \(the patcher's: 'resample'\)"):
         discover_nodes(model, task, patcher=nodes, ablation="mean")
     with pytest.raises(ValueError, match="precision='bf16'"):
         discover_nodes(model, task, patcher=nodes, precision="bf16")
-    with pytest.raises(TypeError, match="instance of Patcher, got NodePatcher"):
+    with pytest.raises(TypeError, match="instance of EdgePatcher, got NodePatcher"):
         discover_edges(model, task, patcher=nodes)
     # Through discover, a node-level patcher keeps its own ablation (no resample default forced on it).
     c = discover(model, task, level="nodes", patcher=nodes, include_mlps=False, progress=False)
@@ -244,7 +244,7 @@ def test_a_patcher_is_reused_only_where_it_agrees(heads, features):
         discover_features(model, task, tc, patcher=fp, ablation="zero")
     with pytest.raises(ValueError, match="batch_size=16"):
         discover_features(model, task, tc, patcher=fp, batch_size=16)
-    with pytest.raises(TypeError, match="instance of FeaturePatcher, got Patcher"):
+    with pytest.raises(TypeError, match="instance of FeaturePatcher, got EdgePatcher"):
         discover(model, task, granularity="features", transcoders=tc, patcher=p)
     c = discover_features(model, task, tc, method="eap", patcher=fp, batch_size=4, progress=False)
     assert set(c.node_names) == PLANTED_FEATURES and not math.isnan(c.faithfulness)

@@ -9,7 +9,7 @@ from _threads import one_thread  # noqa: F401
 from planted import PLANTED_EDGES, SECOND_HEAD_EDGES, V, planted_induction_model
 
 from circuits.discovery import acdc, attribution_circuit, discover, measure_effects
-from circuits.patching import Patcher
+from circuits.patching import EdgePatcher
 from circuits.tasks import induction
 
 
@@ -20,13 +20,13 @@ def _task(model, n: int = 8):
 @pytest.fixture(scope="module")
 def planted():
     model = planted_induction_model()
-    return model, Patcher(model, _task(model))
+    return model, EdgePatcher(model, _task(model))
 
 
 @pytest.fixture(scope="module")
 def planted_two_heads():
     model = planted_induction_model(second_head=0.5)
-    return model, Patcher(model, _task(model))
+    return model, EdgePatcher(model, _task(model))
 
 
 def _names(circuit) -> set[str]:

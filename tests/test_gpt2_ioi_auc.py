@@ -38,12 +38,12 @@ def head_node_scores(edge_scores: torch.Tensor, graph: HeadGraph) -> torch.Tenso
 def test_gpt2_small_ioi_heads_roc_auc_matches_acdc() -> None:
     from circuits import load_model
     from circuits.known import load, roc_auc
-    from circuits.patching import Patcher
+    from circuits.patching import EdgePatcher
     from circuits.tasks import ioi
 
     model = load_model("gpt2")
     task = ioi.dataset(model.tokenizer, n=64, seed=0)
-    patcher = Patcher(model, task, ablation="resample", metric="task")
+    patcher = EdgePatcher(model, task, ablation="resample", metric="task")
     assert patcher.m_full - patcher.m_empty > 1.0, "GPT-2 small should prefer IO over S by a clear logit margin"
     scores = patcher.edge_scores("eap-ig", steps=10, batch_size=16)
     node = head_node_scores(scores, patcher.graph).abs()

@@ -15,7 +15,7 @@ import torch
 from _threads import one_thread  # noqa: F401
 
 from circuits import tiny_model
-from circuits.patching import Patcher
+from circuits.patching import EdgePatcher
 from circuits.patching.nodes import NodePatcher
 from circuits.tasks import induction
 
@@ -51,9 +51,9 @@ def test_node_mean_ablation_averages_within_each_group():
 
 def test_edge_mean_ablation_averages_within_each_group():
     model, task = _grouped_task()
-    grouped = Patcher(model, task, ablation="mean", batch_size=4)
-    plain = Patcher(model, dataclasses.replace(task, groups=None), ablation="mean", batch_size=4)
-    parts = [(Patcher(model, t, ablation="mean"), w) for t, w in _split(task)]
+    grouped = EdgePatcher(model, task, ablation="mean", batch_size=4)
+    plain = EdgePatcher(model, dataclasses.replace(task, groups=None), ablation="mean", batch_size=4)
+    parts = [(EdgePatcher(model, t, ablation="mean"), w) for t, w in _split(task)]
     g = grouped.graph
     removed = (torch.rand(4, g.n_src, g.n_dst, generator=torch.Generator().manual_seed(1)) < 0.3) & g.valid
     want = sum(w * p.evaluate(removed) for p, w in parts)

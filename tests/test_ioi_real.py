@@ -9,7 +9,7 @@ from _threads import one_thread  # noqa: F401
 
 from circuits.discovery import attribution_circuit
 from circuits.discovery.prune import prune_dead
-from circuits.patching import Patcher
+from circuits.patching import EdgePatcher
 from circuits.probes import ioi_attention_scores, ioi_copying_scores, top_heads
 from circuits.tasks import ioi
 
@@ -26,7 +26,7 @@ def task(default_model):
 
 @pytest.fixture(scope="module")
 def patcher(default_model, task):
-    return Patcher(default_model, task, ablation="resample")
+    return EdgePatcher(default_model, task, ablation="resample")
 
 
 @pytest.fixture(scope="module")

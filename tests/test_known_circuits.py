@@ -97,14 +97,14 @@ def test_gpt2_small_ioi_heads_against_wang_et_al():
     from circuits import load_model
     from circuits.discovery import attribution_circuit
     from circuits.models import hub_reachable
-    from circuits.patching import Patcher
+    from circuits.patching import EdgePatcher
     from circuits.tasks import ioi
 
     if not hub_reachable():
         pytest.skip("GPT-2 small comes from the Hugging Face hub, which does not answer here")
     model = load_model("gpt2")
     task = ioi.dataset(model.tokenizer, n=32, seed=0)
-    circuit = attribution_circuit(Patcher(model, task), "eap-ig", top_n=400, progress=False)
+    circuit = attribution_circuit(EdgePatcher(model, task), "eap-ig", top_n=400, progress=False)
     result = compare(circuit, "gpt2-ioi", level="head")
     print(f"GPT-2 small IOI vs Wang et al.: {result}")
     assert result["roc_auc"] > 0.7

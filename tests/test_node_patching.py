@@ -13,7 +13,7 @@ from planted import V, planted_induction_model
 
 from circuits import tiny_model
 from circuits.discovery.acdc_nodes import acdc_nodes
-from circuits.patching import Patcher
+from circuits.patching import EdgePatcher
 from circuits.patching.nodes import NodePatcher, node_forward
 from circuits.tasks import induction
 
@@ -38,7 +38,7 @@ def _random_nodes(g, seed: int) -> torch.Tensor:
 def test_ablating_a_node_is_removing_all_its_outgoing_edges(family, ablation):
     model = _model(family)
     task = _task(model)
-    nodes, edges = NodePatcher(model, task, ablation=ablation), Patcher(model, task, ablation=ablation, split_qkv=False)
+    nodes, edges = NodePatcher(model, task, ablation=ablation), EdgePatcher(model, task, ablation=ablation, split_qkv=False)
     g = nodes.graph
     for seed in range(3):
         removed = _random_nodes(g, seed)
@@ -90,7 +90,7 @@ def test_resuming_from_a_base_run_is_exact():
 def test_node_scores_are_the_eap_scores_of_all_outgoing_edges(family):
     model = _model(family)
     task = _task(model)
-    nodes, edges = NodePatcher(model, task, ablation="mean"), Patcher(model, task, ablation="mean", split_qkv=False)
+    nodes, edges = NodePatcher(model, task, ablation="mean"), EdgePatcher(model, task, ablation="mean", split_qkv=False)
     torch.testing.assert_close(nodes.node_scores(), edges.edge_scores("eap").sum(1).double(), rtol=1e-5, atol=1e-6)  # edge scores are float32 sums
     assert all(p.requires_grad for p in model.hf.parameters())  # unfrozen again
 

@@ -13,7 +13,7 @@ from circuits.models.tiny import TINY_FAMILIES, tiny_model
 from circuits.patching import (
     MIB_BUDGETS,
     HeadGraph,
-    Patcher,
+    EdgePatcher,
     area_under_curve,
     faithfulness,
     kl_to_clean,
@@ -161,7 +161,7 @@ def test_batched_variants_equal_one_at_a_time(seed, density):
 def test_faithfulness_of_full_model_is_one_and_of_empty_circuit_zero(ablation):
     model = tiny_model("qwen2", dtype=torch.float64, n_layers=2, n_heads=4, n_kv_heads=2, init_scale=3.0)
     task = induction.dataset(model.tokenizer, n=6, seq_len=4, bos=None)
-    p = Patcher(model, task, ablation=ablation, batch_size=4)  # two prompt chunks
+    p = EdgePatcher(model, task, ablation=ablation, batch_size=4)  # two prompt chunks
     g = p.graph
     assert p.faithfulness(g.valid) == pytest.approx(1.0, abs=1e-9)
     assert p.faithfulness(g.empty()) == pytest.approx(0.0, abs=1e-9)
@@ -174,18 +174,18 @@ def test_ablation_values():
     model = tiny_model("gpt2", dtype=torch.float64, n_layers=2, n_heads=4, init_scale=3.0)
     task = induction.dataset(model.tokenizer, n=4, seq_len=4, bos=None)
     g = HeadGraph.for_model(model)
-    zero = Patcher(model, task, ablation="zero")
+    zero = EdgePatcher(model, task, ablation="zero")
     assert zero.chunks[0].ablated.abs().max() == 0
     ref = task.clean.flip(0)
-    mean = Patcher(model, task, ablation="mean", reference=ref)
+    mean = EdgePatcher(model, task, ablation="mean", reference=ref)
     want = patched_forward(model, g, ref, None, None, POS[:1], record=True).outputs.mean(1, keepdim=True)
     torch.testing.assert_close(mean.chunks[0].ablated, want)
-    res = Patcher(model, task, ablation="resample")
+    res = EdgePatcher(model, task, ablation="resample")
     torch.testing.assert_close(res.chunks[0].ablated, res.outputs(task.corrupted))
     with pytest.raises(ValueError, match="ablation"):
-        Patcher(model, task, ablation="gaussian")  # type: ignore[arg-type]
+        EdgePatcher(model, task, ablation="gaussian")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reference"):
-        Patcher(model, task, ablation="mean", reference=task.clean[:, :3])
+        EdgePatcher(model, task, ablation="mean", reference=task.clean[:, :3])
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
@@ -193,7 +193,7 @@ def test_eap_scores_are_first_order_effects(family):
     """Shrink the ablation towards the clean run: EAP and EAP-IG scores become the exact effects."""
     model = tiny_model(family, dtype=torch.float64, n_layers=2, n_heads=4, n_kv_heads=2, init_scale=2.0)
     task = induction.dataset(model.tokenizer, n=4, seq_len=4, bos=None)
-    p = Patcher(model, task)
+    p = EdgePatcher(model, task)
     for chunk in p.chunks:
         clean = p.outputs(chunk.ids)
         chunk.ablated = clean + 1e-3 * (chunk.ablated - clean)
@@ -211,7 +211,7 @@ def test_eap_scores_are_first_order_effects(family):
 def test_resuming_from_a_prefix_is_exact():
     model = tiny_model("qwen3", dtype=torch.float64, n_layers=3, n_heads=4, n_kv_heads=2, init_scale=3.0)
     task = induction.dataset(model.tokenizer, n=4, seq_len=4, bos=None)
-    p = Patcher(model, task)
+    p = EdgePatcher(model, task)
     g = p.graph
     base = g.valid & (torch.rand(g.n_src, g.n_dst, generator=torch.Generator().manual_seed(1)) < 0.5)
     prefixes = p.prefix(base)

@@ -36,10 +36,10 @@ from tqdm import tqdm
 from circuits.discovery.circuit import Circuit, nan_matrix
 from circuits.discovery.prune import prune_dead, top_edges
 from circuits.patching.metrics import faithfulness
-from circuits.patching.patcher import Patcher
+from circuits.patching.edge_patcher import EdgePatcher
 
 
-def acdc(patcher: Patcher, tau: float | None = None, *, scores: Tensor | None = None, candidates: int | None = None,
+def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | None = None, candidates: int | None = None,
          order: Literal["topological", "scores"] = "topological", batch: int | None = None,
          progress: bool = True) -> Circuit:
     """Run ACDC; see the module docstring.

@@ -10,10 +10,10 @@ import torch
 from circuits.discovery.circuit import Circuit, nan_matrix
 from circuits.discovery.prune import prune_dead, top_edges
 from circuits.patching.metrics import faithfulness
-from circuits.patching.patcher import Patcher
+from circuits.patching.edge_patcher import EdgePatcher
 
 
-def attribution_circuit(patcher: Patcher, method: Literal["eap", "eap-ig"] = "eap", *, tau: float | None = None,
+def attribution_circuit(patcher: EdgePatcher, method: Literal["eap", "eap-ig"] = "eap", *, tau: float | None = None,
                         top_n: int | None = None, steps: int = 5, batch_size: int = 16,
                         progress: bool = True) -> Circuit:
     """Keep the edges with |score| ≥ ``tau`` (or the ``top_n`` strongest), then drop edges into
@@ -42,7 +42,7 @@ def attribution_circuit(patcher: Patcher, method: Literal["eap", "eap-ig"] = "ea
                          "seconds": time.perf_counter() - t0})
 
 
-def measure_effects(patcher: Patcher, circuit: Circuit, *, progress: bool = True) -> Circuit:
+def measure_effects(patcher: EdgePatcher, circuit: Circuit, *, progress: bool = True) -> Circuit:
     """Fill ``circuit.effects`` with m(C − e) − m(C) for every kept edge e (one pass per edge,
     batched). ACDC circuits carry effects already; this gives EAP circuits theirs."""
     g = patcher.graph

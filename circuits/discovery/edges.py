@@ -10,7 +10,7 @@ from circuits.discovery.circuit import Circuit
 from circuits.discovery.eap import attribution_circuit
 from circuits.discovery.options import FIXED, check_method, check_patcher, reject
 from circuits.models.adapter import Model
-from circuits.patching.patcher import Ablation, MetricName, Patcher
+from circuits.patching.edge_patcher import Ablation, EdgePatcher, MetricName
 from circuits.tasks.task import Task
 
 EdgeMethod = Literal["acdc", "eap", "eap-ig"]
@@ -21,7 +21,7 @@ def discover_edges(model: Model, task: Task, *, method: EdgeMethod = "acdc", tau
                    order: Literal["topological", "scores"] | None = None,
                    scores_method: Literal["eap", "eap-ig"] | None = None, steps: int | None = None,
                    batch: int | None = None, ablation: Ablation | None = None, metric: MetricName | None = None,
-                   split_qkv: bool | None = None, batch_size: int | None = None, patcher: Patcher | None = None,
+                   split_qkv: bool | None = None, batch_size: int | None = None, patcher: EdgePatcher | None = None,
                    progress: bool = True) -> Circuit:
     """The edge circuit of ``model`` for ``task``: a ``Circuit`` of kept edges between the input,
     attention heads (their q/k/v inputs apart with ``split_qkv``), MLPs and the logits.
@@ -45,7 +45,7 @@ def discover_edges(model: Model, task: Task, *, method: EdgeMethod = "acdc", tau
         metric: ``"task"`` (default; the task's metric), ``"kl"`` (to the clean output) or ``"prob"``.
         split_qkv: separate q/k/v inputs per head (default; ACDC/MIB) or one input per head.
         batch_size: prompts per forward pass (default 64).
-        patcher: reuse a ``Patcher`` built for ``model`` and ``task``: its ablation, metric, split_qkv
+        patcher: reuse an ``EdgePatcher`` built for ``model`` and ``task``: its ablation, metric, split_qkv
             and batch size apply, so those keywords must be left out or agree with it.
     """
     check_method("discover_edges", method, ("acdc", "eap", "eap-ig"))
@@ -77,12 +77,12 @@ def discover_edges(model: Model, task: Task, *, method: EdgeMethod = "acdc", tau
                    "top_n= keeps the n strongest edges whatever their score; pass tau= or top_n=, not both")
     t0 = time.perf_counter()
     if patcher is None:
-        patcher = Patcher(model, task, ablation="resample" if ablation is None else ablation,
+        patcher = EdgePatcher(model, task, ablation="resample" if ablation is None else ablation,
                           metric="task" if metric is None else metric,
                           split_qkv=True if split_qkv is None else split_qkv,
                           batch_size=64 if batch_size is None else batch_size)
     else:
-        check_patcher("discover_edges", patcher, Patcher, model, task, lambda p: {
+        check_patcher("discover_edges", patcher, EdgePatcher, model, task, lambda p: {
             "ablation": (ablation, p.ablation), "metric": (metric, p.metric_name),
             "split_qkv": (split_qkv, p.graph.split_qkv), "batch_size": (batch_size, FIXED)})
     t_setup = time.perf_counter() - t0

@@ -7,7 +7,7 @@ A node's score estimates m(node ablated) − m(M) to first order:
 where a_n is a feature's activation, an error vector or a token embedding, and ∂m/∂a_n is
 taken in the live replacement model (``feature_patch``). EAP-IG averages ∂m/∂a_n over inputs
 interpolated between the corrupted and the clean embeddings (Hanna et al.'s EAP-IG: midpoint
-rule, α = (i + ½) / steps), as the head-level ``Patcher.edge_scores`` does.
+rule, α = (i + ½) / steps), as the head-level ``EdgePatcher.edge_scores`` does.
 
 An edge u → d is scored as EAP scores edges: u's activation difference times the gradient of
 the metric with respect to d's input *through that edge*, i.e. through the direct paths from u

@@ -4,7 +4,7 @@ A node is removed when its output is replaced, everywhere downstream, by its abl
 (zero, the per-position mean over a reference set, or the paired corrupted prompt's own
 output). That is the head-level circuit of Wang et al. (2022): the circuit's heads run, every
 other head is mean-ablated over the ABC distribution. Removing a node is the same as
-removing all of its outgoing edges in ``HeadGraph`` terms (``Patcher``), but it needs no
+removing all of its outgoing edges in ``HeadGraph`` terms (``EdgePatcher``), but it needs no
 per-head q/k/v inputs, so a pass costs what a plain forward costs; ``NodePatcher`` is the
 engine behind node-level ACDC.
 
@@ -13,7 +13,7 @@ output projection (``attn_z``), so the projection, and any post-attention norm, 
 patched value; an MLP's is its write to the residual stream (``mlp_resid``).
 
 Resuming: a pass that changes nothing below layer l can replay the layers below l from a
-recorded base run (each layer module returns its recorded output), as ``Patcher`` does.
+recorded base run (each layer module returns its recorded output), as ``EdgePatcher`` does.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``Patcher``: a model, a task and an ablation, ready to score edge sets.
+"""``EdgePatcher``: a model, a task and an ablation, ready to score edge sets.
 
 It records what every source outputs on the clean prompts and what it becomes when ablated
 (zero, mean over a reference set, or resampled from the paired corrupted prompt), the metric
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from circuits.hooks import frozen_parameters
 from circuits.models.adapter import Model
-from circuits.patching.engine import (
+from circuits.patching.edges import (
     GradRequest,
     HeadWeights,
     Prefix,
@@ -41,7 +41,7 @@ class _Chunk:
     clean_logits: Tensor  # [b, P, d_vocab]
 
 
-class Patcher:
+class EdgePatcher:
     """Evaluate edge sets of ``model`` on ``task`` at head granularity.
 
     Args:
