@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from circuits.attribution.linear import ResidualMap
+from circuits.attribution.residual_map import ResidualMap
 
 
 @dataclass

@@ -12,7 +12,7 @@ element of the compute dtype, n_a active features, B targets per batch):
 
 - freezing: attention patterns ``[L, H, P, P]`` and every norm's input and output ``[L, P, D]``;
 - encoding: pre-activations and activations ``[P, L, F]`` (``replace_mlps``);
-- the residual map: the mixing patterns ``[L, H, P, P]`` and the folded weights (``linear``);
+- the residual map: the mixing patterns ``[L, H, P, P]`` and the folded weights (``residual_map``);
 - sources: decoder vectors times activations, ``[P, D, f + 2]`` per layer for a PLT and
   ``[n_s, L - s, D]`` for a CLT (``attribute.build_sources``);
 - a batch of rows: the dense ``[B, n_slots]`` edges, the grads ``[B, P, D]`` and their

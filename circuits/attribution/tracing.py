@@ -25,7 +25,7 @@ from circuits.attribution.checks import (
     check_transcoders,
     default_transcoders,
 )
-from circuits.attribution.linear import build_residual_map
+from circuits.attribution.residual_map import build_residual_map
 from circuits.attribution.memory import TraceShape, plan_trace, resolve_budget
 from circuits.attribution.rows import RowStore, assemble, compute_rows, compute_selected_rows
 from circuits.models.adapter import Model, PromptError
