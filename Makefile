@@ -40,7 +40,7 @@ graphviz:
 setup: $(VENV)/.assets graphviz
 
 # The demo traces the IOI prompt. The first run trains the default transcoders (about 9 min on
-# 2 idle cores; `make transcoders` does only that) and caches them.
+# 2 idle AVX-512 cores, about 24 on AVX2; `make transcoders` does only that) and caches them.
 demo: setup
 	$(PY) -m circuits demo $(DEMO_ARGS)
 

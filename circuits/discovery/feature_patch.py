@@ -44,7 +44,6 @@ from circuits.attribution.checks import check_transcoders
 from circuits.hooks import (
     detached,
     hooked,
-    read_hook,
     repeat_output,
     replace_forward,
     restore,
@@ -53,6 +52,7 @@ from circuits.hooks import (
 from circuits.models.adapter import Model
 from circuits.models.arch import Location
 from circuits.replacement import as_compute
+from circuits.replacement.forward import SlotEditor, forward
 from circuits.replacement.slots import without_early_features
 from circuits.tasks.task import Task
 from transcoders.positions import FEATURE_START
@@ -326,11 +326,13 @@ class FeaturePatcher:
                  seen: dict[str, Tensor] | None = None, direct: bool = False,
                  surgery: Surgery | None = None, replay: tuple[list[Any], int] | None = None,
                  record: list[Any] | None = None) -> Tensor:
-        """Logits at the task's positions ``[K·b, n_positions, d_vocab]`` (variant-major).
+        """Logits at the task's positions ``[K·b, n_positions, d_vocab]`` (variant-major): the one
+        replacement forward (``circuits.replacement.forward``: live attention, recomputed features, live
+        errors) with this task's circuits as a dense ``SlotEditor`` (``_CircuitEditor``).
 
         Args:
             keep: ``[K, n_nodes]`` bool; None patches nothing (K = 1).
-            alpha: embeddings interpolated from corrupted (0) to clean (1).
+            alpha: embeddings interpolated from ablated (0) to clean (1).
             leaves: ``L + 1`` zero tensors ``[b, P, D]`` added to the embedding and to each MLP
                 write, so that their gradients are ∂m/∂(those)
             ids: token ids to run (default the chunk's clean prompts).
@@ -344,86 +346,17 @@ class FeaturePatcher:
             record: filled with every decoder layer's output (detached).
         """
         K = 1 if keep is None else keep.shape[0]
-        with self._hooks(chunk, keep, strength, alpha, leaves, seen, direct, surgery), \
-                self._layers(K, replay, record):
-            rows = self.chunks[chunk]
-            ids = self.task.clean[rows] if ids is None else ids
-            ids = ids.to(self.model.device).repeat(K, 1)
-            return self.model.hf(ids).logits
-
-    @contextmanager
-    def _hooks(self, chunk: int, keep: Tensor | None, strength: float, alpha: float | None,
-               leaves: list[Tensor] | None, seen: dict[str, Tensor] | None, direct: bool,
-               surgery: Surgery | None) -> Iterator[int]:
-        model, tc, spec = self.model, self.tc, self.model.spec
-        rows, L, P = self.chunks[chunk], model.n_layers, self.task.n_pos
-        K = 1 if keep is None else keep.shape[0]
-        dev, dt = model.device, model.dtype
-        positions = self.task.positions.to(dev)
-        if keep is not None:
-            k_embed, k_feat, k_err = (m.to(dev) for m in self.index.split(keep))
-            # Fraction of the way each node moves to its corrupted value: [K, ...] in the model dtype.
-            move_embed = (~k_embed).to(dt)[:, None, :, None] * strength      # [K, 1, P, 1]
-            move_feat = (~k_feat).to(dt) * strength                           # [K, L, P, F]
-            move_err = (~k_err).to(dt)[:, :, None, :, None] * strength       # [K, L, 1, P, 1]
-        cin, cout = self.tc.cfg.input_site, self.tc.cfg.output_site
-        x_in: dict[int, Tensor] = {}
-        live: dict[int, Tensor] = {}   # a_s computed from this pass's x_s   [K·b, P, F]
-        diff: dict[int, Tensor] = {}   # ablated − live activations          [K·b, P, F]
-
-        def variants(t: Tensor) -> Tensor:
-            """``[b, ...]`` → ``[K·b, ...]`` (variant-major)."""
-            return t.repeat(K, *([1] * (t.ndim - 1)))
-
-        def embed_hook(x: Tensor) -> Tensor:
-            if seen is not None:
-                seen["embed"] = x
-            if alpha is not None and alpha != 1.0:
-                corr = self.ablated.embed[rows]
-                x = corr + alpha * (x - corr)
-            if keep is not None and bool(move_embed.any()):
-                corr = variants(self.ablated.embed[rows])
-                x = x + (move_embed * (corr - x).reshape(K, -1, P, x.shape[-1])).reshape(x.shape)
-            if direct:
-                x = x.detach()
-            return x if leaves is None else x + variants(leaves[0])
-
-        def in_hook(layer: int):
-            def fn(x: Tensor) -> None:
-                x_in[layer] = x
-                if seen is not None:
-                    seen[f"in{layer}"] = x
-            return fn
-
-        def out_hook(layer: int):
-            def fn(out: Tensor) -> Tensor:
-                x = x_in[layer]
-                if seen is not None:
-                    seen[f"out{layer}"] = out
-                if direct:
-                    skip = tc.skip_layer(x, layer)
-                    out = out.detach() - skip.detach() + skip
-                if keep is not None:
-                    fix = None if surgery is None else surgery.nodes.get(layer)
-                    out = out + self._ablated_write(layer, x, out, K, rows, move_feat, move_err, live, diff, fix)
-                    if surgery is not None and layer in surgery.writes:
-                        mask, value = surgery.writes[layer]
-                        held = value + tc.skip_layer(x, layer)
-                        rows_held = mask.to(out.device).repeat_interleave(len(out) // K)
-                        out = torch.where(rows_held[:, None, None], held, out)
-                    if seen is not None:
-                        seen[f"write{layer}"], seen[f"acts{layer}"] = out, live[layer]
-                return out if leaves is None else out + variants(leaves[layer + 1])
-            return fn
-
-        handles = [write_hook(model.module("resid_pre", 0), spec.location("resid_pre", 0), embed_hook)]
-        for layer in range(L):
-            handles.append(read_hook(model.module(cin, layer), spec.location(cin, layer), in_hook(layer)))
-            handles.append(write_hook(model.module(cout, layer), spec.location(cout, layer), out_hook(layer)))
+        rows = self.chunks[chunk]
+        ids = self.task.clean[rows] if ids is None else ids
+        editor = _CircuitEditor(self, rows, keep, strength, alpha, leaves, seen, direct, surgery)
+        positions = self.task.positions.to(self.model.device)
         # Unembed only the metric's positions: the unembedding's input is cut to them.
-        handles.append(write_hook(model.module(spec.unembed), _IN, lambda h: h[:, positions]))
-        with hooked(handles):
-            yield K
+        cut = [write_hook(self.model.module(self.model.spec.unembed), _IN, lambda h: h[:, positions])]
+        with self._layers(K, replay, record), hooked(cut):
+            run = forward(self.model, self.tc, ids=ids.to(self.model.device).repeat(K, 1), attention="live",
+                          features="recompute", errors="live", editor=editor, feature_start=self.feature_start,
+                          keep_inputs=False, grad=None)
+        return run.logits
 
     @contextmanager
     def _layers(self, K: int, replay: tuple[list[Any], int] | None, record: list[Any] | None) -> Iterator[None]:
@@ -442,35 +375,96 @@ class FeaturePatcher:
         finally:
             restore(handles, replaced)
 
-    def _ablated_write(self, layer: int, x: Tensor, out: Tensor, K: int, rows: slice, move_feat: Tensor,
-                       move_err: Tensor, live: dict[int, Tensor], diff: dict[int, Tensor],
-                       fix: list[tuple[int, int, int, Tensor]] | None = None) -> Tensor:
-        """What ablation adds to layer ``layer``'s write ``[K·b, P, D]``: (ablated − live) feature
-        activations through their decoders (from this and, for a CLT, earlier layers), and
-        (corrupted − live) errors; plus the ``fix`` additions of a ``Surgery``."""
-        tc = self.tc
-        b = rows.stop - rows.start
-        shape = (K, b) + tuple(x.shape[1:-1])
-        live[layer] = without_early_features(tc.encode(x, layer).acts, self.feature_start, pos_dim=1)
-        move = move_feat[:, layer]                                       # [K, P, F]
-        corr = self.ablated.acts[layer, rows]                          # [b, P, F]
-        d = move[:, None] * (corr[None] - live[layer].reshape(*shape, -1))       # [K, b, P, F]
-        err_fix = []
-        for k, pos, f, add in fix or []:
-            if f >= 0:
-                d[k, :, pos, f] += add.to(d.dtype)
-            else:
-                err_fix.append((k, pos, add))
-        diff[layer] = d.reshape(live[layer].shape)
-        # Only the decoder rows that reach this layer: this sits in every hooked layer of every pass.
-        delta = tc.add_decoded(torch.zeros_like(out), diff, layer)
-        m_err = move_err[:, layer]                                       # [K, 1, P, 1]
-        if bool(m_err.any()):
-            recon = tc.output_at(x, live, layer)
-            e_live = (out - recon).reshape(*shape, -1)
-            e_corr = self.ablated.errors[layer, rows]
-            delta = delta + (m_err * (e_corr[None] - e_live)).reshape(out.shape)
-        for k, pos, add in err_fix:
-            delta[k * b:(k + 1) * b, pos] += add.to(delta.dtype)
-        return delta
 
+class _CircuitEditor(SlotEditor):
+    """A batch of K circuits of one prompt chunk as dense edits of the replacement forward: every node
+    a circuit ablates moves ``strength`` of the way from its live value to its ablated one (features,
+    errors, token embeddings); plus EAP-IG's interpolated embeddings, gradient leaves, direct-effect
+    passes and a ``Surgery``'s held writes and additions."""
+
+    def __init__(self, p: FeaturePatcher, rows: slice, keep: Tensor | None, strength: float, alpha: float | None,
+                 leaves: list[Tensor] | None, seen: dict[str, Tensor] | None, direct: bool,
+                 surgery: Surgery | None) -> None:
+        dev, dt = p.model.device, p.model.dtype
+        self.p, self.rows, self.tc = p, rows, p.tc
+        self.K = 1 if keep is None else keep.shape[0]
+        self.b = rows.stop - rows.start
+        self.n_rows = self.K * self.b
+        self.alpha, self.leaves, self.seen, self.direct, self.surgery = alpha, leaves, seen, direct, surgery
+        self.edits_embed = True
+        self.keep = keep is not None
+        if keep is not None:
+            k_embed, k_feat, k_err = (m.to(dev) for m in p.index.split(keep))
+            # Fraction of the way each node moves to its ablated value: [K, ...] in the model dtype.
+            self.move_embed = (~k_embed).to(dt)[:, None, :, None] * strength      # [K, 1, P, 1]
+            self.move_feat = (~k_feat).to(dt) * strength                           # [K, L, P, F]
+            self.move_err = (~k_err).to(dt)[:, :, None, :, None] * strength       # [K, L, 1, P, 1]
+        self.fixes = {layer: [f for f in fixes if f[2] >= 0] for layer, fixes in
+                      (surgery.nodes.items() if surgery is not None else [])}
+        self.err_fixes = {layer: [f for f in fixes if f[2] < 0] for layer, fixes in
+                          (surgery.nodes.items() if surgery is not None else [])}
+        self.natural: dict[int, Tensor] = {}
+
+    def _variants(self, t: Tensor) -> Tensor:
+        """``[b, ...]`` → ``[K·b, ...]`` (variant-major)."""
+        return t.repeat(self.K, *([1] * (t.ndim - 1)))
+
+    def _by_variant(self, t: Tensor) -> Tensor:
+        return t.reshape(self.K, self.b, *t.shape[1:])
+
+    def embed(self, x: Tensor) -> Tensor:
+        if self.seen is not None:
+            self.seen["embed"] = x
+        if self.alpha is not None and self.alpha != 1.0:
+            abl = self._variants(self.p.ablated.embed[self.rows])
+            x = abl + self.alpha * (x - abl)
+        if self.keep and bool(self.move_embed.any()):
+            abl = self.p.ablated.embed[self.rows]
+            x = x + (self.move_embed * (abl[None] - self._by_variant(x))).reshape(x.shape)
+        if self.direct:
+            x = x.detach()
+        return x if self.leaves is None else x + self._variants(self.leaves[0])
+
+    def real(self, layer: int, real: Tensor, x: Tensor) -> Tensor:
+        if self.seen is not None:
+            self.seen[f"in{layer}"], self.seen[f"out{layer}"] = x, real
+        if self.direct:
+            skip = self.tc.skip_layer(x, layer)
+            real = real.detach() - skip.detach() + skip
+        return real
+
+    def features(self, layer: int, acts: Tensor) -> Tensor:
+        self.natural[layer] = acts
+        fixes = self.fixes.get(layer)
+        if not self.keep and not fixes:
+            return acts
+        d = self._by_variant(acts)
+        if self.keep:
+            d = self.move_feat[:, layer, None] * (self.p.ablated.acts[layer, self.rows][None] - d)   # [K, b, P, F]
+        else:
+            d = torch.zeros_like(d)
+        for k, pos, f, add in fixes or []:
+            d[k, :, pos, f] += add.to(d.dtype)
+        return acts + d.reshape(acts.shape)
+
+    def edits_errors(self, layer: int) -> bool:
+        return (self.keep and bool(self.move_err[:, layer].any())) or bool(self.err_fixes.get(layer))
+
+    def error(self, layer: int, err: Tensor) -> Tensor:
+        if self.keep:
+            e = self._by_variant(err)
+            err = err + (self.move_err[:, layer] * (self.p.ablated.errors[layer, self.rows][None] - e)).reshape(err.shape)
+        for k, pos, _, add in self.err_fixes.get(layer, []):
+            err = err.clone()
+            err[k * self.b:(k + 1) * self.b, pos] += add.to(err.dtype)
+        return err
+
+    def write(self, layer: int, write: Tensor, x: Tensor, acts: Tensor) -> Tensor:
+        if self.surgery is not None and layer in self.surgery.writes:
+            mask, value = self.surgery.writes[layer]
+            held = value + self.tc.skip_layer(x, layer)
+            rows_held = mask.to(write.device).repeat_interleave(self.b)
+            write = torch.where(rows_held[:, None, None], held, write)
+        if self.seen is not None and self.keep:
+            self.seen[f"write{layer}"], self.seen[f"acts{layer}"] = write, self.natural[layer]
+        return write if self.leaves is None else write + self._variants(self.leaves[layer + 1])

@@ -44,6 +44,7 @@ What each caller runs, and what its "effect" means:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
@@ -53,7 +54,14 @@ from torch import Tensor, nn
 from circuits.hooks import first_input, hooked, read_hook, write_hook
 from circuits.models.adapter import Model
 from circuits.models.arch import Location
-from circuits.replacement.edits import AblationValues, EditBuilder, Edits, PatchError, ablation_edits, ablation_values
+from circuits.replacement.edits import (
+    AblationValues,
+    EditBuilder,
+    Edits,
+    PatchError,
+    ablation_edits,
+    ablation_values,
+)
 from circuits.replacement.freeze import FrozenForward, FrozenNorm
 from circuits.replacement.slots import MlpReplacement, check_feature_start, eval_mode, without_early_features
 from circuits.replacement.state import CleanState
@@ -80,11 +88,11 @@ class ReplacementRun(NamedTuple):
     """``[B, T, n_layers, d_features]`` every feature's encoder pre-activation on its input (``keep_pre_acts``)."""
 
 
-@torch.no_grad()
-def forward(model: Model, transcoders: nn.Module, *, attention: Attention, features: FeatureMode, errors: ErrorMode,
-            clean: CleanState | None = None, ids: Tensor | None = None, edits: Edits | None = None,
-            acts: Tensor | None = None, error_values: Tensor | None = None, embed: Tensor | None = None,
-            feature_start: int | None = None, keep_acts: bool = False, keep_pre_acts: bool = False) -> ReplacementRun:
+def forward(model: Model, transcoders: nn.Module | None, *, attention: Attention, features: FeatureMode,
+            errors: ErrorMode, clean: CleanState | None = None, ids: Tensor | None = None, edits: Edits | None = None,
+            editor: SlotEditor | None = None, acts: Tensor | None = None, error_values: Tensor | None = None,
+            embed: Tensor | None = None, feature_start: int | None = None, keep_acts: bool = False,
+            keep_pre_acts: bool = False, keep_inputs: bool = True, grad: bool | None = False) -> ReplacementRun:
     """The replacement model of ``model`` with ``transcoders`` in its MLP slots (module docstring).
 
     Args:
@@ -96,13 +104,28 @@ def forward(model: Model, transcoders: nn.Module, *, attention: Attention, featu
             live attention and recomputed features), or ``[B, T]`` rows of text (without ``clean``).
             Default: the clean prompt.
         edits: ``scale * value + add`` edits, one edit set per batch row (``circuits.replacement.edits``).
+        editor: a ``SlotEditor`` instead of ``edits``: dense edits at every slot (feature discovery's
+            circuits, batched over prompts and circuits), with its own ``n_rows``.
         acts: ``[B, P, L, F]`` activations to hold fixed instead of the clean ones (``features="frozen"``).
         error_values: ``[B, L, P, D]`` error vectors instead of the clean ones (``errors="clean"``).
         embed: ``[B, P, D]`` residual stream entering layer 0 instead of the real one.
         feature_start: positions before it have no features; default ``clean``'s, else ``FEATURE_START``.
         keep_acts, keep_pre_acts: also return every activation / pre-activation (``B*T*L*F`` numbers each).
+        keep_inputs: return ``mlp_in`` (else an empty tensor; ``B*L*T*D`` numbers).
+        grad: run with autograd on (gradients of a metric with respect to what an editor adds), off
+            (the default), or None: as the caller has it.
     All run in the model's dtype, on its device.
     """
+    mode = contextlib.nullcontext() if grad is None else torch.enable_grad() if grad else torch.no_grad()
+    with mode:
+        return _forward(model, transcoders, attention, features, errors, clean, ids, edits, editor, acts,
+                        error_values, embed, feature_start, keep_acts, keep_pre_acts, keep_inputs)
+
+
+def _forward(model: Model, transcoders: nn.Module | None, attention: Attention, features: FeatureMode,
+             errors: ErrorMode, clean: CleanState | None, ids: Tensor | None, edits: Edits | None,
+             editor: SlotEditor | None, acts: Tensor | None, error_values: Tensor | None, embed: Tensor | None,
+             feature_start: int | None, keep_acts: bool, keep_pre_acts: bool, keep_inputs: bool) -> ReplacementRun:
     _check_modes(attention, features, errors, clean, acts, error_values)
     tc = clean.transcoders if clean is not None else transcoders
     start = check_feature_start(clean.feature_start if feature_start is None and clean is not None
@@ -114,12 +137,15 @@ def forward(model: Model, transcoders: nn.Module, *, attention: Attention, featu
     if T > P and (attention == "frozen" or features != "recompute"):
         raise PatchError("positions past the prompt have no frozen attention or clean activations: run longer "
                          "sequences with attention='live' and features='recompute'")
-    B = _batch(rows, edits, acts, error_values, embed)
+    if editor is not None and edits is not None:
+        raise PatchError("pass edits= or editor=, not both")
+    B = _batch(rows, edits if editor is None else editor, acts, error_values, embed)
     if rows.shape[0] not in (1, B):
         raise PatchError(f"{rows.shape[0]} token rows but {B} edit rows: pass one prompt, or one edit set per row")
-    edits = edits if edits is not None else EditBuilder(B, model.d_model).build(dev, dt)
-    _check_edits(edits, L, T, int(tc.cfg.d_features), start)
-    by_layer = _split_by_layer(edits, L)
+    if editor is None:
+        edits = edits if edits is not None else EditBuilder(B, model.d_model).build(dev, dt)
+        _check_edits(edits, L, T, int(tc.cfg.d_features), start)
+        editor = SparseEditor(edits, L, None if embed is None else embed.to(dev, dt))
     mlps: MlpReplacement | None = clean.mlps if clean is not None else None
     base_err = None
     if errors == "clean":
@@ -134,13 +160,9 @@ def forward(model: Model, transcoders: nn.Module, *, attention: Attention, featu
     if attention == "frozen":
         handles += frozen_attention_hooks(model, clean.frozen, dev, dt)  # type: ignore[union-attr]
     handles.append(read_hook(model.norm("ln_final"), _OUT, final.append))  # after the final norm's freeze
-    if embed is not None or len(edits.tokens):
-        def edit_embed(x: Tensor) -> Tensor:
-            x = (x if embed is None else embed.to(dev, dt)).expand(B, -1, -1).clone()
-            r, p = edits.tokens.T
-            x[r, p] = edits.token_scale[:, None] * x[r, p] + edits.token_add
-            return x
-        handles.append(write_hook(model.module("resid_pre", 0), spec.location("resid_pre", 0), edit_embed))
+    if editor.edits_embed:
+        handles.append(write_hook(model.module("resid_pre", 0), spec.location("resid_pre", 0),
+                                  lambda x: editor.embed(x.expand(B, -1, -1))))
 
     for layer in range(L):
         def keep_in(x: Tensor, layer: int = layer) -> None:
@@ -148,6 +170,7 @@ def forward(model: Model, transcoders: nn.Module, *, attention: Attention, featu
 
         def mlp_write(real: Tensor, layer: int = layer) -> Tensor:
             x = seen_in[layer].expand(B, -1, -1)
+            real = editor.real(layer, real.expand(B, -1, -1), x)
             if features == "frozen":
                 a = fixed[:, :, layer] if fixed is not None else mlps.acts[None, :, layer].expand(B, -1, -1)  # type: ignore[union-attr]
             else:
@@ -157,17 +180,19 @@ def forward(model: Model, transcoders: nn.Module, *, attention: Attention, featu
                 else:
                     a = without_early_features(tc.activate(pre, layer), start, pos_dim=1)
             natural[layer] = a
-            r, p, f, scale, add = by_layer["features"][layer]
-            if len(r):
-                a = a.clone()
-                a[r, p, f] = scale * a[r, p, f] + add
-            used[layer] = a
-            err = _error(errors, base_err, layer, real.expand(B, -1, -1), x, tc, natural, P, T, start)
-            r, p, scale, add = by_layer["errors"][layer]
-            if len(r):
-                err = err.clone()
-                err[r, p] = scale[:, None] * err[r, p] + add
-            return tc.output_at(x, used, layer) + err
+            used[layer] = editor.features(layer, a)
+            if errors == "live" and T == P:
+                # The true write plus what the edits change: exactly the model when nothing is edited.
+                out = real + _decoded_change(tc, used, natural, layer)
+                if editor.edits_errors(layer):
+                    live = real - tc.output_at(x, natural, layer)
+                    out = out + (editor.error(layer, live) - live)
+            else:
+                err = _error(errors, base_err, layer, real, x, tc, natural, P, T, start)
+                if editor.edits_errors(layer):
+                    err = editor.error(layer, err)
+                out = tc.output_at(x, used, layer) + err
+            return editor.write(layer, out, x, used[layer])
 
         in_loc = spec.location(tc.cfg.input_site, layer)
         out_loc = spec.location(tc.cfg.output_site, layer)
@@ -176,10 +201,21 @@ def forward(model: Model, transcoders: nn.Module, *, attention: Attention, featu
 
     with eval_mode(tc), hooked(handles):
         logits = model.hf(rows.to(dev).expand(B, -1)).logits
-    mlp_in = torch.stack([seen_in[l].expand(B, -1, -1) for l in range(L)], dim=1)
+    mlp_in = (torch.stack([seen_in[l].expand(B, -1, -1) for l in range(L)], dim=1) if keep_inputs or keep_pre_acts
+              else logits.new_empty(0))
     kept = torch.stack([used[l] for l in range(L)], dim=2) if keep_acts else None
     pre_acts = torch.stack([tc.pre_acts(mlp_in[:, l], l) for l in range(L)], dim=2) if keep_pre_acts else None
     return ReplacementRun(logits, final[-1], mlp_in, kept, pre_acts)
+
+
+def _decoded_change(tc: nn.Module, used: dict[int, Tensor], natural: dict[int, Tensor], layer: int) -> Tensor | float:
+    """What the edited activations of the layers writing to ``layer`` change in its write: their
+    difference from the natural ones through the decoders (0 when none was edited)."""
+    change: Tensor | float = 0.0
+    for s in tc.sources(layer):
+        if used[s] is not natural[s]:
+            change = change + (used[s] - natural[s]) @ tc.decoder_at(s, layer)
+    return change
 
 
 def _error(mode: ErrorMode, base: Tensor | None, layer: int, real: Tensor, x: Tensor, tc: nn.Module,
@@ -196,6 +232,68 @@ def _error(mode: ErrorMode, base: Tensor | None, layer: int, real: Tensor, x: Te
     none = torch.zeros_like(live)
     none[:, :start] = live[:, :start]
     return none
+
+
+class SlotEditor:
+    """Where edits reach into the forward pass; this base edits nothing. Every method gets and returns
+    batch-major tensors of the pass's ``n_rows`` rows: ``embed`` the residual entering layer 0
+    ``[B, T, D]``; per MLP slot, ``real`` the true MLP write (errors are formed from it), ``features``
+    the natural activations ``[B, T, F]`` (return the ones to write with), ``error`` the error term
+    ``[B, T, D]`` (asked only where ``edits_errors``), and ``write`` what the slot writes, last."""
+
+    n_rows: int = 1
+    edits_embed: bool = False
+
+    def embed(self, x: Tensor) -> Tensor:
+        return x
+
+    def real(self, layer: int, real: Tensor, x: Tensor) -> Tensor:
+        return real
+
+    def features(self, layer: int, acts: Tensor) -> Tensor:
+        return acts
+
+    def edits_errors(self, layer: int) -> bool:
+        return False
+
+    def error(self, layer: int, err: Tensor) -> Tensor:
+        return err
+
+    def write(self, layer: int, write: Tensor, x: Tensor, acts: Tensor) -> Tensor:
+        return write
+
+
+class SparseEditor(SlotEditor):
+    """``Edits`` (``scale * value + add`` per edited value and row) as a ``SlotEditor``; ``embed``
+    ``[B, P, D]`` replaces the residual entering layer 0 before the token edits."""
+
+    def __init__(self, edits: Edits, n_layers: int, embed: Tensor | None = None) -> None:
+        self.edits, self.n_rows, self._embed = edits, edits.n_rows, embed
+        self.edits_embed = embed is not None or len(edits.tokens) > 0
+        self._by_layer = _split_by_layer(edits, n_layers)
+
+    def embed(self, x: Tensor) -> Tensor:
+        x = (x if self._embed is None else self._embed).expand(self.n_rows, -1, -1).clone()
+        r, p = self.edits.tokens.T
+        x[r, p] = self.edits.token_scale[:, None] * x[r, p] + self.edits.token_add
+        return x
+
+    def features(self, layer: int, acts: Tensor) -> Tensor:
+        r, p, f, scale, add = self._by_layer["features"][layer]
+        if not len(r):
+            return acts
+        acts = acts.clone()
+        acts[r, p, f] = scale * acts[r, p, f] + add
+        return acts
+
+    def edits_errors(self, layer: int) -> bool:
+        return len(self._by_layer["errors"][layer][0]) > 0
+
+    def error(self, layer: int, err: Tensor) -> Tensor:
+        r, p, scale, add = self._by_layer["errors"][layer]
+        err = err.clone()
+        err[r, p] = scale[:, None] * err[r, p] + add
+        return err
 
 
 def _check_modes(attention: str, features: str, errors: str, clean: CleanState | None, acts: Tensor | None,
@@ -234,7 +332,7 @@ def _token_rows(clean: CleanState | None, ids: Tensor | Sequence[int] | None, de
     return rows
 
 
-def _batch(rows: Tensor, edits: Edits | None, *tensors: Tensor | None) -> int:
+def _batch(rows: Tensor, edits: Edits | SlotEditor | None, *tensors: Tensor | None) -> int:
     sizes = {t.shape[0] for t in tensors if t is not None} | ({edits.n_rows} if edits is not None else set())
     if rows.shape[0] > 1:
         sizes.add(rows.shape[0])
