@@ -34,9 +34,9 @@ from benchmarks.machine import print_machine
 
 from circuits import load_model
 from circuits.discovery import acdc, attribution_circuit
-from circuits.discovery.prune import prune_dead, top_edges
-from circuits.discovery.acdc_nodes import acdc_nodes
-from circuits.discovery.nodes import eap_nodes
+from circuits.discovery.heads.prune import prune_dead, top_edges
+from circuits.discovery.heads.acdc_nodes import acdc_nodes
+from circuits.discovery.heads.nodes import eap_nodes
 from circuits.patching.nodes import NodePatcher
 from circuits.patching import MIB_BUDGETS, EdgePatcher, area_under_curve
 from circuits.tasks import ioi

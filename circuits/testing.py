@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from circuits.discovery.circuit import Circuit
-from circuits.discovery.node_circuit import NodeCircuit
+from circuits.discovery.heads.circuit import Circuit
+from circuits.discovery.heads.node_circuit import NodeCircuit
 from circuits.known import KnownCircuit
 from circuits.known import load as load_known
 

@@ -35,9 +35,9 @@ from circuits import (
     transcoders_cli,
 )
 from circuits.discovery import Circuit
-from circuits.discovery.circuit import CircuitFileError
+from circuits.discovery.heads.circuit import CircuitFileError
 from circuits.discovery.feature_graph import FeatureCircuit, FeatureCircuitFileError
-from circuits.discovery.node_circuit import NodeCircuit
+from circuits.discovery.heads.node_circuit import NodeCircuit
 from circuits.labels import FeatureLabels, fingerprint, load_labels
 from circuits.patching import EdgePatcher
 from circuits.tasks.task import Task, logit_diff

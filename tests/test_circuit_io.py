@@ -11,7 +11,7 @@ from _threads import one_thread  # noqa: F401
 from planted import PLANTED_EDGES, V, planted_induction_model
 
 from circuits.discovery import Circuit, attribution_circuit
-from circuits.discovery.circuit import CircuitFileError, nan_matrix
+from circuits.discovery.heads.circuit import CircuitFileError, nan_matrix
 from circuits.patching import HeadGraph, EdgePatcher
 from circuits.tasks import induction
 

@@ -8,7 +8,7 @@ import torch
 from _threads import one_thread  # noqa: F401
 
 from circuits.discovery import attribution_circuit
-from circuits.discovery.prune import prune_dead
+from circuits.discovery.heads.prune import prune_dead
 from circuits.patching import EdgePatcher
 from circuits.probes import ioi_attention_scores, ioi_copying_scores, top_heads
 from circuits.tasks import ioi

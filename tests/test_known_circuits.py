@@ -8,7 +8,7 @@ from _threads import one_thread  # noqa: F401
 from planted import V, planted_induction_model
 
 from circuits.discovery import Circuit
-from circuits.discovery.circuit import nan_matrix
+from circuits.discovery.heads.circuit import nan_matrix
 from circuits.known import compare, load, roc_auc
 from circuits.patching import HeadGraph
 from circuits.probes import copying_scores, repeated_token_scores, top_heads

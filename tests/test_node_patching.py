@@ -12,7 +12,7 @@ from _threads import one_thread  # noqa: F401
 from planted import V, planted_induction_model
 
 from circuits import tiny_model
-from circuits.discovery.acdc_nodes import acdc_nodes
+from circuits.discovery.heads.acdc_nodes import acdc_nodes
 from circuits.patching import EdgePatcher
 from circuits.patching.nodes import NodePatcher, node_forward
 from circuits.tasks import induction
@@ -152,7 +152,7 @@ def test_discover_at_node_level():
 
 
 def test_node_circuit_golden_round_trip(tmp_path, monkeypatch):
-    from circuits.discovery.node_circuit import NodeCircuit
+    from circuits.discovery.heads.node_circuit import NodeCircuit
     from circuits.testing import assert_matches_golden
 
     model = planted_induction_model(second_head=0.5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from circuits.discovery import Circuit
-from circuits.discovery.circuit import nan_matrix
+from circuits.discovery.heads.circuit import nan_matrix
 from circuits.known import load as load_known
 from circuits.patching import HeadGraph
 from circuits.testing import UPDATE_GOLDEN_ENV, assert_circuit, assert_matches_golden

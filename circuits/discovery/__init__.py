@@ -17,16 +17,22 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
-from circuits.discovery.acdc import acdc
-from circuits.discovery.circuit import Circuit
-from circuits.discovery.eap import attribution_circuit, measure_effects
-from circuits.discovery.edges import EdgeMethod, discover_edges
 from circuits.discovery.feature_graph import FeatureCircuit, FeatureEdge, FeatureNode
 from circuits.discovery.feature_patch import FeaturePatcher
 from circuits.discovery.features import discover_features
-from circuits.discovery.node_circuit import NodeCircuit
-from circuits.discovery.nodes import discover_nodes
-from circuits.discovery.prune import prune_dead, reaches_logits, top_edges
+from circuits.discovery.heads import (
+    Circuit,
+    EdgeMethod,
+    NodeCircuit,
+    acdc,
+    attribution_circuit,
+    discover_edges,
+    discover_nodes,
+    measure_effects,
+    prune_dead,
+    reaches_logits,
+    top_edges,
+)
 from circuits.models.adapter import Model
 from circuits.tasks.task import Task
 

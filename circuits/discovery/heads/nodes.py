@@ -7,8 +7,8 @@ from typing import Literal
 
 import torch
 
-from circuits.discovery.acdc_nodes import acdc_nodes
-from circuits.discovery.node_circuit import NodeCircuit
+from circuits.discovery.heads.acdc_nodes import acdc_nodes
+from circuits.discovery.heads.node_circuit import NodeCircuit
 from circuits.discovery.options import FIXED, check_method, check_patcher, reject
 from circuits.models.adapter import Model
 from circuits.patching.metrics import faithfulness

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from circuits.discovery.circuit import Circuit, nan_matrix
-from circuits.discovery.prune import prune_dead, top_edges
+from circuits.discovery.heads.circuit import Circuit, nan_matrix
+from circuits.discovery.heads.prune import prune_dead, top_edges
 from circuits.patching.metrics import faithfulness
 from circuits.patching.edge_patcher import EdgePatcher
 

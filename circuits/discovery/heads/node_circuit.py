@@ -13,7 +13,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from circuits.discovery.circuit import Circuit, nan_matrix
+from circuits.discovery.heads.circuit import Circuit, nan_matrix
 from circuits.patching.graph import HeadGraph
 from circuits.patching.nodes import NodePatcher
 from transcoders.writes import write_json

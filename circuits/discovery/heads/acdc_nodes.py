@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from circuits.discovery.node_circuit import NodeCircuit
+from circuits.discovery.heads.node_circuit import NodeCircuit
 from circuits.patching.metrics import faithfulness
 from circuits.patching.nodes import NodePatcher, droppable_nodes, strongest_nodes
 

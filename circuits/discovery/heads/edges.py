@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from circuits.discovery.acdc import acdc
-from circuits.discovery.circuit import Circuit
-from circuits.discovery.eap import attribution_circuit
+from circuits.discovery.heads.acdc import acdc
+from circuits.discovery.heads.circuit import Circuit
+from circuits.discovery.heads.eap import attribution_circuit
 from circuits.discovery.options import FIXED, check_method, check_patcher, reject
 from circuits.models.adapter import Model
 from circuits.patching.edge_patcher import Ablation, EdgePatcher, MetricName
