@@ -1,9 +1,10 @@
 """The one hook toolkit: read a tensor at an architecture-map location, replace it, shadow a
 module's forward for one pass, and undo all of it.
 
-Every engine (freezing, the replacement model's forward, head-edge and node patching, feature
-discovery) installs and removes its hooks through here, so the rules "an input is the first
-positional argument, an output may be a tuple" and "put back what was there" live in one place.
+Every engine (the models' recording for harvest, freezing, the replacement model's forward,
+head-edge and node patching, feature discovery, evaluation) installs and removes its hooks
+through here, so the rules "an input is the first positional argument, an output may be a tuple"
+and "put back what was there" live in one place.
 """
 
 from __future__ import annotations

@@ -48,11 +48,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("graphs.convert", "graphs.viewer", "graphs.draw", "graphs.summary"),
     ("graphs.graph",),
     ("graphs.files", "graphs.__init__"),
-    # circuits: models and tasks; the replacement model (hooks, ablations, transcoders in place of
-    # the MLPs, feature labels); attribution graphs; patching; circuit discovery, interventions,
-    # probes, known circuits; the command lines and the package.
+    # circuits: the hook toolkit (every engine's, the models' recording included); models and tasks;
+    # the replacement model (ablations, transcoders in place of the MLPs, feature labels); attribution
+    # graphs; patching; circuit discovery, interventions, probes, known circuits; the command lines
+    # and the package.
+    ("circuits.hooks",),
     ("circuits.models", "circuits.tasks"),
-    ("circuits.hooks", "circuits.ablation", "circuits.replacement", "circuits.labels"),
+    ("circuits.ablation", "circuits.replacement", "circuits.labels"),
     ("circuits.attribution",),
     ("circuits.patching",),
     ("circuits.discovery", "circuits.intervention", "circuits.probes", "circuits.known"),

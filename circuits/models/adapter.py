@@ -7,7 +7,7 @@ tensor lives.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +16,7 @@ import torch
 from nnsight.modeling.transformers import TransformersModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from circuits.hooks import hooked, read_hook
 from circuits.models.arch import SITE_ORDER, ArchSpec, Location, spec_for
 
 
@@ -186,35 +187,23 @@ class Model:
                               f"{self.dims.n_ctx}: shorten it. Fix: pass at most {self.dims.n_ctx} positions.")
         located = {key: self.spec.location(*key) for key in set(sites)}
         saved: dict[SiteKey, torch.Tensor] = {}
-        handles = []
 
-        def capture(key: SiteKey, loc: Location, value: object) -> None:
-            if isinstance(value, tuple):
-                value = value[loc.index or 0]
-            if value is None:  # attention returns (out, None) unless it runs eagerly
-                raise RuntimeError(f"{self.name} returned no {key[0]} at layer {key[1]}: load it with "
-                                   "attn_implementation='eager' (circuits.load_model does)")
-            saved[key] = value.detach()  # type: ignore[union-attr]
-            if stop_early and len(saved) == len(located):
-                raise _StopForward
+        def capture(key: SiteKey) -> Callable[[torch.Tensor], None]:
+            def fn(value: torch.Tensor | None) -> None:
+                if value is None:  # attention returns (out, None) unless it runs eagerly
+                    raise RuntimeError(f"{self.name} returned no {key[0]} at layer {key[1]}: load it with "
+                                       "attn_implementation='eager' (circuits.load_model does)")
+                saved[key] = value.detach()
+                if stop_early and len(saved) == len(located):
+                    raise _StopForward
+            return fn
 
-        for key, loc in located.items():
-            module = self.hf.get_submodule(loc.path)
-            if loc.io == "input":
-                def pre_hook(_m, args, kwargs, key=key, loc=loc):
-                    # Layers are called with the residual as a keyword in newer transformers.
-                    value = args[loc.index or 0] if len(args) > (loc.index or 0) else next(iter(kwargs.values()))
-                    capture(key, Location(loc.path, loc.io, None), value)
-                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(lambda _m, _a, out, key=key, loc=loc: capture(key, loc, out)))
-        try:
-            self.hf(ids.to(self.device))
-        except _StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        handles = [read_hook(self.hf.get_submodule(loc.path), loc, capture(key)) for key, loc in located.items()]
+        with hooked(handles):
+            try:
+                self.hf(ids.to(self.device))
+            except _StopForward:
+                pass
         return saved
 
     def _read(self, loc: Location):
