@@ -36,7 +36,7 @@ from circuits import (
 )
 from circuits.discovery import Circuit
 from circuits.discovery.heads.circuit import CircuitFileError
-from circuits.discovery.feature_graph import FeatureCircuit, FeatureCircuitFileError
+from circuits.discovery.features.graph import FeatureCircuit, FeatureCircuitFileError
 from circuits.discovery.heads.node_circuit import NodeCircuit
 from circuits.labels import FeatureLabels, fingerprint, load_labels
 from circuits.patching import EdgePatcher
@@ -393,7 +393,7 @@ def test_damaged_circuit_file(reader, error: type[Exception], says: str, content
 
 
 def test_feature_circuit_file_missing_fields(tmp_path: Path) -> None:
-    from circuits.discovery.feature_graph import FORMAT, VERSION
+    from circuits.discovery.features.graph import FORMAT, VERSION
 
     path = tmp_path / "circuit.json"
     path.write_text(f'{{"format": "{FORMAT}", "version": {VERSION}, "nodes": []}}')

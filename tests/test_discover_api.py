@@ -218,7 +218,7 @@ def test_a_patcher_is_reused_only_where_it_agrees(heads, features):
     p = EdgePatcher(model, task)
     c = discover_edges(model, task, method="eap", tau=0.05, patcher=p, ablation="resample", progress=False)
     assert {e["name"] for e in c.edges} == set(PLANTED_EDGES)
-    with pytest.raises(ValueError, match=r"ablation='mean' \(the patcher's: 'resample'\)"):
+    with pytest.raises(ValueError, match=r"ablation='mean' \(the patcher ablates with 'resample'\)"):
         discover_edges(model, task, method="eap", patcher=p, ablation="mean")
     with pytest.raises(ValueError, match="split_qkv=False"):
         discover_edges(model, task, method="eap", patcher=p, split_qkv=False)
@@ -229,9 +229,9 @@ def test_a_patcher_is_reused_only_where_it_agrees(heads, features):
     with pytest.raises(TypeError, match="instance of NodePatcher, got EdgePatcher"):
         discover_nodes(model, task, patcher=p)
     nodes = NodePatcher(model, task, ablation="resample")
-    with pytest.raises(ValueError, match=r"ablation='mean' \(the patcher's: 'resample'\)"):
+    with pytest.raises(ValueError, match=r"ablation='mean' \(the patcher ablates with 'resample'\)"):
         discover_nodes(model, task, patcher=nodes, ablation="mean")
-    with pytest.raises(ValueError, match="precision='bf16'"):
+    with pytest.raises(ValueError, match=r"precision='bf16' \(the patcher's: 'fp32'\)"):
         discover_nodes(model, task, patcher=nodes, precision="bf16")
     with pytest.raises(TypeError, match="instance of EdgePatcher, got NodePatcher"):
         discover_edges(model, task, patcher=nodes)

@@ -19,7 +19,7 @@ from _threads import one_thread  # noqa: F401
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from circuits.discovery import FeatureCircuit, FeaturePatcher, discover, discover_features
-from circuits.discovery.feature_scores import LOGITS, edge_scores, node_scores
+from circuits.discovery.features.scores import LOGITS, edge_scores, node_scores
 from circuits.models.adapter import Model
 from circuits.models.tiny import tiny_model, tiny_tokenizer
 from circuits.tasks.task import Task, logit_diff
@@ -298,7 +298,7 @@ def test_edge_scores_follow_the_direct_paths(tiny):
 
 
 def test_edge_effects_are_measured_and_match_scores_to_first_order(tiny):
-    from circuits.discovery.feature_edges import measure_edges
+    from circuits.discovery.features.edges import measure_edges
 
     p = tiny
     scores, grads = node_scores(p, "eap")

@@ -8,7 +8,9 @@ One entry point per kind of circuit, each taking only the keywords that apply to
 - ``discover_features(model, task, transcoders, ...) -> FeatureCircuit``: transcoder features, errors
   and token embeddings of the replacement model, with the edges among them.
 
-``discover`` dispatches to them by ``granularity`` and ``level``.
+``discover`` dispatches to them by ``granularity`` and ``level``. The head-level modules live in
+``circuits.discovery.heads``, the feature-level ones in ``circuits.discovery.features``, and the
+keyword checks they share in ``circuits.discovery.options``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
-from circuits.discovery.feature_graph import FeatureCircuit, FeatureEdge, FeatureNode
-from circuits.discovery.feature_patch import FeaturePatcher
-from circuits.discovery.features import discover_features
+from circuits.discovery.features import FeatureCircuit, FeatureEdge, FeatureNode, FeaturePatcher, discover_features
 from circuits.discovery.heads import (
     Circuit,
     EdgeMethod,

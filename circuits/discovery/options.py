@@ -45,8 +45,14 @@ def check_patcher(entry: str, patcher: Any, kind: type, model: Any, task: Any,
         raise ValueError(f"{entry}: the patcher was built for another model or task. Fix: pass the model and "
                          "task it was built for, or leave patcher= out.")
     fixes = fixed(patcher)
-    clash = [f"{name}={value!r}" + ("" if own is FIXED else f" (the patcher's: {own!r})")
+    clash = [f"{name}={value!r}" + _own(name, own)
              for name, (value, own) in fixes.items() if value is not None and (own is FIXED or value != own)]
     if clash:
         raise ValueError(f"{entry}: the patcher fixes {', '.join(fixes)}; got {', '.join(clash)}. Fix: leave "
                          "them out (the patcher's apply), or build a patcher with them.")
+
+
+def _own(name: str, own: Any) -> str:
+    if own is FIXED:
+        return ""
+    return f" (the patcher ablates with {own!r})" if name == "ablation" else f" (the patcher's: {own!r})"

@@ -4,8 +4,8 @@ Nodes are token embeddings, transcoder features and errors at a position, named 
 graphs name them (``T@{pos}``, ``F{layer}.{feature}@{pos}``, ``E{layer}@{pos}``), plus ``logits``
 for the metric. Each kept node carries its attribution ``score`` (EAP/EAP-IG: an estimate of
 m(node ablated) − m(M)) and its measured ``effect`` (the metric's change when it is ablated from
-the circuit). Edges carry their EAP ``weight`` (see ``feature_scores``) and their measured
-``effect`` (path patching, see ``feature_edges``; NaN when not measured).
+the circuit). Edges carry their EAP ``weight`` (see ``scores``) and their measured
+``effect`` (path patching, see ``edges``; NaN when not measured).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from circuits.discovery.feature_patch import NodeIndex
+from circuits.discovery.features.patcher import NodeIndex
 from transcoders.writes import nan_if_none, write_json
 
 

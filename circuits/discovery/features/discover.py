@@ -2,9 +2,9 @@
 
 Nodes are token embeddings, transcoder features and errors, each at a position (prompts of a
 task share one length, so positions line up); ablation fixes a node to its value on the paired
-corrupted prompt, and kept nodes run live (see ``feature_patch``).
+corrupted prompt, and kept nodes run live (see ``patcher``).
 
-- EAP / EAP-IG: score every node (``feature_scores.node_scores``); keep those with
+- EAP / EAP-IG: score every node (``scores.node_scores``); keep those with
   |score| ≥ tau (or the ``top_n`` strongest).
 - ACDC: testing every feature is infeasible (L·P·F nodes), so only the ``candidates`` nodes with
   the largest EAP-IG |score| are tested; every other node is ablated from the start. Candidates
@@ -14,9 +14,9 @@ corrupted prompt, and kept nodes run live (see ``feature_patch``).
   test at layer l replays the layers below l from one recorded run (per-layer transcoders).
 
 Then, for every method: edges among the kept nodes and into the logits get EAP edge scores
-(``feature_scores.edge_scores``; at the clean input whatever the method, so one backward pass per
+(``scores.edge_scores``; at the clean input whatever the method, so one backward pass per
 kept node), those with |weight| ≥ ``edge_tau`` are kept and their effects
-measured by path patching (``feature_edges``), and the circuit's faithfulness is measured by
+measured by path patching (``edges``), and the circuit's faithfulness is measured by
 ablating everything else.
 """
 
@@ -32,10 +32,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from circuits.discovery.feature_edges import measure_edges
-from circuits.discovery.feature_graph import LOGITS_NAME, FeatureCircuit, FeatureEdge, FeatureNode
-from circuits.discovery.feature_patch import Ablation, FeaturePatcher
-from circuits.discovery.feature_scores import LOGITS, edge_scores, node_scores
+from circuits.discovery.features.edges import measure_edges
+from circuits.discovery.features.graph import LOGITS_NAME, FeatureCircuit, FeatureEdge, FeatureNode
+from circuits.discovery.features.patcher import Ablation, FeaturePatcher
+from circuits.discovery.features.scores import LOGITS, edge_scores, node_scores
 from circuits.discovery.options import check_method, check_patcher, reject
 from circuits.models.adapter import Model
 from circuits.patching.metrics import faithfulness

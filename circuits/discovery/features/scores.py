@@ -5,7 +5,7 @@ A node's score estimates m(node ablated) − m(M) to first order:
     score(n) = Σ_prompts (a_n^corrupted − a_n^clean) · ∂m/∂a_n
 
 where a_n is a feature's activation, an error vector or a token embedding, and ∂m/∂a_n is
-taken in the live replacement model (``feature_patch``). EAP-IG averages ∂m/∂a_n over inputs
+taken in the live replacement model (``patcher``). EAP-IG averages ∂m/∂a_n over inputs
 interpolated between the corrupted and the clean embeddings (Hanna et al.'s EAP-IG: midpoint
 rule, α = (i + ½) / steps), as the head-level ``EdgePatcher.edge_scores`` does.
 
@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from circuits.discovery.feature_patch import FeaturePatcher, Grads
+from circuits.discovery.features.patcher import FeaturePatcher, Grads
 
 LOGITS = -1
 """The destination index of edges into the metric (the logits)."""

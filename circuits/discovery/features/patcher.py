@@ -140,7 +140,7 @@ class Grads(NamedTuple):
 
 @dataclass
 class Surgery:
-    """Per-variant edits on top of ablation, for measuring edges (``feature_edges``).
+    """Per-variant edits on top of ablation, for measuring edges (``edges``).
 
     ``writes``: layer → (``[K]`` bool, ``[K·b, P, D]``): in the variants marked, the slot writes
     the given value plus its transcoder skip of this pass's input (the skip is wire, not a node).

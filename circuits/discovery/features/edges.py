@@ -10,7 +10,7 @@ as it is in C. Two passes per edge, batched over edges:
 2. C with d moved by that difference and nothing else changed: m of this run minus m(C) is the
    edge's effect. For d = logits, pass 1 already reads the metric.
 
-To first order this is the edge's EAP score (``feature_scores.edge_scores``), which the tests check.
+To first order this is the edge's EAP score (``scores.edge_scores``), which the tests check.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuits.discovery.feature_patch import FeaturePatcher, Surgery
-from circuits.discovery.feature_scores import LOGITS
+from circuits.discovery.features.patcher import FeaturePatcher, Surgery
+from circuits.discovery.features.scores import LOGITS
 
 
 @torch.no_grad()
