@@ -7,14 +7,15 @@ default model and prints circuit-tracer's two graph scores (``graphs.metrics.gra
   carry (1 = no path through an error node);
 - completeness: the influence-weighted share of node inputs that come from features and tokens.
 
-Each as mean, spread and minimum over the prompts, and per kind. ``--feature-start 0 1`` compares
-position policies (``circuits.replacement.slots``: 1 = no features at the first token, whose MLP
-output is an error node; 0 = features everywhere); ``--eval-tokens N`` adds the set's held-out FVU,
+Each as mean, spread and minimum over the prompts, and per kind. ``--policies`` compares position
+policies (``circuits.replacement.slots``): ``first-error`` (the default: no features at the first
+token, whose MLP output is an error node), ``everywhere`` (features at every position) and ``bos``
+(circuit-tracer's convention: a BOS prepended, nothing attributed to it); ``--eval-tokens N`` adds the set's held-out FVU,
 CE and KL (``circuits.replacement.evaluate``). Graphs keep the ``--max-features`` most influential
 features (circuit-tracer's greedy selection), the demo's cap by default.
 
-    python benchmarks/graph_quality.py                                  # the default set, policy 1
-    python benchmarks/graph_quality.py --feature-start 0 1 --threads 2  # both policies
+    python benchmarks/graph_quality.py                                        # the default set and policy
+    python benchmarks/graph_quality.py --policies everywhere first-error bos --threads 2
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.*
 from benchmarks.prompts import PROMPTS  # noqa: E402
 
 MAX_FEATURES = 4096
+POLICIES = {"first-error": (1, False), "everywhere": (0, False), "bos": (1, True)}
+"""name: (feature_start, prepend_bos)."""
 
 
 def _spread(values: list[float]) -> str:
@@ -44,8 +47,8 @@ def _spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", help="transcoder set: a preset name, a directory or hf://; default the model's set")
-    parser.add_argument("--feature-start", type=int, nargs="+", default=[1],
-                        help="position policies to compare: positions before this have no features")
+    parser.add_argument("--policies", nargs="+", default=["first-error"], choices=list(POLICIES),
+                        help="position policies to compare (module docstring)")
     parser.add_argument("--max-features", type=int, default=MAX_FEATURES, help="max_feature_nodes for every trace")
     parser.add_argument("--eval-tokens", type=int, default=0, help="also evaluate on this many held-out tokens")
     parser.add_argument("--threads", type=int, help="torch threads; default torch's choice")
@@ -68,25 +71,27 @@ def main() -> None:
           f"{' k=' + str(cfg.k) if getattr(cfg, 'k', None) else ''}); model {model.name}; "
           f"max_feature_nodes {args.max_features}")
     prompts = [p for p in PROMPTS if not args.prompts or p.name in args.prompts]
-    results: dict[int, list[tuple[str, str, float, float, float]]] = {}
-    for start in args.feature_start:
-        rows = results.setdefault(start, [])
+    results: dict[str, list[tuple[str, str, float, float, float]]] = {}
+    for policy in args.policies:
+        start, bos = POLICIES[policy]
+        rows = results.setdefault(policy, [])
         for p in prompts:
             t0 = time.perf_counter()
-            graph = trace(p.text, model, tc, max_feature_nodes=args.max_features, feature_start=start)
+            graph = trace(p.text, model, tc, max_feature_nodes=args.max_features, feature_start=start,
+                          prepend_bos=bos)
             rep, comp = graph.replacement_score, graph.completeness_score
             rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0))
-            print(f"feature_start={start} {p.name:<20} {p.kind:<11} tokens {graph.n_pos:>3}  replacement {rep:.3f}  "
+            print(f"{policy:<11} {p.name:<20} {p.kind:<11} tokens {graph.n_pos:>3}  replacement {rep:.3f}  "
                   f"completeness {comp:.3f}  ({rows[-1][4]:.1f} s)", file=sys.stderr, flush=True)
 
-    print("\n| feature_start | prompts | replacement (mean ± sd, min) | completeness (mean ± sd, min) | trace s (mean) |")
+    print("\n| policy | prompts | replacement (mean ± sd, min) | completeness (mean ± sd, min) | trace s (mean) |")
     print("|---|---|---|---|---|")
-    for start, rows in results.items():
-        print(f"| {start} | {len(rows)} | {_spread([r[2] for r in rows])} | {_spread([r[3] for r in rows])} | "
+    for policy, rows in results.items():
+        print(f"| {policy} | {len(rows)} | {_spread([r[2] for r in rows])} | {_spread([r[3] for r in rows])} | "
               f"{statistics.fmean(r[4] for r in rows):.1f} |")
     kinds = sorted({p.kind for p in prompts}, key=[p.kind for p in prompts].index)
     print("\nBy kind (replacement / completeness, means):\n")
-    print("| kind | " + " | ".join(f"feature_start={s}" for s in results) + " |")
+    print("| kind | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
     for kind in kinds:
         cells = []

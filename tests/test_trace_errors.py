@@ -158,3 +158,30 @@ def test_memory_budget_too_small(model) -> None:
 def test_memory_budget_that_is_not_a_size(model) -> None:
     with pytest.raises(ValueError, match="cannot read 'lots' as a memory size. Fix: pass bytes, or e.g. '8GiB'"):
         trace("t1 t2", model, _tc(model), memory_budget="lots")
+
+
+def test_position_policy_and_circuit_tracers_bos() -> None:
+    """No features at the first position (its MLP output is the error node there); prepend_bos puts a
+    BOS first (circuit-tracer's convention), so the prompt's first word gets features."""
+    model = tiny_model("llama", n_layers=2, d_model=32, n_ctx=16)
+    model.tokenizer.bos_token_id = 9   # the tiny tokenizer has none of its own
+    tc = _tc(model)
+    graph = trace("t1 t2 t3 t4", model, tc)
+    feats = graph.nodes["kind"] == "feature"
+    assert graph.n_features > 0 and (graph.nodes["position"][feats] >= 1).all()
+    assert graph.metadata["feature_start"] == 1
+    everywhere = trace("t1 t2 t3 t4", model, tc, feature_start=0)
+    assert (everywhere.nodes["position"][everywhere.nodes["kind"] == "feature"] == 0).any()
+    bos = trace("t1 t2 t3 t4", model, tc, prepend_bos=True)
+    assert list(bos.tokens) == [model.tokenizer.bos_token_id] + list(graph.tokens)
+    # The prompt's first word now sits at position 1, where it has features; position 0 (the BOS) has none.
+    bos_feats = bos.nodes["position"][bos.nodes["kind"] == "feature"]
+    assert (bos_feats >= 1).all() and (bos_feats == 1).any()
+    with pytest.raises(ValueError, match="feature_start must be a whole number"):
+        trace("t1 t2", model, tc, feature_start=-1)
+
+
+def test_prepend_bos_without_a_bos_token(model) -> None:
+    assert model.tokenizer.bos_token_id is None   # the tiny tokenizer has no BOS
+    with pytest.raises(PromptError, match="no BOS token to prepend"):
+        trace("t1 t2", model, _tc(model), prepend_bos=True)

@@ -46,7 +46,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
           batch_size: int | None = None, device: str | torch.device | None = None,
           dtype: str | torch.dtype | None = None, memory_budget: int | str | None = None, verify: bool = False,
           node_threshold: float = 0.8, edge_threshold: float = 0.98, tau: float | None = None,
-          feature_start: int = FEATURE_START) -> AttributionGraph:
+          feature_start: int = FEATURE_START, prepend_bos: bool = False) -> AttributionGraph:
     """Attribute ``prompt``'s next-token logits to features, errors and tokens.
 
     Args:
@@ -75,6 +75,9 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         feature_start: positions before it have no features; their MLP output is kept exactly as
             their error nodes (``circuits.replacement.slots``: the first token is an attention sink,
             where transcoders are neither trained nor evaluated). 0 puts features everywhere.
+        prepend_bos: put the tokenizer's BOS first (unless the prompt starts with it), so that nothing is
+            attributed to position 0 and the prompt's first word gets features: circuit-tracer's
+            convention, for graphs comparable edge for edge with its graphs of the same model and set.
 
     Returns:
         An ``AttributionGraph`` whose edges are exact direct effects in the frozen replacement model;
@@ -89,7 +92,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     check_transcoders(model, transcoders)
     clock = _Clock()
 
-    ids = model.tokenize(prompt)
+    ids = model.tokenize(prompt, prepend_bos=prepend_bos)
     # Plan before the forward pass (counts estimated from the activation), and again once the
     # transcoders have encoded the prompt (exact), before anything the size of the graph is built.
     budget = resolve_budget(memory_budget, dev)
@@ -156,7 +159,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         "model": model.name, "family": model.spec.family, "n_layers": L, "d_model": model.d_model, "n_pos": P,
         "transcoders": _jsonable(transcoders.cfg.to_dict() if hasattr(transcoders.cfg, "to_dict") else {}),
         "n_active_features": n_active, "max_feature_nodes": max_feature_nodes, "max_logits": max_logits,
-        "logit_prob": logit_prob, "feature_start": feature_start, "dtype": str(dt).removeprefix("torch."), "device": str(dev),
+        "logit_prob": logit_prob, "feature_start": feature_start, "prepend_bos": prepend_bos, "dtype": str(dt).removeprefix("torch."), "device": str(dev),
         "batch_size": plan.batch_size, "identity_error": identity_error, "seconds": clock.laps,
         "memory": plan.summary() | {"rows_stored": stored, "rows_on_disk": spilled},
     }

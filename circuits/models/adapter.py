@@ -127,10 +127,12 @@ class Model:
 
     # --- running -----------------------------------------------------------------------
 
-    def tokenize(self, prompt: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def tokenize(self, prompt: str | Sequence[int] | torch.Tensor, *, prepend_bos: bool = False) -> torch.Tensor:
         """Token ids [1, n_pos] on the model's device, with a BOS where the tokenizer adds one.
 
-        Raises PromptError for an empty prompt or one longer than the model's context.
+        ``prepend_bos``: put the tokenizer's BOS first when the ids do not start with it (circuit-tracer's
+        convention: the first position is then a BOS, which carries no features, instead of the
+        prompt's first word). Raises PromptError for an empty prompt or one longer than the model's context.
         """
         if isinstance(prompt, str):
             if not prompt.strip():
@@ -140,6 +142,13 @@ class Model:
             ids = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
             if ids.numel() == 0:
                 raise PromptError("the prompt has no tokens. Fix: pass at least one token id, e.g. [1, 2, 3].")
+        if prepend_bos:
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            if bos is None:
+                raise PromptError(f"{self.name}'s tokenizer has no BOS token to prepend. Fix: pass prepend_bos=False, "
+                                  "or put a token of your choice first yourself.")
+            if int(ids[0, 0]) != bos:
+                ids = torch.cat([torch.tensor([[bos]], dtype=ids.dtype), ids.cpu()], dim=1)
         if ids.shape[-1] > self.dims.n_ctx:
             raise PromptError(
                 f"the prompt is {ids.shape[-1]} tokens but {self.name} has a context of {self.dims.n_ctx}: "

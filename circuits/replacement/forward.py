@@ -35,7 +35,7 @@ What each caller runs, and what its "effect" means:
   norms (equal to the weight with ``attention="frozen"``).
 - ``intervene`` edits features with ``features="recompute", errors="clean"`` (attention as asked):
   the effect is the total effect on the outputs, circuit-tracer's intervention semantics.
-- feature discovery (``circuits.discovery.feature_patch``) patches prompt pairs with
+- feature discovery (``circuits.discovery.features.patcher``) patches prompt pairs with
   ``attention="live", features="recompute", errors="live"``: ablating every node gives exactly
   the corrupted run, keeping every node the clean one.
 - transcoder evaluation runs ``attention="live", features="recompute", errors="none"`` on text: the
