@@ -322,3 +322,40 @@ def test_transcoders_that_do_not_fit_are_refused(planted):
     wrong = build_transcoder(TranscoderConfig(kind="plt", n_layers=3, d_model=D, d_features=F))
     with pytest.raises(ValueError, match="layers"):
         discover(model, task, granularity="features", transcoders=wrong, progress=False)
+
+
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_every_node_ablated_is_the_model_with_ablated_values(ablation):
+    """Mean ablation is per position within the task's template groups (circuits.ablation), as for
+    heads; zero is zero. Ablating every node must equal the real model run with its embeddings and
+    MLP writes replaced by those values, computed here without the patcher: the planted transcoder
+    is exact, so a write is linear in its features and error."""
+    import dataclasses
+
+    from circuits.hooks import hooked, write_hook
+
+    model, tc = planted_model()
+    task = dataclasses.replace(planted_task(), groups=torch.tensor([0, 1] * 3))
+    p = FeaturePatcher(model, task, tc, ablation=ablation, batch_size=4)
+    sites = [("resid_pre", 0)] + [("mlp_resid", layer) for layer in range(2)]
+    recorded = model.record_batch(task.corrupted, sites, stop_early=False)
+
+    def ablated(x: torch.Tensor) -> torch.Tensor:
+        if ablation == "zero":
+            return torch.zeros_like(x)
+        out = torch.empty_like(x)
+        for g in (0, 1):
+            out[task.groups == g] = x[task.groups == g].mean(0)   # per position: only the prompt axis averages
+        return out
+
+    values = {site: ablated(x) for site, x in recorded.items()}
+    hooks = [write_hook(model.module(s, layer), model.spec.location(s, layer), lambda _, v=values[(s, layer)]: v)
+             for s, layer in sites]
+    with torch.no_grad(), hooked(hooks):
+        expected = float(task.metric(model.hf(task.clean).logits))
+    assert p.m_empty == pytest.approx(expected, abs=1e-9)
+    assert abs(p.m_empty - p.m_full) > 0.1   # the ablation matters, so the check has teeth
+    with pytest.raises(ValueError, match="the patcher fixes ablation"):
+        discover_features(model, task, tc, method="eap", patcher=p, ablation="resample", progress=False)
+    c = discover_features(model, task, tc, method="eap", patcher=p, ablation=ablation, progress=False)
+    assert "F1.0@3" in set(c.node_names)   # the chain still carries the difference
