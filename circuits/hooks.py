@@ -57,6 +57,17 @@ def replace_in(value: Any, index: int | None, new: Tensor) -> Any:
     return value[:i] + (new,) + value[i + 1:]
 
 
+def on_input(module: nn.Module, fn: Callable[[nn.Module, tuple, dict], Any]) -> RemovableHandle:
+    """Call ``fn(module, args, kwargs)`` before ``module`` runs; it may return new ``(args, kwargs)``."""
+    return module.register_forward_pre_hook(fn, with_kwargs=True)
+
+
+def on_output(module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> RemovableHandle:
+    """Call ``fn(module, args, output)`` (``fn(module, args, kwargs, output)`` with ``with_kwargs``) after
+    ``module`` runs; it may return a new output."""
+    return module.register_forward_hook(fn, with_kwargs=with_kwargs)
+
+
 Reader = Callable[[Tensor], None]
 Writer = Callable[[Tensor], Tensor]
 
@@ -64,8 +75,8 @@ Writer = Callable[[Tensor], Tensor]
 def read_hook(module: nn.Module, loc: Location, fn: Reader) -> RemovableHandle:
     """Call ``fn`` with the tensor at ``loc`` (``module`` is the module ``loc.path`` names)."""
     if loc.io == "input":
-        return module.register_forward_pre_hook(lambda m, a, kw: fn(first_input(a, kw)), with_kwargs=True)
-    return module.register_forward_hook(lambda m, a, out: fn(pick(out, loc.index)))
+        return on_input(module, lambda m, a, kw: fn(first_input(a, kw)))
+    return on_output(module, lambda m, a, out: fn(pick(out, loc.index)))
 
 
 def write_hook(module: nn.Module, loc: Location, fn: Writer) -> RemovableHandle:
@@ -74,8 +85,8 @@ def write_hook(module: nn.Module, loc: Location, fn: Writer) -> RemovableHandle:
         def pre(m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             x, where = first_tensor(args, kwargs)
             return with_first(args, kwargs, where, fn(x))
-        return module.register_forward_pre_hook(pre, with_kwargs=True)
-    return module.register_forward_hook(lambda m, a, out: replace_in(out, loc.index, fn(pick(out, loc.index))))
+        return on_input(module, pre)
+    return on_output(module, lambda m, a, out: replace_in(out, loc.index, fn(pick(out, loc.index))))
 
 
 _NO_FORWARD = object()

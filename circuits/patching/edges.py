@@ -35,6 +35,8 @@ from torch.utils.hooks import RemovableHandle
 
 from circuits.hooks import (
     first_tensor,
+    on_input,
+    on_output,
     repeat_output,
     replace_forward,
     restore,
@@ -322,18 +324,17 @@ class _Pass:
         try:
             for l in range(g.n_layers):
                 layer = model.module("resid_pre", l)
-                handles.append(layer.register_forward_pre_hook(
-                    lambda m, a, kw, l=l: self.layer_pre(l, a, kw), with_kwargs=True))
+                handles.append(on_input(layer,
+                    lambda m, a, kw, l=l: self.layer_pre(l, a, kw)))
                 if l < self.start:
                     # Resume: the layer returns what it returned in the base run.
                     cached = repeat_output(self.prefix.layer_outputs[l], self.K)  # type: ignore[union-attr]
                     replaced.append(replace_forward(layer, lambda *a, _c=cached, **kw: _c))
                     continue
                 if self.keep_prefix:
-                    handles.append(layer.register_forward_hook(lambda m, a, out, l=l: self.layer_post(l, out)))
+                    handles.append(on_output(layer, lambda m, a, out, l=l: self.layer_post(l, out)))
                 attn = model.module("attn_pattern", l)
-                handles.append(attn.register_forward_pre_hook(lambda m, a, kw, l=l: self.attn_pre(l),
-                                                              with_kwargs=True))
+                handles.append(on_input(attn, lambda m, a, kw, l=l: self.attn_pre(l)))
                 if self.ungroup:
                     attn.num_key_value_groups = 1  # every query head has its own k and v this pass
                     grouped.append(attn)
@@ -342,14 +343,14 @@ class _Pass:
                         continue  # fused: one call returns q, k and v together
                     replaced.append(replace_forward(
                         module, lambda x, *a, _m=module, l=l, r=role, n=n, **kw: self.proj_forward(_m, l, r, n, x)))
-                handles.append(model.module("attn_z", l).register_forward_hook(
+                handles.append(on_output(model.module("attn_z", l),
                     lambda m, a, out, l=l: self.o_proj_post(l, first_tensor(a, {})[0], out)))
-                handles.append(model.norm("ln_mlp", l).register_forward_pre_hook(
-                    lambda m, a, kw, l=l: self.mlp_norm_pre(l, a, kw), with_kwargs=True))
-                handles.append(model.module("mlp_resid", l).register_forward_hook(
+                handles.append(on_input(model.norm("ln_mlp", l),
+                    lambda m, a, kw, l=l: self.mlp_norm_pre(l, a, kw)))
+                handles.append(on_output(model.module("mlp_resid", l),
                     lambda m, a, out, l=l: self.mlp_post(l, out[0] if isinstance(out, tuple) else out)))
-            handles.append(model.norm("ln_final").register_forward_pre_hook(
-                lambda m, a, kw: self.final_norm_pre(a, kw), with_kwargs=True))
+            handles.append(on_input(model.norm("ln_final"),
+                lambda m, a, kw: self.final_norm_pre(a, kw)))
             yield
         finally:
             restore(handles, replaced)

@@ -31,6 +31,8 @@ from circuits.hooks import (
     detached,
     first_tensor,
     frozen_parameters,
+    on_input,
+    on_output,
     repeat_output,
     replace_forward,
     restore,
@@ -168,14 +170,13 @@ class _NodePass:
                     replaced.append(replace_forward(layer, lambda *a, _c=cached, **kw: _c))
                     continue
                 if l == 0:
-                    handles.append(layer.register_forward_pre_hook(lambda m, a, kw: self.embed_pre(a, kw),
-                                                                   with_kwargs=True))
+                    handles.append(on_input(layer, lambda m, a, kw: self.embed_pre(a, kw)))
                 if self.keep:
-                    handles.append(layer.register_forward_hook(
+                    handles.append(on_output(layer,
                         lambda m, a, out: self.layer_outputs.append(detached(out))))
-                handles.append(model.module("attn_z", l).register_forward_pre_hook(
-                    lambda m, a, kw, l=l: self.z_pre(l, a, kw), with_kwargs=True))
-                handles.append(model.module("mlp_resid", l).register_forward_hook(
+                handles.append(on_input(model.module("attn_z", l),
+                    lambda m, a, kw, l=l: self.z_pre(l, a, kw)))
+                handles.append(on_output(model.module("mlp_resid", l),
                     lambda m, a, out, l=l: self.mlp_post(l, out)))
             yield
         finally:

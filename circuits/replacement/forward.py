@@ -51,7 +51,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from circuits.hooks import first_input, hooked, read_hook, write_hook
+from circuits.hooks import first_input, hooked, on_output, read_hook, write_hook
 from circuits.models.adapter import Model
 from circuits.models.arch import Location
 from circuits.replacement.edits import (
@@ -380,7 +380,7 @@ def frozen_attention_hooks(model: Model, frozen: FrozenForward, device: torch.de
     handles = []
 
     def freeze_norm(module: nn.Module, norm: FrozenNorm) -> None:
-        handles.append(module.register_forward_hook(
+        handles.append(on_output(module,
             lambda m, a, kw, out: norm(first_input(a, kw)), with_kwargs=True))
 
     for role, per_layer in frozen.norms.items():

@@ -44,6 +44,7 @@ from circuits.attribution.checks import check_transcoders
 from circuits.hooks import (
     detached,
     hooked,
+    on_output,
     repeat_output,
     replace_forward,
     restore,
@@ -370,7 +371,7 @@ class FeaturePatcher:
                     cached = repeat_output(replay[0][layer], K)
                     replaced.append(replace_forward(module, lambda *a, _c=cached, **kw: _c))
                 elif record is not None:
-                    handles.append(module.register_forward_hook(lambda m, a, out: record.append(detached(out))))
+                    handles.append(on_output(module, lambda m, a, out: record.append(detached(out))))
             yield
         finally:
             restore(handles, replaced)
