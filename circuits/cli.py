@@ -52,7 +52,8 @@ class Progress:
 def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, labels: Any = None,
                  max_feature_nodes: int | None = None, node_threshold: float = 0.8, edge_threshold: float = 0.98,
                  max_nodes: int = 40, svg: bool = True, full: bool = False, verify: bool = False,
-                 memory_budget: str | int | None = None, progress: Progress | None = None) -> Path:
+                 memory_budget: str | int | None = None, prepend_bos: bool = False,
+                 progress: Progress | None = None) -> Path:
     """Trace ``prompt`` and write ``out/``: ``graph.json`` (viewer schema), ``graph.graphml``,
     ``graph.svg`` (at most ``max_nodes`` features and errors) and ``summary.md``, all of the
     influence-pruned graph; with ``full``, also ``graph.npz``: the whole graph, exactly (it can be
@@ -63,6 +64,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     ``labels``: a ``circuits.labels.FeatureLabels`` for ``transcoders`` (None: features show their ids).
     ``verify``: measure every edge of the pruned graph by patching (``circuits.attribution.verify``);
     the files then carry each edge's measured effect and its sign/size flag.
+    ``prepend_bos``: circuit-tracer's convention (a BOS first, nothing attributed to it; see ``trace``).
     """
     from circuits.attribution import trace
     from graphs import prune, set_feature_labels, summary, to_networkx, write_graphml, write_viewer_json
@@ -74,7 +76,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     if svg:
         require_dot()  # fail before the expensive part, with the fix
     graph = trace(prompt, model=model, transcoders=transcoders, max_feature_nodes=max_feature_nodes,
-                  memory_budget=memory_budget)
+                  memory_budget=memory_budget, prepend_bos=prepend_bos)
     say.done(f"traced {graph.n_pos} tokens: {graph.n_features:,} features, {graph.adjacency.nnz:,} edges; "
              f"replacement {graph.replacement_score:.3f}, completeness {graph.completeness_score:.3f}")
     if labels is not None:
@@ -143,7 +145,8 @@ def _trace(args: argparse.Namespace) -> int:
         trace_to_dir(args.prompt, args.out, model=model, transcoders=transcoders, labels=labels,
                      max_feature_nodes=args.max_feature_nodes, node_threshold=args.node_threshold,
                      edge_threshold=args.edge_threshold, max_nodes=args.max_nodes, svg=not args.no_svg,
-                     full=args.full, verify=args.verify, memory_budget=args.memory_budget, progress=say)
+                     full=args.full, verify=args.verify, memory_budget=args.memory_budget,
+                     prepend_bos=args.prepend_bos, progress=say)
     except GraphvizMissingError as exc:
         print(f"error: {exc} Or pass --no-svg to skip the picture.", file=sys.stderr)
         return 1
@@ -174,7 +177,7 @@ def _demo(args: argparse.Namespace) -> int:
             svg = False
     out = trace_to_dir(args.prompt, args.out, model=model, transcoders=transcoders, labels=labels,
                        max_feature_nodes=args.max_feature_nodes, max_nodes=args.max_nodes, svg=svg, full=args.full,
-                       memory_budget=args.memory_budget, progress=say)
+                       memory_budget=args.memory_budget, prepend_bos=args.prepend_bos, progress=say)
     print((out / "summary.md").read_text())
     print(f"files in {out}/: " + ("graph.svg (the picture), " if svg else "")
           + "graph.json (for circuit-tracer's or Neuronpedia's graph viewer), graph.graphml (Gephi, Cytoscape, "
@@ -291,6 +294,9 @@ def _add_trace_options(p: argparse.ArgumentParser, *, out_default: str | None, m
     p.add_argument("--memory-budget", default=None,
                    help="memory the trace may plan for, e.g. 8GiB (default: CIRCUITS_MEMORY_BUDGET, else 80%% of what "
                         "is available); batches are sized to it, and a trace that cannot fit fails before it starts")
+    p.add_argument("--prepend-bos", action="store_true",
+                   help="put the tokenizer's BOS first and attribute nothing to it (circuit-tracer's convention); by "
+                        "default the prompt's first token is the one without features")
     p.add_argument("--full", action="store_true",
                    help="also write graph.npz, the whole unpruned graph (graphs.load reads it; can be hundreds of MB)")
 
