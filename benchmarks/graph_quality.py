@@ -8,14 +8,15 @@ default model and prints circuit-tracer's two graph scores (``graphs.metrics.gra
 - completeness: the influence-weighted share of node inputs that come from features and tokens.
 
 Each as mean, spread and minimum over the prompts, and per kind. ``--policies`` compares position
-policies (``circuits.replacement.slots``): ``first-error`` (the default: no features at the first
-token, whose MLP output is an error node), ``everywhere`` (features at every position) and ``bos``
+policies (``circuits.replacement.slots``): ``first-constant`` (the default: no features at the first
+token, whose MLP output is held as a constant, in each target's bias), ``first-error`` (the same,
+with that output as error nodes), ``everywhere`` (features at every position) and ``bos``
 (circuit-tracer's convention: a BOS prepended, nothing attributed to it); ``--eval-tokens N`` adds the set's held-out FVU,
 CE and KL (``circuits.replacement.evaluate``). Graphs keep the ``--max-features`` most influential
 features (circuit-tracer's greedy selection), the demo's cap by default.
 
     python benchmarks/graph_quality.py                                        # the default set and policy
-    python benchmarks/graph_quality.py --policies everywhere first-error bos --threads 2
+    python benchmarks/graph_quality.py --policies everywhere first-error first-constant bos --threads 2
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.*
 from benchmarks.prompts import PROMPTS  # noqa: E402
 
 MAX_FEATURES = 4096
-POLICIES = {"first-error": (1, False), "everywhere": (0, False), "bos": (1, True)}
-"""name: (feature_start, prepend_bos)."""
+POLICIES = {"first-constant": (1, False, "constant"), "first-error": (1, False, "error"),
+            "everywhere": (0, False, "constant"), "bos": (1, True, "constant")}
+"""name: (feature_start, prepend_bos, early_mlp)."""
 
 
 def _spread(values: list[float]) -> str:
@@ -47,7 +49,7 @@ def _spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", help="transcoder set: a preset name, a directory or hf://; default the model's set")
-    parser.add_argument("--policies", nargs="+", default=["first-error"], choices=list(POLICIES),
+    parser.add_argument("--policies", nargs="+", default=["first-constant"], choices=list(POLICIES),
                         help="position policies to compare (module docstring)")
     parser.add_argument("--max-features", type=int, default=MAX_FEATURES, help="max_feature_nodes for every trace")
     parser.add_argument("--eval-tokens", type=int, default=0, help="also evaluate on this many held-out tokens")
@@ -73,12 +75,12 @@ def main() -> None:
     prompts = [p for p in PROMPTS if not args.prompts or p.name in args.prompts]
     results: dict[str, list[tuple[str, str, float, float, float]]] = {}
     for policy in args.policies:
-        start, bos = POLICIES[policy]
+        start, bos, early = POLICIES[policy]
         rows = results.setdefault(policy, [])
         for p in prompts:
             t0 = time.perf_counter()
             graph = trace(p.text, model, tc, max_feature_nodes=args.max_features, feature_start=start,
-                          prepend_bos=bos)
+                          prepend_bos=bos, early_mlp=early)
             rep, comp = graph.replacement_score, graph.completeness_score
             rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0))
             print(f"{policy:<11} {p.name:<20} {p.kind:<11} tokens {graph.n_pos:>3}  replacement {rep:.3f}  "

@@ -84,10 +84,14 @@ def _targets(graph, model: Model, run, tc) -> torch.Tensor:
 
 
 def _ablations(graph, mlps, frozen):
-    """Batch rows: base, one per source zeroed (graph column order), then every source zeroed."""
+    """Batch rows: base, one per source zeroed (graph column order), then every source zeroed.
+
+    Errors before feature_start are constants of the graph (early_mlp="constant"), not sources:
+    they keep their values in every row."""
     kinds = graph.nodes["kind"]
+    held = graph.metadata["feature_start"] if graph.metadata["early_mlp"] == "constant" else 0
     f = np.flatnonzero(kinds == "feature")
-    e = np.flatnonzero(kinds == "error")
+    e = np.flatnonzero((kinds == "error") & (graph.nodes["position"] >= held))
     t = np.flatnonzero(kinds == "token")
     n_src = len(f) + len(e) + len(t)
     B = n_src + 2
@@ -105,13 +109,17 @@ def _ablations(graph, mlps, frozen):
         embed[row, graph.nodes["position"][i]] = 0
         row += 1
     # Zeroing every active feature is zeroing all activations (inactive ones are zero already).
-    acts[-1], errors[-1], embed[-1] = 0, 0, 0
+    acts[-1], errors[-1, :, held:], embed[-1] = 0, 0, 0
     return acts, errors, embed, np.concatenate([f, e, t])
 
 
 def _check_graph_exact(model: Model, tc, ids: torch.Tensor, graph) -> None:
+    _check_graph_exact_at(model, tc, ids, graph, graph.metadata["feature_start"])
+
+
+def _check_graph_exact_at(model: Model, tc, ids: torch.Tensor, graph, feature_start: int) -> None:
     frozen = freeze(model, ids, input_site=tc.cfg.input_site, output_site=tc.cfg.output_site)
-    mlps = replace_mlps(tc, frozen, device=CPU, dtype=F64)
+    mlps = replace_mlps(tc, frozen, device=CPU, dtype=F64, feature_start=feature_start)
     acts, errors, embed, sources = _ablations(graph, mlps, frozen)
     run = run_replacement(model, frozen, tc, mlps, acts=acts, errors=errors, embed=embed)
     values = _targets(graph, model, run, tc)                                 # [B, n_targets]
@@ -125,8 +133,11 @@ def _check_graph_exact(model: Model, tc, ids: torch.Tensor, graph) -> None:
     scale = np.abs(measured).sum(1) + np.abs(none.numpy()) + np.abs(base.numpy())   # size of each target's terms
     tol = TOL * scale[:, None]
     assert np.all(np.abs(edges - measured) <= tol), f"max edge error {np.abs(edges - measured).max():.2e}"
-    # Nothing else has edges: no rows for errors and tokens, no columns for logits.
+    # Nothing else has edges: no rows for errors and tokens, no columns for logits, none out of the
+    # errors the graph holds as constants.
     assert not dense[np.isin(kinds, ("error", "token"))].any()
+    held = graph.metadata["feature_start"] if graph.metadata["early_mlp"] == "constant" else 0
+    assert not dense[:, (kinds == "error") & (graph.nodes["position"] < held)].any()
     assert not dense[:, kinds == "logit"].any()
     # Each target: incoming edges + constants = its pre-activation.
     bias = graph.nodes["bias"][target_rows]
@@ -176,6 +187,24 @@ def test_edges_equal_direct_interventions(family: str, kind: str, activation: st
                   logit_prob=0.99)
     assert graph.n_features > 0
     _check_graph_exact(model, tc, ids, graph)
+
+
+@pytest.mark.parametrize("early_mlp", ["constant", "error"])
+@pytest.mark.parametrize("feature_start", [0, 1, 2])
+def test_position_policies_are_exact(feature_start: int, early_mlp: str) -> None:
+    """Every position policy gives exact edges; before feature_start there are no features, and the MLP
+    output there is either each target's constant or error nodes with edges of their own."""
+    model = _model("llama", n_layers=2, n_heads=4, kv_ratio=2, d_head=4, seed=4)
+    ids = torch.randint(1, 40, (1, 5), generator=torch.Generator().manual_seed(4))
+    tc = _transcoder(model, ids, kind="clt", activation="jumprelu", skip=True, d_features=12,
+                     output_site="mlp_resid", seed=4)
+    graph = trace(ids, model, tc, dtype=TRACE_DTYPE, device=TRACE_DEVICE, max_logits=4, logit_prob=0.99,
+                  feature_start=feature_start, early_mlp=early_mlp)
+    kinds, position = graph.nodes["kind"], graph.nodes["position"]
+    assert graph.n_features > 0 and (position[kinds == "feature"] >= feature_start).all()
+    early = (kinds == "error") & (position < feature_start)
+    assert graph.adjacency.toarray()[:, early].any() == (early_mlp == "error" and feature_start > 0)
+    _check_graph_exact_at(model, tc, ids, graph, feature_start)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -153,7 +153,7 @@ def logit_targets(rmap: ResidualMap, u: Tensor, u_bias: Tensor | None, n_pos: in
 def build_sources(transcoder: nn.Module, layer: Tensor, pos: Tensor, feature: Tensor, act: Tensor,
                   errors: Tensor, embed: Tensor, mlp_const: Tensor) -> Sources:
     """Sources for features ``[n]`` sorted by (layer, pos, feature), errors ``[L, P, D]``, token
-    embeddings ``[P, D]``; ``mlp_const [L, D]`` is each MLP slot's constant write."""
+    embeddings ``[P, D]``; ``mlp_const`` ``[L, D]`` or ``[L, P, D]`` is each MLP slot's constant write."""
     L, P, D = errors.shape
     n_f = int(layer.shape[0])
     key = layer * P + pos

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from circuits.replacement.freeze import post_norm_role
+from transcoders.positions import FEATURE_START
 
 ENV_BUDGET = "CIRCUITS_MEMORY_BUDGET"
 DEFAULT_FRACTION = 0.8
@@ -101,6 +102,13 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
+def _topk_counts(n_layers: int, n_pos: int, k: int, feature_start: int) -> np.ndarray:
+    """``[L, P]``: k features at each position from ``feature_start`` on (none before: the position policy)."""
+    counts = np.full((n_layers, n_pos), k, dtype=np.int64)
+    counts[:, :feature_start] = 0
+    return counts
+
+
 @dataclass(frozen=True)
 class Budget:
     """What a trace may allocate: on the attribution device, and on the host for stored rows."""
@@ -163,12 +171,15 @@ class TraceShape:
     """``[L, P]`` active features per (layer, position)."""
     exact: bool
     """``counts`` measured on the prompt rather than estimated before encoding it."""
+    held_errors: int = 0
+    """Positions whose errors the graph holds as constants (no edges): ``trace``'s ``early_mlp``."""
 
     @classmethod
     def of(cls, model, transcoders: nn.Module, n_pos: int, *, device: torch.device, dtype: torch.dtype,
-           max_logits: int, max_feature_nodes: int | None) -> TraceShape:
-        """The shape before encoding: TopK sets fire k features per position; others are assumed
-        silent (a lower bound, made exact by ``with_counts``)."""
+           max_logits: int, max_feature_nodes: int | None, feature_start: int = FEATURE_START,
+           held_errors: int = FEATURE_START) -> TraceShape:
+        """The shape before encoding: TopK sets fire k features per position from ``feature_start`` on;
+        others are assumed silent (a lower bound, made exact by ``with_counts``)."""
         d, cfg = model.dims, transcoders.cfg
         p = next(transcoders.parameters())
         act = getattr(cfg, "activation", "")
@@ -185,7 +196,7 @@ class TraceShape:
             transcoder_numel=sum(t.numel() for t in transcoders.parameters()),
             transcoder_copy=not (p.device == device and p.dtype == dtype),
             n_logits=max_logits, cap=max_feature_nodes,
-            counts=np.full((d.n_layers, n_pos), k, dtype=np.int64), exact=False,
+            counts=_topk_counts(d.n_layers, n_pos, k, feature_start), exact=False, held_errors=held_errors,
         )
 
     def with_counts(self, layer: np.ndarray, pos: np.ndarray) -> TraceShape:
@@ -226,9 +237,11 @@ class TraceShape:
         upto = np.cumsum(self.counts, axis=1)                                # [L, P] features at <= p
         below = np.concatenate([np.zeros((1, P), dtype=np.int64), np.cumsum(upto, axis=0)[:-1]])
         layer, pos = np.arange(L)[:, None], np.arange(P)[None, :]
-        other = (layer + 1) * (pos + 1)                                      # l errors and a token per position
+        h = self.held_errors                                                 # errors there are constants
+        other = layer * np.maximum(pos + 1 - h, 0) + (pos + 1)              # l errors and a token per position
         logit_features = int(upto[:-1, -1].sum() + self.counts[-1, -1]) if L else 0
-        return below, np.broadcast_to(other, (L, P)), logit_features, max(L - 1, 0) * P + 1 + P
+        logit_other = max(L - 1, 0) * max(P - h, 0) + int(P > h) + P
+        return below, np.broadcast_to(other, (L, P)), logit_features, logit_other
 
     def row_nnz(self) -> tuple[int, int, int]:
         """Stored edges over all rows ``(expected, upper bound, largest row)``. Without a cap both are the

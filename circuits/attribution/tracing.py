@@ -7,6 +7,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from circuits.attribution.rows import RowStore, assemble, compute_rows, compute_
 from circuits.models.adapter import Model, PromptError
 from circuits.models.loading import load_model, resolve_device, resolve_dtype
 from circuits.replacement import FrozenForward, as_compute, demeaned_unembedding, freeze, replace_mlps, salient_logits
+from circuits.replacement.slots import early_errors
 from graphs.graph import AttributionGraph, empty_nodes
 from transcoders.positions import FEATURE_START
 
@@ -46,7 +48,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
           batch_size: int | None = None, device: str | torch.device | None = None,
           dtype: str | torch.dtype | None = None, memory_budget: int | str | None = None, verify: bool = False,
           node_threshold: float = 0.8, edge_threshold: float = 0.98, tau: float | None = None,
-          feature_start: int = FEATURE_START, prepend_bos: bool = False) -> AttributionGraph:
+          feature_start: int = FEATURE_START, prepend_bos: bool = False,
+          early_mlp: Literal["constant", "error"] = "constant") -> AttributionGraph:
     """Attribute ``prompt``'s next-token logits to features, errors and tokens.
 
     Args:
@@ -75,6 +78,10 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         feature_start: positions before it have no features; their MLP output is kept exactly as
             their error nodes (``circuits.replacement.slots``: the first token is an attention sink,
             where transcoders are neither trained nor evaluated). 0 puts features everywhere.
+        early_mlp: what the MLP output before ``feature_start`` is in the graph: ``"constant"`` (part of
+            each target's bias: nothing there is a transcoder's failure) or ``"error"`` (error nodes).
+            Edges and the replacement model are the same either way; the scores count it as error
+            only with ``"error"``.
         prepend_bos: put the tokenizer's BOS first (unless the prompt starts with it), so that nothing is
             attributed to position 0 and the prompt's first word gets features: circuit-tracer's
             convention, for graphs comparable edge for edge with its graphs of the same model and set.
@@ -85,6 +92,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     """
     if isinstance(prompt, str) and not prompt.strip():
         raise PromptError("the prompt is empty: pass some text, e.g. trace(\"When Mary and John ...\")")
+    if early_mlp not in ("constant", "error"):
+        raise ValueError(f"early_mlp must be 'constant' or 'error', got {early_mlp!r}")
     check_options(max_logits, logit_prob, max_feature_nodes, batch_size)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     model = load_model() if model is None else model
@@ -97,7 +106,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     # transcoders have encoded the prompt (exact), before anything the size of the graph is built.
     budget = resolve_budget(memory_budget, dev)
     shape = TraceShape.of(model, transcoders, ids.shape[-1], device=dev, dtype=dt, max_logits=max_logits,
-                          max_feature_nodes=max_feature_nodes)
+                          max_feature_nodes=max_feature_nodes, feature_start=feature_start,
+                          held_errors=feature_start if early_mlp == "constant" else 0)
     plan_trace(shape, budget, batch_size)
     frozen = freeze(model, ids, input_site=transcoders.cfg.input_site, output_site=transcoders.cfg.output_site)
     tc = as_compute(transcoders, dev, dt)
@@ -106,7 +116,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     # Features in node order: (layer, position, feature id).
     layer, pos, feat = mlps.mask.permute(1, 0, 2).nonzero(as_tuple=True)
     acts, pre = mlps.acts[pos, layer, feat], mlps.pre_acts[pos, layer, feat]
-    errors = mlps.errors
+    errors, held = early_errors(mlps.errors, feature_start if early_mlp == "constant" else 0)
     del mlps  # [P, L, F] activations: only the active ones are needed from here on
     P, L = frozen.n_pos, model.n_layers
     n_active = len(layer)
@@ -120,7 +130,10 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
 
     u, u_bias = demeaned_unembedding(model, token_ids, dev, dt)
     logit_values = u @ frozen.final[-1].to(dev, dt) + (0.0 if u_bias is None else u_bias)
-    sources = build_sources(tc, layer, pos, feat, acts, errors, frozen.embed.to(dev, dt), rmap.mlp_const)
+    # The constant write of each slot and position: b_dec and the skip of the norm bias, plus the
+    # errors held as constants before feature_start.
+    const = rmap.mlp_const[:, None] + held
+    sources = build_sources(tc, layer, pos, feat, acts, errors, frozen.embed.to(dev, dt), const)
     f_targets = FeatureTargets(rmap, tc, layer, pos, feat)
     l_targets = logit_targets(rmap, u, u_bias, P)
     attributor = Attributor(rmap, sources)
@@ -159,7 +172,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         "model": model.name, "family": model.spec.family, "n_layers": L, "d_model": model.d_model, "n_pos": P,
         "transcoders": _jsonable(transcoders.cfg.to_dict() if hasattr(transcoders.cfg, "to_dict") else {}),
         "n_active_features": n_active, "max_feature_nodes": max_feature_nodes, "max_logits": max_logits,
-        "logit_prob": logit_prob, "feature_start": feature_start, "prepend_bos": prepend_bos, "dtype": str(dt).removeprefix("torch."), "device": str(dev),
+        "logit_prob": logit_prob, "feature_start": feature_start, "prepend_bos": prepend_bos, "early_mlp": early_mlp,
+        "dtype": str(dt).removeprefix("torch."), "device": str(dev),
         "batch_size": plan.batch_size, "identity_error": identity_error, "seconds": clock.laps,
         "memory": plan.summary() | {"rows_stored": stored, "rows_on_disk": spilled},
     }

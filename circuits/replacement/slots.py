@@ -4,8 +4,13 @@ per (layer, position) makes the slot's write equal the true MLP's on the prompt.
 One position policy holds everywhere the replacement model is built: positions before
 ``feature_start`` (``transcoders.positions.FEATURE_START``, the first token: an attention sink
 with outsized activations, where the transcoders are neither trained nor evaluated) have no
-features; their MLP output is kept exactly, as the error node (plus the transcoder's bias and
+features; their MLP output is kept exactly, in their error term (plus the transcoder's bias and
 skip, which are wire). Harvest, training, evaluation and labels skip the same positions.
+
+In a graph, that error is no transcoder failure (nothing there was meant to be explained), so
+``trace`` by default holds it as a constant, in each target's bias, rather than as an error node
+(``early_errors``): the accounting circuit-tracer uses when it zeroes the error at the BOS, but
+exact. The replacement model is the same either way.
 """
 
 from __future__ import annotations
@@ -77,6 +82,14 @@ def without_early_features(acts: Tensor, feature_start: int, pos_dim: int) -> Te
     acts = acts.clone()
     acts.narrow(pos_dim, 0, min(feature_start, acts.shape[pos_dim])).zero_()
     return acts
+
+
+def early_errors(errors: Tensor, feature_start: int) -> tuple[Tensor, Tensor]:
+    """Split ``errors [L, P, D]`` into error nodes and constants: ``(errors with every position before
+    feature_start zeroed, the errors there [L, P, D] with the rest zeroed)``; they sum to ``errors``."""
+    held = torch.zeros_like(errors)
+    held[:, :feature_start] = errors[:, :feature_start]
+    return errors - held, held
 
 
 @torch.no_grad()
