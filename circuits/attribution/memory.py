@@ -426,7 +426,9 @@ def plan_trace(shape: TraceShape, budget: Budget, batch_size: int | None = None,
     rows_phase, second, end = need(b, 0)
     pool = budget.host if s.on_cuda else budget.device
     rows_in_memory = max(0, min(rows_upper, pool - (second if s.on_cuda else max(rows_phase, end))))
-    stored = min(rows_expected, rows_in_memory)
+    # The peak assumes the store fills its in-memory share: with a cap, the chosen rows' length is
+    # an estimate (at 1,024 tokens they were a third longer than expected; BENCHMARKS.md).
+    stored = rows_in_memory if s.cap is not None and s.cap < s.n_active else min(rows_expected, rows_in_memory)
     rows_phase, second, end = need(b, stored)
     phases = dict(before)
     phases["attribution rows"] = rows_phase
