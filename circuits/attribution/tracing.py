@@ -94,6 +94,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         raise PromptError("the prompt is empty: pass some text, e.g. trace(\"When Mary and John ...\")")
     if early_mlp not in ("constant", "error"):
         raise ValueError(f"early_mlp must be 'constant' or 'error', got {early_mlp!r}")
+    held_positions = feature_start if early_mlp == "constant" else 0  # their errors are constants of the graph
     check_options(max_logits, logit_prob, max_feature_nodes, batch_size)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     model = load_model() if model is None else model
@@ -107,7 +108,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     budget = resolve_budget(memory_budget, dev)
     shape = TraceShape.of(model, transcoders, ids.shape[-1], device=dev, dtype=dt, max_logits=max_logits,
                           max_feature_nodes=max_feature_nodes, feature_start=feature_start,
-                          held_errors=feature_start if early_mlp == "constant" else 0)
+                          held_errors=held_positions)
     plan_trace(shape, budget, batch_size)
     frozen = freeze(model, ids, input_site=transcoders.cfg.input_site, output_site=transcoders.cfg.output_site)
     tc = as_compute(transcoders, dev, dt)
@@ -116,7 +117,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     # Features in node order: (layer, position, feature id).
     layer, pos, feat = mlps.mask.permute(1, 0, 2).nonzero(as_tuple=True)
     acts, pre = mlps.acts[pos, layer, feat], mlps.pre_acts[pos, layer, feat]
-    errors, held = early_errors(mlps.errors, feature_start if early_mlp == "constant" else 0)
+    errors, held = early_errors(mlps.errors, held_positions)
     del mlps  # [P, L, F] activations: only the active ones are needed from here on
     P, L = frozen.n_pos, model.n_layers
     n_active = len(layer)
@@ -130,9 +131,9 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
 
     u, u_bias = demeaned_unembedding(model, token_ids, dev, dt)
     logit_values = u @ frozen.final[-1].to(dev, dt) + (0.0 if u_bias is None else u_bias)
-    # The constant write of each slot and position: b_dec and the skip of the norm bias, plus the
+    # The constant write of each slot: b_dec and the skip of the norm bias, plus, per position, the
     # errors held as constants before feature_start.
-    const = rmap.mlp_const[:, None] + held
+    const = rmap.mlp_const if held is None else rmap.mlp_const[:, None] + held
     sources = build_sources(tc, layer, pos, feat, acts, errors, frozen.embed.to(dev, dt), const)
     f_targets = FeatureTargets(rmap, tc, layer, pos, feat)
     l_targets = logit_targets(rmap, u, u_bias, P)

@@ -63,7 +63,13 @@ from circuits.replacement.edits import (
     ablation_values,
 )
 from circuits.replacement.freeze import FrozenForward, FrozenNorm
-from circuits.replacement.slots import MlpReplacement, check_feature_start, eval_mode, without_early_features
+from circuits.replacement.slots import (
+    MlpReplacement,
+    as_compute,
+    check_feature_start,
+    eval_mode,
+    without_early_features,
+)
 from circuits.replacement.state import CleanState
 from transcoders.positions import FEATURE_START
 
@@ -418,8 +424,6 @@ def run_replacement(model: Model, frozen: FrozenForward, transcoder: nn.Module, 
     clean unless ``errors`` ``[B, L, P, D]`` is given, features ``"linear"``, or held at ``acts``
     ``[B, P, L, F]`` when given); ``embed`` ``[B, P, D]`` replaces the residual entering layer 0.
     The reference every attribution edge is checked against (direct intervention)."""
-    from circuits.replacement.slots import as_compute
-
     clean = CleanState(model, as_compute(transcoder, model.device, model.dtype), frozen, mlps)
     return forward(model, None, clean=clean, attention="frozen", features="linear" if acts is None else "frozen",
                    errors="clean", acts=acts, error_values=errors, embed=embed, keep_acts=True, keep_pre_acts=True)

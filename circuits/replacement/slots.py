@@ -84,9 +84,12 @@ def without_early_features(acts: Tensor, feature_start: int, pos_dim: int) -> Te
     return acts
 
 
-def early_errors(errors: Tensor, feature_start: int) -> tuple[Tensor, Tensor]:
+def early_errors(errors: Tensor, feature_start: int) -> tuple[Tensor, Tensor | None]:
     """Split ``errors [L, P, D]`` into error nodes and constants: ``(errors with every position before
-    feature_start zeroed, the errors there [L, P, D] with the rest zeroed)``; they sum to ``errors``."""
+    feature_start zeroed, the errors there [L, P, D] with the rest zeroed)``, which sum to ``errors``;
+    ``(errors, None)`` when nothing is held."""
+    if feature_start == 0:
+        return errors, None
     held = torch.zeros_like(errors)
     held[:, :feature_start] = errors[:, :feature_start]
     return errors - held, held
