@@ -30,7 +30,7 @@ UPDATE_GOLDEN_ENV = "CIRCUITS_UPDATE_GOLDEN"
 Expected = KnownCircuit | str | Circuit | Iterable[str | tuple[int, int]]
 
 
-def assert_circuit(circuit: Circuit, expected: Expected, *, min_recall: float = 1.0,
+def assert_circuit(circuit: Circuit | NodeCircuit, expected: Expected, *, min_recall: float = 1.0,
                    min_precision: float | None = None, min_faithfulness: float | None = None) -> dict[str, Any]:
     """Check ``circuit`` against what it should contain.
 
@@ -40,8 +40,12 @@ def assert_circuit(circuit: Circuit, expected: Expected, *, min_recall: float = 
     ``Circuit`` — compared by edges. At node level, MLPs count only when ``expected`` names one
     (known circuits from the literature are lists of heads).
 
+    A ``NodeCircuit`` (``discover_nodes``) is checked as the same circuit of edges (``as_edge_circuit``).
+
     Returns the figures (recall, precision, faithfulness, missing, extra) when every check passes.
     """
+    if isinstance(circuit, NodeCircuit):
+        circuit = circuit.as_edge_circuit()
     level, want, have = _sets(circuit, expected)
     result = _overlap(want, have)
     result.update(level=level, faithfulness=circuit.faithfulness)
