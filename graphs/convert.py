@@ -6,7 +6,9 @@ uses (``kind``, ``layer``, ``position``, ``feature``, ``activation``, ``token_id
 plus two derived ones: ``influence`` (on the logits, through every path) and ``label``.
 Edges run source → target with ``weight`` (the direct effect) and, where the edge was verified,
 ``measured_effect``, and ``effect_flag`` (``"sign"`` or ``"size"``) where that effect disagrees with the
-weight (``circuits.attribution.verify``). The graph's attributes hold the prompt, its tokens and the metadata.
+weight (``circuits.attribution.verify``), and ``heads`` where the edge has head loadings (``graphs.heads``:
+``"L20.H3:0.41;...;other:0.02;direct:0.0"``, its strongest heads, the rest summed, and the part crossing no
+attention, adding up to the weight). The graph's attributes hold the prompt, its tokens and the metadata.
 
 ``build_from_networkx`` reads that back (``graphs.from_networkx``, ``AttributionGraph.from_networkx``);
 derived attributes are recomputed, not read. This module sits below ``graphs.graph`` and never imports it
@@ -22,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from graphs.effects import FLAGS_KEY, effect_flags, measured_effects, set_effect_flags, set_measured_effect
+from graphs.heads import HEADS_KEY, format_heads, parse_heads, set_stored_loadings, stored_loadings
 from graphs.metrics import node_influence
 from graphs.node_labels import node_labels
 from graphs.nodes import NODE_COLUMNS, empty_nodes
@@ -51,6 +54,7 @@ def to_networkx(graph: AttributionGraph, *, influence: np.ndarray | None = None)
         del attrs["id"]
         g.add_node(node_id, **attrs, influence=float(infl[i]), label=labels[i])
     effects, flags = measured_effects(graph), effect_flags(graph)
+    heads = stored_loadings(graph)
     targets, sources, weights = graph.edges()
     for t, s, w in zip(targets.tolist(), sources.tolist(), weights.tolist()):
         attrs: dict[str, Any] = {"weight": w}
@@ -60,6 +64,9 @@ def to_networkx(graph: AttributionGraph, *, influence: np.ndarray | None = None)
         flag = flags.get((ids[t], ids[s]))
         if flag is not None:
             attrs["effect_flag"] = flag
+        loading = heads.get((ids[t], ids[s]))
+        if loading is not None:
+            attrs["heads"] = format_heads(loading)
         g.add_edge(ids[s], ids[t], **attrs)
     return g
 
@@ -96,4 +103,9 @@ def build_from_networkx(cls: type[AttributionGraph], g: nx.DiGraph) -> Attributi
     flags = {(t, s): f for s, t, f in g.edges(data="effect_flag") if f is not None}
     if flags or graph.metadata.get(FLAGS_KEY):
         set_effect_flags(graph, flags)
+    # The metadata holds every loaded edge's heads (pruned-away edges too, as for measured effects); a graph
+    # built by hand without it takes them from its edges.
+    loadings = {(t, s): parse_heads(h) for s, t, h in g.edges(data="heads") if h is not None}
+    if loadings and not graph.metadata.get(HEADS_KEY):
+        set_stored_loadings(graph, loadings)
     return graph

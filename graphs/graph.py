@@ -54,6 +54,7 @@ import scipy.sparse as sp
 
 from graphs import convert, draw
 from graphs.graphml import read_graphml, write_graphml
+from graphs.heads import HeadLoadingTable, edge_loadings
 from graphs.metrics import graph_scores
 from graphs.nodes import NODE_COLUMNS, NODE_KINDS, GraphFileError, empty_nodes, unreadable
 from graphs.viewer import build_from_viewer_json, read_viewer_data, write_viewer_json
@@ -83,6 +84,8 @@ class AttributionGraph:
     """``[n_nodes, n_nodes]`` direct effects, rows = targets, columns = sources."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Plain JSON-able facts: model, transcoders, n_layers, dtype, timings, exactness check."""
+    head_table: HeadLoadingTable | None = field(default=None, repr=False, compare=False)
+    """Every head's loading of the loaded edges (``graphs.heads``): in memory and ``.npz`` files only."""
 
     def __post_init__(self) -> None:
         n = len(self.nodes["kind"])
@@ -168,6 +171,19 @@ class AttributionGraph:
         s = self.span("logit")
         return [(str(t), float(p)) for t, p in zip(self.nodes["token"][s], self.nodes["prob"][s])]
 
+    def head_loadings(self, edge: tuple[int | str, int | str]) -> dict[str, float]:
+        """How the attention heads carry ``edge = (source, target)`` (node ids or indices, networkx's order):
+        ``{"L20.H3": loading, ..., "direct": v}``, strongest head first, adding up to the edge's weight.
+
+        A loading is the part of the edge whose paths cross that head last before the target;
+        ``direct`` the part crossing no attention (``circuits.attribution.heads``). Every head is there
+        when the graph holds its full table (``head_table``: the traced graph and its ``.npz`` file);
+        after pruning or a GraphML/JSON round trip only the stored strongest heads are, with ``other``
+        (the rest, summed). ``trace(head_loadings="targets")`` (the default) loads the edges into the
+        logit nodes, ``"all"`` every edge; a KeyError names the fix for an edge without loadings.
+        """
+        return edge_loadings(self, edge)
+
     def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All edges as ``(targets, sources, weights)`` arrays."""
         coo = self.adjacency.tocoo()
@@ -238,6 +254,8 @@ class AttributionGraph:
         header = {"format": _FORMAT, "version": _VERSION, "prompt": self.prompt,
                   "token_texts": list(self.token_texts), "metadata": self.metadata}
         arrays = {f"node.{k}": v for k, v in self.nodes.items()}
+        if self.head_table is not None:
+            arrays |= self.head_table.arrays()
         with atomic_file(path) as tmp, tmp.open("wb") as f:
             np.savez(f, header=np.array(dumps(tag_floats(header))), tokens=np.asarray(self.tokens),
                      adj_data=csr.data, adj_indices=csr.indices, adj_indptr=csr.indptr,
@@ -255,12 +273,13 @@ class AttributionGraph:
                 adjacency = sp.csr_matrix((z["adj_data"], z["adj_indices"], z["adj_indptr"]),
                                           shape=tuple(z["adj_shape"]))
                 tokens = z["tokens"]
+                table = HeadLoadingTable.from_arrays(z)
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             if isinstance(exc, GraphFileError):
                 raise
             raise unreadable(path, exc) from exc
         return cls(prompt=header["prompt"], tokens=tokens, token_texts=header["token_texts"], nodes=nodes,
-                   adjacency=adjacency, metadata=header["metadata"])
+                   adjacency=adjacency, metadata=header["metadata"], head_table=table)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{self.count(k)} {k}s" for k in NODE_KINDS)

@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from graphs.effects import effect_flags, measured_effects
+from graphs.heads import stored_loadings
 from graphs.metrics import node_influence
 from graphs.node_labels import LABELS_KEY, feature_key
 from graphs.nodes import NODE_COLUMNS, NODE_KINDS, empty_nodes, unreadable
@@ -114,6 +115,7 @@ def to_viewer_json(graph: AttributionGraph, *, slug: str | None = None, scan: st
         ids.append(node["node_id"])
 
     effects, flags = measured_effects(graph), effect_flags(graph)
+    heads = stored_loadings(graph)
     own_ids = graph.node_ids
     links = []
     targets, sources, weights = graph.edges()
@@ -125,6 +127,9 @@ def to_viewer_json(graph: AttributionGraph, *, slug: str | None = None, scan: st
         flag = flags.get((own_ids[t], own_ids[s]))
         if flag is not None:
             link["effect_flag"] = flag  # the viewer ignores it; the exact block's metadata holds it too
+        loading = heads.get((own_ids[t], own_ids[s]))
+        if loading is not None:
+            link["heads"] = [[name, v] for name, v in loading.items()]  # graphs.heads: strongest first, then other, direct
         links.append(link)
 
     meta = graph.metadata

@@ -296,3 +296,41 @@ def test_real_model_edges_match_interventions(default_model) -> None:
     edges = graph.adjacency.toarray()[np.ix_(rows, sources)]
     scale = np.abs(values[0]) + np.abs(measured).sum(1)
     assert np.all(np.abs(edges - measured) <= 1e-5 * scale[:, None] + 1e-6)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_chosen_targets_equal_direct_interventions(family: str) -> None:
+    """trace(targets=...): a token, a logit difference and a residual direction, each node's incoming edges
+    equal the change of its value when each source is zeroed (the direction read off the final norm's input)."""
+    from circuits.attribution.targets import Direction
+
+    model = _model(family, n_layers=2, n_heads=4, kv_ratio=2, d_head=4, seed=7)
+    ids = torch.randint(1, 40, (1, 5), generator=torch.Generator().manual_seed(7))
+    tc = _transcoder(model, ids, kind="plt", activation="jumprelu", skip=True, d_features=12,
+                     output_site="mlp_out", seed=7)
+    probe = torch.randn(model.d_model, generator=torch.Generator().manual_seed(7), dtype=F64)
+    graph = trace(ids, model, tc, dtype=TRACE_DTYPE, device=TRACE_DEVICE, head_loadings="none",
+                  targets=["t3", ("t5", 9), Direction("probe", probe.numpy())])
+    lg = graph.span("logit")
+    assert list(graph.nodes["token_id"][lg][1:]) == [-3, -4] and graph.nodes["token"][lg][2] == "probe"
+    frozen = freeze(model, ids, input_site=tc.cfg.input_site, output_site=tc.cfg.output_site)
+    mlps = replace_mlps(tc, frozen, device=CPU, dtype=F64, feature_start=graph.metadata["feature_start"])
+    acts, errors, embed, sources = _ablations(graph, mlps, frozen)
+    seen = []
+    hook = model.norm("ln_final").register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    try:
+        run = run_replacement(model, frozen, tc, mlps, acts=acts, errors=errors, embed=embed)
+    finally:
+        hook.remove()
+    W_U = model.W_U.detach()
+    t3, t5 = model.token_id("t3"), model.token_id("t5")
+    values = torch.stack([run.final[:, -1] @ (W_U[t3] - W_U.mean(0)), run.final[:, -1] @ (W_U[t5] - W_U[9]),
+                          seen[-1][:, -1] @ probe], dim=1)                          # [B, 3]
+    base, each, none = values[0], values[1:-1], values[-1]
+    measured = (base[None, :] - each).T.numpy()
+    edges = graph.adjacency.toarray()[np.ix_(np.arange(lg.start, lg.stop), sources)]
+    scale = np.abs(measured).sum(1) + np.abs(none.numpy()) + np.abs(base.numpy())
+    assert np.all(np.abs(edges - measured) <= TOL * scale[:, None]), np.abs(edges - measured).max()
+    np.testing.assert_array_less(np.abs(graph.nodes["bias"][lg] - none.numpy()), TOL * scale)
+    np.testing.assert_array_less(np.abs(graph.nodes["pre_activation"][lg] - base.numpy()), TOL * scale)
+    assert graph.metadata["identity_error"] < TOL

@@ -44,7 +44,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # graphs: the node table's schema; what works on any graph; conversions and pictures; the graph
     # type, whose methods delegate downward (see graphs/graph.py); the public functions.
     ("graphs.nodes",),
-    ("graphs.metrics", "graphs.effects", "graphs.node_labels", "graphs.paths", "graphs.graphml"),
+    ("graphs.metrics", "graphs.effects", "graphs.node_labels", "graphs.paths", "graphs.graphml", "graphs.heads"),
     ("graphs.convert", "graphs.viewer", "graphs.draw", "graphs.summary"),
     ("graphs.graph",),
     ("graphs.files", "graphs.__init__"),

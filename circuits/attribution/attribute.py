@@ -40,12 +40,18 @@ class Targets:
     """``[n, D]`` its read-out direction pulled back through the frozen norm it reads through."""
     const: Tensor
     """``[n]`` what no residual path carries: encoder bias, the norm's bias read out, unembedding bias."""
+    head: Tensor | None = None
+    """``[n]`` long, for head channels only (``circuits.attribution.heads``): target i is then what head
+    ``head[i]`` of layer ``layer[i]`` moves from every key position to query ``pos[i]``; ``vec[i]`` is the
+    grad already pulled back through that head's OV, spread over the keys by the head's frozen mix and
+    injected below the layer's attention (at its input residual stream)."""
 
     def __len__(self) -> int:
         return int(self.layer.shape[0])
 
     def take(self, idx: Tensor) -> Targets:
-        return Targets(self.layer[idx], self.pos[idx], self.vec[idx], self.const[idx])
+        return Targets(self.layer[idx], self.pos[idx], self.vec[idx], self.const[idx],
+                       None if self.head is None else self.head[idx])
 
     def resolve(self) -> Targets:
         return self
@@ -222,9 +228,15 @@ class Attributor:
 
         def inject(j: int) -> None:
             lo, hi = reach[j + 1], reach[j]
-            if hi > lo:
+            if hi > lo and targets.head is None:
                 rows = torch.arange(lo, hi, device=g.device)
                 g[rows, targets.pos[lo:hi]] += targets.vec[lo:hi]
+
+        def inject_below_attention(j: int) -> None:
+            lo, hi = reach[j + 1], reach[j]
+            if hi > lo and targets.head is not None:
+                spread = rmap.mix[j][targets.head[lo:hi], :n, targets.pos[lo:hi]]   # [m, n(key)]
+                g[lo:hi] += spread[:, :, None] * targets.vec[lo:hi, None, :]
 
         inject(L)
         for j in range(min(top, L - 1), -1, -1):
@@ -242,6 +254,7 @@ class Attributor:
             a = reach[j]
             bias[:a] += g[:a].view(a, n * D) @ rmap.attn_const[j, :n].reshape(n * D)
             rmap.attn_back_(j, g[:a])
+            inject_below_attention(j)
         edges[:, src.tok_slot0:src.tok_slot0 + n] = (g * src.embed[:n]).sum(-1)
         if stacked is not None:
             self._read_stacked(stacked, edges, n, top)

@@ -19,21 +19,23 @@ from circuits.attribution.attribute import (
     FeatureTargets,
     Targets,
     build_sources,
-    logit_targets,
 )
+from circuits.attribution.heads import HeadLoadingMode, TargetLoadings, loadings_for
 from circuits.attribution.checks import (
     check_options,
     check_transcoders,
     default_transcoders,
 )
 from circuits.attribution.residual_map import build_residual_map
+from circuits.attribution.targets import ChosenTargets, TargetSpec, choose_targets
 from circuits.attribution.memory import TraceShape, plan_trace, resolve_budget
 from circuits.attribution.rows import RowStore, assemble, compute_rows, compute_selected_rows
 from circuits.models.adapter import Model, PromptError
 from circuits.models.loading import load_model, resolve_device, resolve_dtype
-from circuits.replacement import FrozenForward, as_compute, demeaned_unembedding, freeze, replace_mlps, salient_logits
+from circuits.replacement import FrozenForward, as_compute, freeze, replace_mlps
 from circuits.replacement.slots import early_errors
 from graphs.graph import AttributionGraph, empty_nodes
+from graphs.heads import HeadLoadingTable, set_head_loadings
 from transcoders.positions import FEATURE_START
 
 log = logging.getLogger("circuits.attribution")
@@ -44,7 +46,8 @@ _IDENTITY_WARN = {torch.float64: 1e-5, torch.float32: 1e-3}
 
 
 def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, transcoders: nn.Module | None = None, *,
-          max_logits: int = 10, logit_prob: float = 0.95, max_feature_nodes: int | None = None,
+          targets: TargetSpec | Sequence[TargetSpec] | None = None, head_loadings: HeadLoadingMode = "targets",
+          top_heads: int = 3, max_logits: int = 10, logit_prob: float = 0.95, max_feature_nodes: int | None = None,
           batch_size: int | None = None, device: str | torch.device | None = None,
           dtype: str | torch.dtype | None = None, memory_budget: int | str | None = None, verify: bool = False,
           node_threshold: float = 0.8, edge_threshold: float = 0.98, tau: float | None = None,
@@ -56,8 +59,17 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         prompt: text, or token ids.
         model: default ``circuits.load_model()``.
         transcoders: a PLT or CLT set for ``model``; default ``transcoders.load_transcoders(model)``.
-        max_logits, logit_prob: the logit nodes are the most likely next tokens, until their
-            probabilities add up to ``logit_prob``, at most ``max_logits`` of them.
+        targets: what the graph explains (``circuits.attribution.targets``): token strings or ids, logit
+            differences (``(" Mary", " John")`` or ``LogitDiff``), ``Direction(name, vec)`` read from the
+            residual stream leaving the last layer; one, or a list. Each is a ``logit`` node. Default: the
+            salient logits.
+        max_logits, logit_prob: without ``targets``, the logit nodes are the most likely next tokens, until
+            their probabilities add up to ``logit_prob``, at most ``max_logits`` of them.
+        head_loadings: which edges are split over the attention heads they pass through
+            (``circuits.attribution.heads``): ``"targets"`` (edges into the logit nodes, the default),
+            ``"all"`` (every edge: costs about ``n_layers * n_heads / 2`` extra rows per target), or
+            ``"none"``. The ``top_heads`` strongest heads of each such edge are stored on the graph
+            (``graph.head_loadings(edge)``, and the ``heads`` edge attribute of every export).
         max_feature_nodes: None for every active feature; else the most influential ones, chosen
             greedily as circuit-tracer does (their left-out input goes to ``excluded_input``).
         batch_size: targets per backward pass (default: the most, up to 256 on the CPU and 1024 on a
@@ -94,6 +106,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         raise PromptError("the prompt is empty: pass some text, e.g. trace(\"When Mary and John ...\")")
     if early_mlp not in ("constant", "error"):
         raise ValueError(f"early_mlp must be 'constant' or 'error', got {early_mlp!r}")
+    if head_loadings not in ("targets", "all", "none"):
+        raise ValueError(f"head_loadings must be 'targets', 'all' or 'none', got {head_loadings!r}")
     held_positions = feature_start if early_mlp == "constant" else 0  # their errors are constants of the graph
     check_options(max_logits, logit_prob, max_feature_nodes, batch_size)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -121,7 +135,9 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     del mlps  # [P, L, F] activations: only the active ones are needed from here on
     P, L = frozen.n_pos, model.n_layers
     n_active = len(layer)
-    token_ids, probs = salient_logits(frozen.logits, max_logits, logit_prob)
+    chosen = choose_targets(model, targets, frozen.logits, max_logits=max_logits, logit_prob=logit_prob,
+                            device=dev, dtype=dt)
+    token_ids, probs = chosen.token_ids, chosen.probs
     plan = plan_trace(dataclasses.replace(shape.with_counts(layer.cpu().numpy(), pos.cpu().numpy()),
                                           n_logits=len(token_ids)), budget, batch_size)
     log.info("%s", plan)
@@ -129,22 +145,31 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     frozen = _release_bulk(frozen)
     clock.lap("forward and freeze")
 
-    u, u_bias = demeaned_unembedding(model, token_ids, dev, dt)
-    logit_values = u @ frozen.final[-1].to(dev, dt) + (0.0 if u_bias is None else u_bias)
+    logit_values = chosen.values(frozen.final[-1], _resid_final(model, ids, chosen))
     # The constant write of each slot: b_dec and the skip of the norm bias, plus, per position, the
     # errors held as constants before feature_start.
     const = rmap.mlp_const if held is None else rmap.mlp_const[:, None] + held
     sources = build_sources(tc, layer, pos, feat, acts, errors, frozen.embed.to(dev, dt), const)
     f_targets = FeatureTargets(rmap, tc, layer, pos, feat)
-    l_targets = logit_targets(rmap, u, u_bias, P)
+    l_targets = chosen.targets(rmap, P)
     attributor = Attributor(rmap, sources)
     clock.lap("targets and sources")
 
     store = RowStore(plan.rows_in_memory)
     selected = _edge_rows(attributor, f_targets, l_targets, probs, layer, L, P, max_feature_nodes,
                           plan.batch_size, store)
-    del attributor, sources, f_targets, rmap, tc  # the map and decoder tables: the graph needs their room
     clock.lap("edges")
+    loadings: list[TargetLoadings] = []
+    if head_loadings != "none":
+        n_full = n_active + L * P + P + len(token_ids)
+        loadings = loadings_for(rmap, sources, l_targets, np.arange(n_full - len(token_ids), n_full),
+                                plan.batch_size)
+        if head_loadings == "all":
+            chosen_features = np.flatnonzero(selected)
+            loadings += loadings_for(rmap, sources, f_targets.take(torch.as_tensor(chosen_features,
+                                     device=layer.device)), chosen_features, plan.batch_size)
+        clock.lap("head loadings")
+    del attributor, sources, f_targets, rmap, tc  # the map and decoder tables: the graph needs their room
 
     # Node order: selected features, errors, tokens, logits; rows and columns renumbered to it.
     n_sel, n_err, n_logit = int(selected.sum()), L * P, len(token_ids)
@@ -159,7 +184,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
 
     sel = torch.as_tensor(np.flatnonzero(selected), device=layer.device)
     nodes = _node_table(model, frozen, errors, layer[sel], pos[sel], feat[sel], acts[sel], pre[sel],
-                        token_ids, probs, logit_values)
+                        chosen, logit_values)
     nodes["bias"][:] = built.bias
     nodes["excluded_input"][:] = built.excluded
     identity_error = _identity_error(built, nodes)
@@ -172,6 +197,7 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     metadata = {
         "model": model.name, "family": model.spec.family, "n_layers": L, "d_model": model.d_model, "n_pos": P,
         "transcoders": _jsonable(transcoders.cfg.to_dict() if hasattr(transcoders.cfg, "to_dict") else {}),
+        "targets": chosen.describe() if chosen.chosen else None,
         "n_active_features": n_active, "max_feature_nodes": max_feature_nodes, "max_logits": max_logits,
         "logit_prob": logit_prob, "feature_start": feature_start, "prepend_bos": prepend_bos, "early_mlp": early_mlp,
         "dtype": str(dt).removeprefix("torch."), "device": str(dev),
@@ -182,6 +208,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     tokens = frozen.tokens.cpu().numpy().astype(np.int64)
     graph = AttributionGraph(text, tokens, [model.tokenizer.decode([int(t)]) for t in tokens], nodes,
                              built.matrix, metadata)
+    if head_loadings != "none":
+        _store_loadings(graph, loadings, row_map, col_map, model.n_heads, top_heads)
     log.info("traced %d tokens: %d features (of %d active), %d edges in %.2fs", P, n_sel, n_active,
              built.matrix.nnz, sum(clock.laps.values()))
     if verify:
@@ -228,8 +256,38 @@ def _release_bulk(frozen: FrozenForward) -> FrozenForward:
     return dataclasses.replace(frozen, patterns=empty, mlp_in=empty, mlp_write=empty)
 
 
+def _store_loadings(graph: AttributionGraph, loadings: list[TargetLoadings], row_map: np.ndarray,
+                    col_map: np.ndarray, n_heads: int, top: int) -> None:
+    """Put each target's loadings on ``graph`` under its node ids (sources left out of the graph dropped)."""
+    ids = np.array(graph.node_ids)
+    targets, sources, values, direct = [], [], [], []
+    for tl in loadings:
+        cols = col_map[tl.cols]
+        keep = cols >= 0
+        targets.append(np.full(int(keep.sum()), ids[row_map[tl.row]]))
+        sources.append(ids[cols[keep]])
+        values.append(tl.values[keep])
+        direct.append(tl.direct[keep])
+    width = graph.n_layers * n_heads
+    table = HeadLoadingTable(n_heads, np.concatenate(targets) if targets else np.zeros(0, str),
+                             np.concatenate(sources) if sources else np.zeros(0, str),
+                             np.concatenate(values) if values else np.zeros((0, width)),
+                             np.concatenate(direct) if direct else np.zeros(0))
+    set_head_loadings(graph, table, top)
+
+
+def _resid_final(model: Model, ids: Tensor, chosen: ChosenTargets) -> Tensor | None:
+    """``[D]`` the residual stream leaving the last layer at the last position, which direction targets
+    read (one more forward pass, only when there are some); None otherwise."""
+    if bool(chosen.through_norm.all()):
+        return None
+    _, rec = model.record(ids, [("resid_post", model.n_layers - 1)])
+    return rec[("resid_post", model.n_layers - 1)][-1]
+
+
 def _node_table(model: Model, frozen, errors: Tensor, layer: Tensor, pos: Tensor, feat: Tensor, acts: Tensor,
-                pre: Tensor, token_ids: Tensor, probs: Tensor, logit_values: Tensor) -> dict[str, np.ndarray]:
+                pre: Tensor, chosen: ChosenTargets, logit_values: Tensor) -> dict[str, np.ndarray]:
+    token_ids, probs = chosen.token_ids, chosen.probs
     L, P = model.n_layers, frozen.n_pos
     n_f, n_l = len(layer), len(token_ids)
     nodes = empty_nodes(n_f + L * P + P + n_l)
@@ -251,7 +309,7 @@ def _node_table(model: Model, frozen, errors: Tensor, layer: Tensor, pos: Tensor
     nodes["prob"][lg] = probs.numpy()
     nodes["pre_activation"][lg] = logit_values.double().cpu().numpy()
     decode = model.tokenizer.decode
-    texts = [""] * (n_f + L * P) + [decode([int(i)]) for i in frozen.tokens] + [decode([int(i)]) for i in token_ids]
+    texts = [""] * (n_f + L * P) + [decode([int(i)]) for i in frozen.tokens] + list(chosen.texts)
     nodes["token"] = np.array(texts)
     return nodes
 
