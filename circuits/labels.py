@@ -79,6 +79,30 @@ class FeatureLabels:
             out.append((float(act), "".join(pieces)))
         return out
 
+    def context_windows(self, keys: Iterable[tuple[int, int]], tokenizer: Any, n: int = 5
+                        ) -> dict[tuple[int, int], list[list[Any]]]:
+        """``{(layer, feature): [[activation, [token texts], index of the firing token], ...]}`` for ``keys``:
+        up to ``n`` top contexts each, strongest first, trimmed to the row (for ``graphs.set_feature_contexts``)."""
+        cache: dict[int, str] = {}
+
+        def text(t: int) -> str:
+            if t not in cache:
+                cache[t] = tokenizer.decode([t])
+            return cache[t]
+
+        out = {}
+        for layer, feature in keys:
+            windows = []
+            for act, ctx in zip(self.top_acts[layer, feature][:n], self.contexts[layer, feature][:n]):
+                if act <= 0:
+                    break
+                inside = np.flatnonzero(ctx >= 0)
+                lo, hi = int(inside.min()), int(inside.max()) + 1
+                windows.append([float(act), [text(int(t)) for t in ctx[lo:hi]], self.before - lo])
+            if windows:
+                out[(int(layer), int(feature))] = windows
+        return out
+
     def save(self, directory: str | Path) -> Path:
         """Write both files into ``directory`` (atomically each); returns the directory."""
         arrays = {"top_acts": self.top_acts, "top_tokens": self.top_tokens, "contexts": self.contexts}

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from graphs.graph import AttributionGraph
 
 LABELS_KEY = "feature_labels"
+CONTEXTS_KEY = "feature_contexts"
+"""``graph.metadata`` key: ``{"layer.feature": [[activation, [token texts], index of the firing token], ...]}``,
+each feature's top-activating contexts, strongest first (what ``graph.html`` shows on hover)."""
 
 
 def feature_key(layer: int, feature: int) -> str:
@@ -31,6 +34,20 @@ def set_feature_labels(graph: AttributionGraph, labels: Mapping[tuple[int, int],
     wanted = {feature_key(layer, f) for layer, f in zip(graph.nodes["layer"][s], graph.nodes["feature"][s])}
     found = {k: lookup[k] for k in sorted(wanted) if k in lookup}
     graph.metadata[LABELS_KEY] = found
+    return len(found)
+
+
+def set_feature_contexts(graph: AttributionGraph,
+                         contexts: Mapping[tuple[int, int], list] | Mapping[str, list]) -> int:
+    """Store the top-activating contexts of the graph's features (``CONTEXTS_KEY`` describes a value;
+    ``circuits.labels.FeatureLabels.context_windows`` makes them). Others are left out, as for labels.
+    Returns how many of the graph's features got contexts."""
+    lookup = {feature_key(*k) if isinstance(k, tuple) else str(k): v for k, v in contexts.items()}
+    s = graph.span("feature")
+    wanted = {feature_key(layer, f) for layer, f in zip(graph.nodes["layer"][s], graph.nodes["feature"][s])}
+    found = {k: [[float(act), [str(t) for t in tokens], int(at)] for act, tokens, at in lookup[k]]
+             for k in sorted(wanted) if lookup.get(k)}
+    graph.metadata[CONTEXTS_KEY] = found
     return len(found)
 
 

@@ -16,6 +16,13 @@ logit       ``{L+1}_{vocab}_{p}``  ``L_{vocab}-{p}``   vocab                   `
 compares against; null for logits), ``activation`` a feature's activation (null otherwise), and
 ``clerp`` a feature's label or ``Output "tok" (p=0.923)`` for a logit. Links run source → target.
 
+As circuit-tracer's ``create_graph_files`` writes it, the viewer sees a pruned graph: features and
+errors without an edge are left out (tokens and logits always stay), ``metadata.node_threshold``
+is set (the viewer shows its pruning slider only then) and ``metadata.scan`` names the transcoder
+set (the viewer fetches feature examples by it). ``graph.save("x.json")`` of a graph that was not
+pruned yet prunes it first (``save_viewer_json``, circuit-tracer's default thresholds); the exact
+block keeps the whole graph, so the file still reads back into the very graph that was saved.
+
 The viewer ignores fields it does not know, so ``metadata.circuit_engine`` carries the exact node
 table, tokens, weight dtype and our metadata: ``read_viewer_json`` gives back the very graph
 that was written. Files from circuit-tracer (without that block) are read as far as they go.
@@ -40,7 +47,7 @@ import scipy.sparse as sp
 
 from graphs.effects import effect_flags, measured_effects
 from graphs.heads import stored_loadings
-from graphs.metrics import node_influence
+from graphs.metrics import node_influence, prune
 from graphs.node_labels import LABELS_KEY, feature_key
 from graphs.nodes import NODE_COLUMNS, NODE_KINDS, empty_nodes, unreadable
 from transcoders.writes import dumps, tag_floats, tagged, untag_floats, untagged, write_text
@@ -72,18 +79,27 @@ def cumulative_influence(influence: np.ndarray) -> np.ndarray:
     return out
 
 
+DEFAULT_NODE_THRESHOLD, DEFAULT_EDGE_THRESHOLD = 0.8, 0.98  # circuit-tracer's create_graph_files defaults
+SET_KEY = "transcoder_set"  # graph.metadata key: the transcoder set's id (a preset name, org/repo, a folder name)
+
+
 def to_viewer_json(graph: AttributionGraph, *, slug: str | None = None, scan: str | None = None,
                    cumulative: np.ndarray | None = None, node_threshold: float | None = None,
-                   edge_threshold: float | None = None) -> dict[str, Any]:
-    """The viewer's JSON for every node and edge of ``graph``.
+                   edge_threshold: float | None = None, whole: AttributionGraph | None = None) -> dict[str, Any]:
+    """The viewer's JSON for every edge of ``graph`` and every node that has one (tokens and logits always).
 
     Args:
         slug: the graph's name in the viewer; default from the prompt.
-        scan: the model id the viewer shows; default the graph's model name.
+        scan: the transcoder set's id, which the viewer fetches feature examples by; default
+            ``graph.metadata["transcoder_set"]``, else (a graph that does not say) the model name.
         cumulative: ``[n_nodes]`` cumulative influence to write as ``influence``; default computed
             on this graph. Pass ``PruneResult.cumulative_scores[node_mask]`` for a pruned graph so
             the numbers are those of the full graph, as circuit-tracer writes them.
         node_threshold, edge_threshold: the pruning that made this graph, recorded in the metadata.
+            ``node_threshold`` defaults to ``graph.metadata["node_threshold"]``, else 1.0 (the
+            viewer's slider then starts with every node shown).
+        whole: the unpruned graph ``graph`` was pruned from (``prune(whole).graph``): the exact block
+            then holds ``whole``, so reading the file gives ``whole`` back.
     """
     n = graph.nodes
     cum = cumulative_influence(node_influence(graph)) if cumulative is None else np.asarray(cumulative, np.float64)
@@ -92,6 +108,7 @@ def to_viewer_json(graph: AttributionGraph, *, slug: str | None = None, scan: st
     logit_span = graph.span("logit")
     target = logit_span.start + int(np.argmax(n["prob"][logit_span])) if graph.count("logit") else -1
     nodes, ids = [], []
+    used = used_nodes(graph)
     for i in range(graph.n_nodes):
         kind, layer, pos = str(n["kind"][i]), int(n["layer"][i]), int(n["position"][i])
         feat, tok = int(n["feature"][i]), int(n["token_id"][i])
@@ -111,8 +128,9 @@ def to_viewer_json(graph: AttributionGraph, *, slug: str | None = None, scan: st
             node.update(node_id=f"{L + 1}_{tok}_{last}", feature=tok, layer=str(L + 1), ctx_idx=last,
                         jsNodeId=f"L_{tok}-{last}", token_prob=prob, is_target_logit=i == target,
                         clerp=f'Output "{n["token"][i]}" (p={prob:.3f})', influence=None)
-        nodes.append({k: node[k] for k in _NODE_ORDER})
         ids.append(node["node_id"])
+        if used[i]:
+            nodes.append({k: node[k] for k in _NODE_ORDER})
 
     effects, flags = measured_effects(graph), effect_flags(graph)
     heads = stored_loadings(graph)
@@ -136,26 +154,67 @@ def to_viewer_json(graph: AttributionGraph, *, slug: str | None = None, scan: st
     settings = {"max_n_logits": meta.get("max_logits"), "desired_logit_prob": meta.get("logit_prob"),
                 "batch_size": meta.get("batch_size"), "max_feature_nodes": meta.get("max_feature_nodes")}
     pruning = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
+    scan = scan or str(meta.get(SET_KEY) or meta.get("model", "unknown"))
+    shown = None if whole is None else _positions_in(whole, graph)
     metadata: dict[str, Any] = {
-        "slug": slug or slugify(graph.prompt), "scan": scan or str(meta.get("model", "unknown")),
+        "slug": slug or slugify(graph.prompt), "scan": scan,
         "transcoder_list": [], "prompt_tokens": list(graph.token_texts), "prompt": graph.prompt,
-        "node_threshold": node_threshold, "schema_version": SCHEMA_VERSION,
-        "info": {"generator": GENERATOR, "create_time_ms": int(time.time() * 1000)},
+        # The viewer shows its pruning slider only for a number here; a graph that does not say was not pruned.
+        "node_threshold": _threshold(node_threshold, meta.get("node_threshold"), 1.0),
+        "schema_version": SCHEMA_VERSION,
+        "info": {"generator": GENERATOR, "create_time_ms": int(time.time() * 1000), "transcoder_set": scan},
         "generation_settings": {k: v for k, v in settings.items() if v is not None and _finite(v) is not None},
         "pruning_settings": {k: v for k, v in pruning.items() if v is not None},
-        "circuit_engine": _exact_block(graph),
+        "circuit_engine": _exact_block(graph if whole is None else whole,
+                                       shown=np.flatnonzero(used) if shown is None else shown[used], graph=graph),
     }
-    if node_threshold is None:
-        del metadata["node_threshold"]
     return {"metadata": metadata, "qParams": dict(QPARAMS), "nodes": nodes, "links": links}
+
+
+def used_nodes(graph: AttributionGraph) -> np.ndarray:
+    """``[n_nodes]`` bool: the nodes circuit-tracer's viewer files list: every token and logit, and the
+    features and errors with at least one edge (``create_used_nodes_and_edges``)."""
+    a = graph.adjacency.tocoo()
+    used = np.isin(graph.nodes["kind"], ("token", "logit"))
+    used[a.row] = used[a.col] = True
+    return used
+
+
+def _threshold(*values: Any) -> float:
+    return next(float(v) for v in values if v is not None and _finite(v) is not None)
+
+
+def _positions_in(whole: AttributionGraph, part: AttributionGraph) -> np.ndarray:
+    """``[part.n_nodes]``: each node of ``part`` (a subgraph of ``whole``) as its index in ``whole``."""
+    index = {node_id: i for i, node_id in enumerate(whole.node_ids)}
+    try:
+        return np.array([index[node_id] for node_id in part.node_ids], dtype=np.int64)
+    except KeyError as exc:
+        raise ValueError(f"node {exc.args[0]} is not in the whole graph. Fix: pass whole=the graph that "
+                         "prune(...) was given.") from exc
 
 
 _NODE_ORDER = ("node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit", "run_idx",
                "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation")
 
 
-def write_viewer_json(graph: AttributionGraph, path: str | Path, **kwargs: Any) -> Path:
-    """Write ``to_viewer_json(graph, **kwargs)`` to ``path`` (strict JSON, atomically)."""
+def write_viewer_json(graph: AttributionGraph, path: str | Path, *, prune_first: bool | None = None,
+                      **kwargs: Any) -> Path:
+    """Write ``to_viewer_json(graph, **kwargs)`` to ``path`` (strict JSON, atomically).
+
+    ``prune_first``: prune ``graph`` for the viewer as circuit-tracer's ``create_graph_files`` does (node
+    0.8, edge 0.98, or the thresholds in ``kwargs``), keeping the whole graph in the exact block. The
+    default (None) prunes a graph that was not pruned yet (``graph.save("x.json")`` of a fresh trace)
+    and writes a pruned one (``graphs.prune``, ``verify``) as it is.
+    """
+    if prune_first is None:
+        prune_first = "pruned_from" not in graph.metadata and "cumulative" not in kwargs and "whole" not in kwargs
+    if prune_first:
+        kwargs.setdefault("node_threshold", DEFAULT_NODE_THRESHOLD)
+        kwargs.setdefault("edge_threshold", DEFAULT_EDGE_THRESHOLD)
+        result = prune(graph, kwargs["node_threshold"], kwargs["edge_threshold"])
+        kwargs.update(cumulative=result.cumulative_scores[result.node_mask], whole=graph)
+        graph = result.graph
     return write_text(path, dumps(to_viewer_json(graph, **kwargs), ensure_ascii=False))
 
 
@@ -194,16 +253,31 @@ def slugify(text: str, limit: int = 60) -> str:
 # --- the exact block --------------------------------------------------------------------------
 
 
-def _exact_block(graph: AttributionGraph) -> dict[str, Any]:
+def _exact_block(whole: AttributionGraph, *, shown: np.ndarray, graph: AttributionGraph) -> dict[str, Any]:
+    """``whole`` exactly. ``shown`` ``[len(nodes)]``: the index in ``whole`` of each node the viewer fields
+    list; the viewer's links are ``graph``'s edges, and ``whole``'s other edges are kept here."""
     columns = {}
     for name, (dtype, _) in NODE_COLUMNS.items():
-        values = graph.nodes[name].tolist()
+        values = whole.nodes[name].tolist()
         if np.dtype(dtype).kind == "f":
             values = [None if v != v else tagged(v) for v in values]  # NaN is the column's "missing"
         columns[name] = values
-    return {"format": FORMAT, "version": SCHEMA_VERSION, "tokens": [int(t) for t in graph.tokens],
-            "token_texts": list(graph.token_texts), "weight_dtype": str(graph.adjacency.dtype),
-            "graph_metadata": tag_floats(graph.metadata), "columns": columns}
+    block: dict[str, Any] = {
+        "format": FORMAT, "version": SCHEMA_VERSION, "tokens": [int(t) for t in whole.tokens],
+        "token_texts": list(whole.token_texts), "weight_dtype": str(whole.adjacency.dtype),
+        "graph_metadata": tag_floats(whole.metadata), "columns": columns}
+    if len(shown) != whole.n_nodes:
+        block["shown"] = [int(i) for i in shown]
+    if whole is not graph:
+        # The whole graph's edges that the links (``graph``'s edges) leave out, by whole-graph index.
+        at = _positions_in(whole, graph)
+        part, a = graph.adjacency.tocoo(), whole.adjacency.tocoo()
+        n = np.int64(whole.n_nodes)
+        listed = at[part.row].astype(np.int64) * n + at[part.col]
+        rest = ~np.isin(a.row.astype(np.int64) * n + a.col, listed)
+        block["other_edges"] = {"targets": a.row[rest].tolist(), "sources": a.col[rest].tolist(),
+                                "weights": [tagged(w) for w in a.data[rest].tolist()]}
+    return block
 
 
 def _from_exact(cls: type[AttributionGraph], data: dict[str, Any], block: dict[str, Any]) -> AttributionGraph:
@@ -215,12 +289,18 @@ def _from_exact(cls: type[AttributionGraph], data: dict[str, Any], block: dict[s
             continue  # a column added after the file was written keeps its fill value
         values = [fill if v is None else untagged(v) for v in columns[name]]
         nodes[name] = np.array(values, dtype=str) if np.dtype(dtype).kind == "U" else np.array(values, dtype=dtype)
-    index = {node["node_id"]: i for i, node in enumerate(data["nodes"])}
-    if len(index) != n:
-        raise ValueError(f"the file lists {len(data['nodes'])} nodes but its exact block {n}. Fix: do not edit "
-                         "metadata.circuit_engine by hand, or delete it to read the viewer fields only.")
+    shown = block.get("shown", range(n))
+    index = {node["node_id"]: int(i) for i, node in zip(shown, data["nodes"])}
+    if len(index) != len(shown) or len(data["nodes"]) != len(shown):
+        raise ValueError(f"the file lists {len(data['nodes'])} nodes but its exact block {len(shown)}. Fix: do not "
+                         "edit metadata.circuit_engine by hand, or delete it to read the viewer fields only.")
     dtype = np.dtype(block.get("weight_dtype", "float32"))
     adjacency = _adjacency(data["links"], index, n, dtype)
+    other = block.get("other_edges")
+    if other:
+        weights = np.array([untagged(w) for w in other["weights"]], dtype=dtype)
+        adjacency = adjacency + sp.csr_matrix((weights, (other["targets"], other["sources"])), shape=(n, n),
+                                              dtype=dtype)
     return cls(prompt=data["metadata"]["prompt"], tokens=np.array(block["tokens"], dtype=np.int64),
                token_texts=list(block["token_texts"]), nodes=nodes, adjacency=adjacency,
                metadata=untag_floats(block["graph_metadata"]))

@@ -23,7 +23,7 @@ from transcoders.writes import MARKER, OutputFolderError, owned_files
 
 HAS_DOT = shutil.which("dot") is not None
 PROMPT = "t1 t2 t3 t4 t5 t6"
-FILES = {"graph.json", "graph.graphml", "summary.md"} | ({"graph.svg"} if HAS_DOT else set())
+FILES = {"graph.html", "graph.json", "graph.graphml", "summary.md"} | ({"graph.svg"} if HAS_DOT else set())
 
 
 def _run(out: Path, **kwargs) -> Path:

@@ -22,7 +22,7 @@ import graphs
 from graph_helpers import AWKWARD_TOKENS, assert_same_graph, hand_made_graph, tiny_graph
 from graphs import from_viewer_json, measured_effects, prune
 from graphs.graphml import graphml_ready
-from graphs.viewer import cantor, to_viewer_json
+from graphs.viewer import cantor, to_viewer_json, used_nodes
 
 DATA = Path(__file__).parent / "data"
 SUFFIXES = (".npz", ".graphml", ".json")
@@ -211,7 +211,9 @@ def test_viewer_node_fields_follow_circuit_tracer() -> None:
     assert doc["qParams"] == {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
     L, last = graph.n_layers, graph.n_pos - 1
     labels = graph.metadata["feature_labels"]
-    for i, node in enumerate(doc["nodes"]):
+    shown = np.flatnonzero(used_nodes(graph))  # features and errors without an edge are left out
+    assert len(shown) == len(doc["nodes"])
+    for i, node in zip(shown, doc["nodes"]):
         kind, layer, pos = graph.nodes["kind"][i], graph.nodes["layer"][i], graph.nodes["position"][i]
         feat, tok = graph.nodes["feature"][i], graph.nodes["token_id"][i]
         assert node["ctx_idx"] == pos
@@ -235,7 +237,8 @@ def test_viewer_node_fields_follow_circuit_tracer() -> None:
             assert node["token_prob"] == graph.nodes["prob"][i]
             assert node["clerp"].startswith(f'Output "{graph.nodes["token"][i]}" (p=')
     assert sum(n["is_target_logit"] for n in doc["nodes"]) == 1
-    assert doc["nodes"][graph.span("logit").start]["is_target_logit"]  # the most likely one
+    first_logit = int(np.searchsorted(shown, graph.span("logit").start))
+    assert doc["nodes"][first_logit]["is_target_logit"]  # the most likely one
     influences = [n["influence"] for n in doc["nodes"] if n["influence"] is not None]
     assert min(influences) > 0 and max(influences) == pytest.approx(1.0)  # cumulative shares
 

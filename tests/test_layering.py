@@ -45,9 +45,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # type, whose methods delegate downward (see graphs/graph.py); the public functions.
     ("graphs.nodes",),
     ("graphs.metrics", "graphs.effects", "graphs.node_labels", "graphs.paths", "graphs.graphml", "graphs.heads"),
-    ("graphs.convert", "graphs.viewer", "graphs.draw", "graphs.summary"),
+    ("graphs.convert", "graphs.viewer", "graphs.draw", "graphs.summary", "graphs.html_data", "graphs.html"),
     ("graphs.graph",),
-    ("graphs.files", "graphs.__init__"),
+    ("graphs.files", "graphs.__init__", "graphs.html_server"),
     # circuits: the hook toolkit (every engine's, the models' recording included); models and tasks;
     # the replacement model (ablations, transcoders in place of the MLPs, feature labels); attribution
     # graphs; patching; circuit discovery, interventions, probes, known circuits; the command lines
