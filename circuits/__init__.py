@@ -1,6 +1,6 @@
 """circuit-engine: attribution graphs and circuit discovery for language models."""
 
-from circuits.attribution import trace
+from circuits.attribution import Direction, LogitDiff, qk_attribution, trace
 from circuits.models import (
     DeviceError,
     Model,
@@ -12,7 +12,7 @@ from circuits.models import (
 )
 
 __all__ = ["DeviceError", "Model", "ModelLoadError", "ModelNotFoundError", "PromptError", "load_model",
-           "tiny_model", "trace"]
+           "tiny_model", "trace", "Direction", "LogitDiff", "qk_attribution"]
 
 # Circuit discovery: one entry point per kind of circuit, and ``discover`` dispatching to them.
 from circuits.discovery import (

@@ -2,6 +2,8 @@
 
 from circuits.attribution.checks import TranscoderMismatchError, TranscodersMissingError
 from circuits.attribution.memory import MemoryBudgetError, MemoryPlan, parse_memory
+from circuits.attribution.qk import QKAttribution, qk_attribution
+from circuits.attribution.targets import Direction, LogitDiff
 from circuits.attribution.tracing import trace
 
 # The replacement model that every graph explains lives in circuits.replacement; these names are
@@ -19,6 +21,7 @@ from circuits.replacement import (
 )
 
 __all__ = [
+    "Direction", "LogitDiff", "QKAttribution", "qk_attribution",
     "FreezeError", "FrozenForward", "FrozenNorm", "MemoryBudgetError", "MemoryPlan", "MlpReplacement",
     "ReplacementRun", "TranscoderMismatchError", "TranscodersMissingError", "freeze", "parse_memory", "replace_mlps",
     "run_replacement", "salient_logits", "trace",

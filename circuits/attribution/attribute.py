@@ -45,13 +45,20 @@ class Targets:
     ``head[i]`` of layer ``layer[i]`` moves from every key position to query ``pos[i]``; ``vec[i]`` is the
     grad already pulled back through that head's OV, spread over the keys by the head's frozen mix and
     injected below the layer's attention (at its input residual stream)."""
+    below: bool = False
+    """Whether every target reads the residual stream entering its layer's attention (a query or key, for QK
+    attributions) rather than the MLP input after it. Head channels always read below."""
 
     def __len__(self) -> int:
         return int(self.layer.shape[0])
 
+    @property
+    def below_attention(self) -> bool:
+        return self.below or self.head is not None
+
     def take(self, idx: Tensor) -> Targets:
         return Targets(self.layer[idx], self.pos[idx], self.vec[idx], self.const[idx],
-                       None if self.head is None else self.head[idx])
+                       None if self.head is None else self.head[idx], self.below)
 
     def resolve(self) -> Targets:
         return self
@@ -228,7 +235,7 @@ class Attributor:
 
         def inject(j: int) -> None:
             lo, hi = reach[j + 1], reach[j]
-            if hi > lo and targets.head is None:
+            if hi > lo and not targets.below_attention:
                 rows = torch.arange(lo, hi, device=g.device)
                 g[rows, targets.pos[lo:hi]] += targets.vec[lo:hi]
 
@@ -237,6 +244,9 @@ class Attributor:
             if hi > lo and targets.head is not None:
                 spread = rmap.mix[j][targets.head[lo:hi], :n, targets.pos[lo:hi]]   # [m, n(key)]
                 g[lo:hi] += spread[:, :, None] * targets.vec[lo:hi, None, :]
+            elif hi > lo and targets.below:
+                rows = torch.arange(lo, hi, device=g.device)
+                g[rows, targets.pos[lo:hi]] += targets.vec[lo:hi]
 
         inject(L)
         for j in range(min(top, L - 1), -1, -1):

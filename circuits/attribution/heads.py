@@ -54,9 +54,12 @@ def head_channels(rmap: ResidualMap, target: Targets) -> Targets:
     L, H, Hkv, dh = rmap.n_layers, rmap.n_heads, rmap.n_kv_heads, rmap.d_head
     G = H // Hkv
     lt, q = int(target.layer[0]), int(target.pos[0])
-    c = target.vec[0]                                                   # [D] grad at attention lt's output
+    c = target.vec[0]                                                   # [D] grad where the target reads
     us, layers = [], []
-    for l in range(min(lt, L - 1), -1, -1):
+    # A target reading a layer's MLP input sits above that layer's attention; logits and targets reading
+    # below attention (queries and keys) sit above the previous layer's MLP only.
+    top = lt - 1 if target.below_attention or lt == L else lt
+    for l in range(top, -1, -1):
         if l < lt:  # the MLP slot of layer l sits between its attention and the target: its skip
             if rmap.W_skip is not None:
                 gw = c if rmap.write_mul is None else c * rmap.write_mul[l, q]

@@ -119,6 +119,10 @@ def _decoder_sites(layers: str, attn: str, z_proj: str, mlp: str, attn_write: Lo
     }
 
 
+# Per-head norms of queries and keys (Qwen3, Gemma-3; absent from Llama, Qwen2, Gemma-2): QK attributions
+# freeze their scales.
+_QK_NORMS = {"q_norm": "model.layers.{layer}.self_attn.q_norm", "k_norm": "model.layers.{layer}.self_attn.k_norm"}
+
 LLAMA = ArchSpec(
     family="llama",
     # SmolLM2, Llama, Mistral-style and Qwen2/3 share one layout.
@@ -133,6 +137,7 @@ LLAMA = ArchSpec(
     v_proj="model.layers.{layer}.self_attn.v_proj",
     q_proj="model.layers.{layer}.self_attn.q_proj",
     k_proj="model.layers.{layer}.self_attn.k_proj",
+    extra=_QK_NORMS,
 )
 
 GEMMA = ArchSpec(
@@ -157,6 +162,7 @@ GEMMA = ArchSpec(
     v_proj="model.layers.{layer}.self_attn.v_proj",
     q_proj="model.layers.{layer}.self_attn.q_proj",
     k_proj="model.layers.{layer}.self_attn.k_proj",
+    extra=_QK_NORMS,
 )
 
 GPT2 = ArchSpec(
