@@ -10,7 +10,9 @@ from _threads import one_thread  # noqa: F401
 from test_attribution_exact import _model, _transcoder
 
 from circuits import trace
-from circuits.attribution.verify import _flags, verify_edges
+from circuits.attribution.verify import _flags, _reader, verify_edges
+from circuits.replacement import CleanState, PatchError, Resume, ablation_edits, ablation_values, forward
+from circuits.replacement.forward import SparseEditor
 from graphs import (
     AttributionGraph,
     effect_flags,
@@ -53,6 +55,63 @@ def test_frozen_measured_effects_equal_weights(family: str, kind: str) -> None:
     assert effect_flags(verified) == {}
     summary = verified.metadata["verification"]
     assert summary["n_edges"] == len(w) and summary["n_flagged"] == 0 and summary["seconds"] > 0
+
+
+class _RealMlps(SparseEditor):
+    """The same edits, but asking for the true MLP output, so the pass runs every MLP as it did before
+    verification learned to skip them (the reference for the fast path)."""
+
+    def real(self, layer: int, real: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return real
+
+
+def _reference_effects(graph: AttributionGraph, model, tc, freeze_attention: bool) -> np.ndarray:
+    """Each kept edge measured the plain way: one full pass per source (every layer, every MLP, all
+    logits), nothing resumed or batched: what ``verify_edges`` computed before it was made fast."""
+    clean = CleanState.of(model, tc, [int(t) for t in graph.tokens], feature_start=int(graph.metadata["feature_start"]))
+    rows, cols, _ = graph.edges()
+    read = _reader(graph, clean, np.unique(rows))
+    targets = {t: i for i, t in enumerate(np.unique(rows))}
+    zero, ids = ablation_values(clean), graph.node_ids
+
+    def run(edits):
+        editor = _RealMlps(edits, model.n_layers)
+        return read(forward(model, None, clean=clean, editor=editor, features="frozen", errors="clean",
+                            attention="frozen" if freeze_attention else "live"))
+
+    base = run(ablation_edits(zero, [[]]))[0]
+    effect = {s: base - run(ablation_edits(zero, [[ids[s]]]))[0] for s in np.unique(cols)}
+    return np.array([float(effect[s][targets[t]]) for t, s in zip(rows, cols)])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+@pytest.mark.parametrize("freeze_attention", [False, True])
+def test_fast_verification_equals_one_full_pass_per_source(family: str, kind: str, freeze_attention: bool) -> None:
+    # Batched in layer order, resumed at each batch's lowest layer, MLPs skipped, last logits only:
+    # the same measured effects, in float64, as a plain full pass per source.
+    model, tc, ids = _setup(family, kind)
+    graph = prune(trace(ids, model, tc, dtype="float64", device="cpu"), 0.9, 0.99).graph
+    verified = verify_edges(graph, model, tc, freeze_attention=freeze_attention, batch_size=3)
+    effects = measured_effects(verified)
+    rows, cols, w = graph.edges()
+    fast = np.array([effects[(graph.node_ids[t], graph.node_ids[s])] for t, s in zip(rows, cols)])
+    want = _reference_effects(graph, model, tc, freeze_attention)
+    scale = np.abs(w).max()
+    assert len(fast) > 0 and np.abs(fast - want).max() <= 1e-10 * scale
+
+
+def test_resume_refuses_edits_below_its_layer() -> None:
+    model, tc, ids = _setup("llama", "plt")
+    clean = CleanState.of(model, tc, ids[0].tolist())
+    base = forward(model, None, clean=clean, attention="live", features="frozen", errors="clean", keep_layers=True)
+    edits = ablation_edits(ablation_values(clean), [["E0@2"]])
+    with pytest.raises(PatchError, match="below resume.layer"):
+        forward(model, None, clean=clean, edits=edits, attention="live", features="frozen", errors="clean",
+                resume=Resume(1, base))
+    with pytest.raises(PatchError, match="features='frozen'"):
+        forward(model, None, clean=clean, edits=edits, attention="live", features="recompute", errors="clean",
+                resume=Resume(0, base))
 
 
 def test_trace_verify_measures_every_kept_edge_and_exports_it(tmp_path) -> None:

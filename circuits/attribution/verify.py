@@ -6,7 +6,12 @@ replacement model with attention patterns and norm scales recomputed, every othe
 error held at its clean value, and read each of its targets' pre-activations (for a logit, the
 demeaned logit). ``clean − ablated`` is the edge's measured effect: its direct effect through the
 model's own nonlinear attention and norms. With ``freeze_attention=True`` it equals the weight
-(a check of the machinery). One batch row per source, ``batch_size`` sources per forward pass.
+(a check of the machinery). One batch row per source, ``batch_size`` sources per forward pass;
+each row reads all of its source's targets at once. Sources are batched in layer order, and a batch
+resumes at its lowest source's layer from a recorded clean run (``Resume``): nothing below a source
+changes when it is ablated, so a late source costs only the layers above it. The true MLPs are not
+run (clean errors make every slot's write independent of them) and only the last position's logits
+are formed.
 
 An edge is flagged where the two disagree. With ``w`` the weight, ``m`` the measured effect and
 ``ε = negligible × Σ|w|`` over the target's kept incoming edges (what counts as small for it):
@@ -35,11 +40,13 @@ from circuits.replacement import (
     CleanState,
     Edits,
     ReplacementRun,
+    Resume,
     ablation_edits,
     ablation_values,
     demeaned_unembedding,
     feature_pre_acts,
     forward,
+    parse_node,
 )
 from graphs.effects import set_effect_flags, set_measured_effect
 from graphs.graph import AttributionGraph
@@ -68,20 +75,27 @@ def verify_edges(graph: AttributionGraph, model: Model, transcoders: nn.Module, 
     sources, s_of_edge = np.unique(cols, return_inverse=True)
     read = _reader(graph, clean, targets)
 
-    def run(edits: Edits | None = None) -> Tensor:
-        return read(forward(model, None, clean=clean, edits=edits, attention="frozen" if freeze_attention else "live",
-                            features="frozen", errors="clean"))
+    def run(edits: Edits | None = None, resume: Resume | None = None) -> ReplacementRun:
+        return forward(model, None, clean=clean, edits=edits, attention="frozen" if freeze_attention else "live",
+                       features="frozen", errors="clean", logits_to_keep=1, keep_layers=resume is None, resume=resume)
 
-    base = run()[0]                                                           # [n_targets]
+    clean_run = run()
+    base = read(clean_run)[0]                                                 # [n_targets]
     measured = np.zeros(len(weights))
     ids = graph.node_ids
     zero = ablation_values(clean)
+    first = np.array([max(parse_node(ids[s])[1], 0) for s in sources])      # [n_sources] the layer each enters at
+    order = np.argsort(first, kind="stable")                                 # sources in layer order
+    rank = np.empty(len(sources), dtype=np.int64)
+    rank[order] = np.arange(len(sources))
+    edge_rank = rank[s_of_edge]                                              # [n_edges] its source's place in order
     for lo in range(0, len(sources), batch_size):
-        chunk = sources[lo:lo + batch_size]
-        values = run(ablation_edits(zero, [[ids[s]] for s in chunk]))        # [len(chunk), n_targets]
-        mine = (s_of_edge >= lo) & (s_of_edge < lo + len(chunk))
+        chunk = order[lo:lo + batch_size]
+        edits = ablation_edits(zero, [[ids[sources[s]]] for s in chunk])
+        values = read(run(edits, Resume(int(first[chunk].min()), clean_run)))  # [len(chunk), n_targets]
+        mine = (edge_rank >= lo) & (edge_rank < lo + len(chunk))
         effect = base[None] - values
-        measured[mine] = effect[s_of_edge[mine] - lo, t_of_edge[mine]].double().cpu().numpy()
+        measured[mine] = effect[edge_rank[mine] - lo, t_of_edge[mine]].double().cpu().numpy()
 
     scale = row_abs_sums(graph.adjacency, floor=0.0)[rows]                    # [n_edges] each target's Σ|w|
     flags = _flags(weights, measured, negligible * scale, ratio)

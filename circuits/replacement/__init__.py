@@ -26,6 +26,7 @@ from circuits.replacement.forward import (
     ErrorMode,
     FeatureMode,
     ReplacementRun,
+    Resume,
     ablate,
     forward,
     frozen_attention_hooks,
@@ -39,7 +40,7 @@ from circuits.replacement.state import CleanState
 __all__ = [
     "AblationKind", "AblationValues", "Attention", "CleanState", "EditBuilder", "Edits", "ErrorMode", "Evaluation",
     "FeatureMode",
-    "FreezeError", "FrozenForward", "FrozenNorm", "MlpReplacement", "PatchError", "ReplacementRun", "ablate",
+    "FreezeError", "FrozenForward", "FrozenNorm", "MlpReplacement", "PatchError", "ReplacementRun", "Resume", "ablate",
     "ablation_edits", "ablation_values", "as_compute", "demeaned_unembedding", "eval_mode", "evaluate",
     "feature_pre_acts",
     "forward", "freeze", "frozen_attention_hooks", "parse_node", "replace_mlps", "run_replacement", "salient_logits",

@@ -51,7 +51,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from circuits.hooks import first_input, hooked, on_output, read_hook, write_hook
+from circuits.hooks import detached, first_input, hooked, on_output, read_hook, repeat_output, replace_forward, write_hook
 from circuits.models.adapter import Model
 from circuits.models.arch import Location
 from circuits.replacement.edits import (
@@ -92,13 +92,26 @@ class ReplacementRun(NamedTuple):
     """``[B, T, n_layers, d_features]`` the activations the MLP slots wrote with (``keep_acts``)."""
     pre_acts: Tensor | None
     """``[B, T, n_layers, d_features]`` every feature's encoder pre-activation on its input (``keep_pre_acts``)."""
+    layers: list | None = None
+    """Each decoder layer's output (``keep_layers``): what a later pass resumes from (``Resume``)."""
+
+
+class Resume(NamedTuple):
+    """Where a pass starts: layers below ``layer`` replay ``base``, a recorded unedited run of the same
+    prompt (``forward(..., keep_layers=True)``), instead of being computed. Exact when no edit reaches
+    below ``layer``, which ``forward`` checks; verification resumes each batch of sources at the
+    lowest source's layer, so a late source costs only the layers above it."""
+
+    layer: int
+    base: ReplacementRun
 
 
 def forward(model: Model, transcoders: nn.Module | None, *, attention: Attention, features: FeatureMode,
             errors: ErrorMode, clean: CleanState | None = None, ids: Tensor | None = None, edits: Edits | None = None,
             editor: SlotEditor | None = None, acts: Tensor | None = None, error_values: Tensor | None = None,
             embed: Tensor | None = None, feature_start: int | None = None, keep_acts: bool = False,
-            keep_pre_acts: bool = False, keep_inputs: bool = True, grad: bool | None = False) -> ReplacementRun:
+            keep_pre_acts: bool = False, keep_inputs: bool = True, grad: bool | None = False,
+            logits_to_keep: int = 0, keep_layers: bool = False, resume: Resume | None = None) -> ReplacementRun:
     """The replacement model of ``model`` with ``transcoders`` in its MLP slots (module docstring).
 
     Args:
@@ -120,18 +133,25 @@ def forward(model: Model, transcoders: nn.Module | None, *, attention: Attention
         keep_inputs: return ``mlp_in`` (else an empty tensor; ``B*L*T*D`` numbers).
         grad: run with autograd on (gradients of a metric with respect to what an editor adds), off
             (the default), or None: as the caller has it.
-    All run in the model's dtype, on its device.
+        logits_to_keep: only the last n positions' logits (``[B, n, d_vocab]``); 0 keeps all.
+        keep_layers: also return each decoder layer's output (``ReplacementRun.layers``).
+        resume: start at ``resume.layer`` from a recorded run (``Resume``); needs ``features="frozen"``
+            and every edit at that layer or above.
+    All run in the model's dtype, on its device. Where nothing reads the true MLP output (clean errors
+    over the prompt, an editor that ignores it) the MLPs are not run: their write is replaced anyway.
     """
     mode = contextlib.nullcontext() if grad is None else torch.enable_grad() if grad else torch.no_grad()
     with mode:
         return _forward(model, transcoders, attention, features, errors, clean, ids, edits, editor, acts,
-                        error_values, embed, feature_start, keep_acts, keep_pre_acts, keep_inputs)
+                        error_values, embed, feature_start, keep_acts, keep_pre_acts, keep_inputs, logits_to_keep,
+                        keep_layers, resume)
 
 
 def _forward(model: Model, transcoders: nn.Module | None, attention: Attention, features: FeatureMode,
              errors: ErrorMode, clean: CleanState | None, ids: Tensor | None, edits: Edits | None,
              editor: SlotEditor | None, acts: Tensor | None, error_values: Tensor | None, embed: Tensor | None,
-             feature_start: int | None, keep_acts: bool, keep_pre_acts: bool, keep_inputs: bool) -> ReplacementRun:
+             feature_start: int | None, keep_acts: bool, keep_pre_acts: bool, keep_inputs: bool,
+             logits_to_keep: int = 0, keep_layers: bool = False, resume: Resume | None = None) -> ReplacementRun:
     _check_modes(attention, features, errors, clean, acts, error_values)
     tc = clean.transcoders if clean is not None else transcoders
     start = check_feature_start(clean.feature_start if feature_start is None and clean is not None
@@ -157,6 +177,10 @@ def _forward(model: Model, transcoders: nn.Module | None, attention: Attention, 
     if errors == "clean":
         base_err = (mlps.errors[None] if error_values is None else error_values).to(dev, dt)  # type: ignore[union-attr]
     fixed = None if acts is None else acts.to(dev, dt)
+    first = 0 if resume is None else _check_resume(resume, editor, features, keep_acts, keep_pre_acts, L)
+    # The true MLP output is read only to form live errors (or past the prompt, or by an editor that asks
+    # for it); otherwise the slot's write replaces it unread, so the MLP (most of a layer's work) is skipped.
+    skip_mlp = errors == "clean" and T == P and type(editor).real is SlotEditor.real
 
     seen_in: dict[int, Tensor] = {}
     used: dict[int, Tensor] = {}
@@ -205,13 +229,53 @@ def _forward(model: Model, transcoders: nn.Module | None, attention: Attention, 
         handles.append(read_hook(model.module(tc.cfg.input_site, layer), in_loc, keep_in))
         handles.append(write_hook(model.module(tc.cfg.output_site, layer), out_loc, mlp_write))
 
-    with eval_mode(tc), hooked(handles):
-        logits = model.hf(rows.to(dev).expand(B, -1)).logits
+    replaced = []
+    layer_outputs: list = []
+    for layer in range(L):
+        if layer < first:  # replay the recorded run: these layers see no edit
+            base_out = resume.base.layers[layer]  # type: ignore[union-attr, index]
+            replaced.append(replace_forward(model.module("resid_pre", layer),
+                                            lambda *a, _o=repeat_output(base_out, B), **kw: _o))
+            seen_in[layer] = resume.base.mlp_in[:, layer]  # type: ignore[union-attr]
+            natural[layer] = used[layer] = (fixed[:, :, layer] if fixed is not None
+                                            else mlps.acts[None, :, layer].expand(B, -1, -1))  # type: ignore[union-attr]
+            continue
+        if skip_mlp:
+            replaced.append(replace_forward(model.module("mlp_out", layer),
+                                            lambda x, *a, **kw: torch.zeros_like(x)))
+        if keep_layers:
+            handles.append(on_output(model.module("resid_pre", layer),
+                                     lambda m, a, out: layer_outputs.append(detached(out))))
+    with eval_mode(tc), hooked(handles, replaced):
+        kw = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+        logits = model.hf(rows.to(dev).expand(B, -1), **kw).logits
     mlp_in = (torch.stack([seen_in[l].expand(B, -1, -1) for l in range(L)], dim=1) if keep_inputs or keep_pre_acts
               else logits.new_empty(0))
     kept = torch.stack([used[l] for l in range(L)], dim=2) if keep_acts else None
     pre_acts = torch.stack([tc.pre_acts(mlp_in[:, l], l) for l in range(L)], dim=2) if keep_pre_acts else None
-    return ReplacementRun(logits, final[-1], mlp_in, kept, pre_acts)
+    return ReplacementRun(logits, final[-1], mlp_in, kept, pre_acts, layer_outputs if keep_layers else None)
+
+
+def _check_resume(resume: Resume, editor: SlotEditor, features: str, keep_acts: bool, keep_pre_acts: bool,
+                  L: int) -> int:
+    """The first layer a resumed pass computes; raises where replaying the layers below would be wrong."""
+    first = resume.layer
+    if not 0 <= first < L:
+        raise PatchError(f"resume.layer must be in 0..{L - 1}, got {first}")
+    if resume.base.layers is None or resume.base.mlp_in.numel() == 0:
+        raise PatchError("resume needs a run recorded with keep_layers=True and keep_inputs=True")
+    if features != "frozen" or keep_acts or keep_pre_acts:
+        raise PatchError("resume replays layers whose features are the clean ones: use features='frozen', "
+                         "without keep_acts/keep_pre_acts")
+    if not isinstance(editor, SparseEditor) or editor.edits_embed and first > 0:
+        raise PatchError("resume works with sparse edits (edits=) at its layer or above; edit the embeddings "
+                         "only with resume.layer = 0")
+    e = editor.edits
+    low = [int(t[:, 1].min()) for t in (e.features, e.errors) if len(t)]
+    if low and min(low) < first:
+        raise PatchError(f"an edit at layer {min(low)} is below resume.layer {first}: resume at the lowest "
+                         "edited layer")
+    return first
 
 
 def _decoded_change(tc: nn.Module, used: dict[int, Tensor], natural: dict[int, Tensor], layer: int) -> Tensor | float:
