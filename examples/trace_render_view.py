@@ -4,9 +4,10 @@
     python examples/trace_render_view.py "The capital of France is" --out out/france
     python examples/trace_render_view.py --tiny                # a tiny random model: seconds
 
-Writes graph.json (circuit-tracer's and Neuronpedia's viewer schema), graph.graphml (Gephi, Cytoscape,
-networkx), graph.svg and summary.md, all of the influence-pruned graph, into --out (a new or empty
-folder; default a new temp folder). With --view it then opens the graph in the browser.
+Writes graph.html (an interactive page that works offline), graph.json (circuit-tracer's and
+Neuronpedia's viewer schema), graph.graphml (Gephi, Cytoscape, networkx), graph.svg and summary.md, all
+of the influence-pruned graph, into --out (a new or empty folder; default a new temp folder). With
+--view it then serves the folder on localhost and opens graph.html, as `circuits view DIR` does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from _common import IOI_PROMPT, load, output_folder, parser
 
 import graphs
 from circuits import trace
+from graphs.html import write_html
+from graphs.html_server import ViewerServer
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -34,9 +37,12 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"replacement score {graph.replacement_score:.3f}, completeness score {graph.completeness_score:.3f}")
 
     # The full graph has every active feature; the files hold the influence-pruned one, as `circuits trace` does.
-    pruned = graphs.prune(graph, node_threshold=0.8, edge_threshold=0.98).graph
-    pruned.save(out / "graph.json")
-    pruned.save(out / "graph.graphml")
+    pruned = graphs.prune(graph, node_threshold=0.8, edge_threshold=0.98)
+    # Each kept node's cumulative influence lets a viewer's slider prune further, down from 0.8.
+    slider = dict(cumulative=pruned.cumulative_scores[pruned.node_mask], node_threshold=0.8)
+    graphs.write_viewer_json(pruned.graph, out / "graph.json", **slider)
+    pruned.graph.save(out / "graph.graphml")
+    write_html(pruned.graph, out / "graph.html", **slider)  # hover for labels, pin, group supernodes, slider
     graph.render(out / "graph.svg", max_nodes=40)  # prunes the same way, then keeps the 40 strongest nodes
     (out / "summary.md").write_text(graphs.summary(graph))
     g = graphs.load(out / "graph.graphml").to_networkx()  # every writer has its reader
@@ -47,9 +53,17 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def view(out: Path, *, open_it: bool) -> None:
-    """Say how to look at the graph (the SVG, or the JSON in circuit-tracer's or Neuronpedia's viewer)."""
-    print(f"to explore it: open {out / 'graph.svg'}, or load {out / 'graph.json'} in circuit-tracer's local "
-          "viewer or Neuronpedia's")
+    """Serve ``out`` on localhost and open its graph.html until Ctrl-C (`circuits view`), or say how to."""
+    if not open_it:
+        print(f"to explore it in the browser: circuits view {out}")
+        return
+    with ViewerServer(out) as server:  # 127.0.0.1 only, read-only
+        print(f"serving {out} at {server.url} (Ctrl-C to stop)")
+        server.open()
+        try:
+            server.thread.join()
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import runpy
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,17 +65,24 @@ def test_trace_render_view(example, capsys, tmp_path: Path) -> None:
 
     out = example("trace_render_view.py", "--out", str(tmp_path / "trace"))
     assert out == tmp_path / "trace"
-    assert {f.name for f in out.iterdir()} >= {"graph.json", "graph.graphml", "graph.svg", "summary.md"}
+    assert {f.name for f in out.iterdir()} >= {"graph.html", "graph.json", "graph.graphml", "graph.svg", "summary.md"}
     assert "<svg" in (out / "graph.svg").read_text()
     doc = json.loads((out / "graph.json").read_text())
-    assert doc["nodes"] and doc["links"]
+    assert doc["nodes"] and doc["links"] and doc["metadata"]["node_threshold"] == 0.8  # the viewer's slider
     pruned = graphs.load(out / "graph.graphml")
     assert pruned.n_nodes == len(doc["nodes"]) and pruned.n_features > 0
     assert "Mary" in (out / "summary.md").read_text()
     printed = capsys.readouterr().out
     assert "replacement score" in printed and "completeness score" in printed
     assert f"pruned graph: {pruned.n_nodes} nodes" in printed
-    assert str(out) in printed.splitlines()[-1]  # how to view it, naming the folder
+    assert printed.splitlines()[-1] == f"to explore it in the browser: circuits view {out}"
+    # What --view (and `circuits view`) does: serve the folder on localhost; the page is self-contained.
+    from graphs.html_server import ViewerServer
+
+    with ViewerServer(out) as server, urllib.request.urlopen(server.url, timeout=30) as page:
+        html = page.read().decode()
+    assert html == (out / "graph.html").read_text() and "graph-data" in html
+    assert not re.search(r"<script[^>]+src=|<link[^>]+stylesheet", html), "the page must load nothing from outside"
 
 
 def test_trace_render_view_never_writes_among_a_users_files(example, tmp_path: Path) -> None:
