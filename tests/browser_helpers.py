@@ -78,9 +78,12 @@ def load_viewer(driver: Any, url: str, timeout: float = 60.0) -> dict[str, Any]:
                                  "edges: window.viewer.edges}")
 
 
-def screenshot_viewer(url: str, path: str | Path, *, pin: int = 3, width: int = 1600, height: int = 1000) -> Path:
-    """A PNG of the page at ``url``, with the ``pin`` most influential features pinned and the strongest one
-    hovered (so its label and contexts show). Written atomically; returns the path."""
+def screenshot_viewer(url: str, path: str | Path, *, pin: int = 3, threshold: float | None = None,
+                      width: int = 1600, height: int = 1000) -> Path:
+    """A PNG of the page at ``url``, pruned to ``threshold`` of the influence (None: the page's default),
+    with the ``pin`` most influential features pinned and the first of them hovered (so its label and
+    contexts show). Written atomically; returns the path."""
+    from selenium.common.exceptions import ElementClickInterceptedException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -94,8 +97,32 @@ def screenshot_viewer(url: str, path: str | Path, *, pin: int = 3, width: int = 
         def node(node_id: str) -> Any:  # found afresh each time: every click redraws the nodes
             return driver.find_element(By.CSS_SELECTOR, f'#nodes .node[data-id="{node_id}"]')
 
-        for node_id in ranked[:pin]:
-            node(node_id).click()
-        if ranked:
-            ActionChains(driver).move_to_element(node(ranked[0])).perform()
+        if threshold is not None:  # the pruning slider, as a user would drag it
+            driver.execute_script("const s = document.getElementById('threshold'); s.value = arguments[0]; "
+                                  "s.dispatchEvent(new Event('input'));", threshold)
+            driver.execute_script("return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            ranked = [n for n in ranked if driver.find_elements(By.CSS_SELECTOR, f'#nodes .node[data-id="{n}"]')]
+        clicked = []
+        for node_id in ranked:
+            if len(clicked) == pin:
+                break
+            try:
+                node(node_id).click()
+                clicked.append(node_id)
+            except ElementClickInterceptedException:  # covered by a bigger neighbour: take the next one
+                continue
+        if clicked:
+            ActionChains(driver).move_to_element(node(clicked[0])).perform()
         return write_bytes(path, driver.get_screenshot_as_png())
+
+
+if __name__ == "__main__":
+    # docs/viewer-ioi.png: python tests/browser_helpers.py OUT_DIR docs/viewer-ioi.png [THRESHOLD], where OUT_DIR
+    # is `circuits demo`'s (or `circuits trace "When Mary and John went to the store, John gave a drink to"`'s) output.
+    import sys
+
+    from graphs.html_server import ViewerServer
+
+    folder, target = sys.argv[1], sys.argv[2]
+    with ViewerServer(folder) as server:
+        print(screenshot_viewer(server.url, target, threshold=float(sys.argv[3]) if len(sys.argv) > 3 else None))

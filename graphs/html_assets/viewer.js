@@ -83,6 +83,7 @@
       c.getContext("2d").setTransform(dpr, 0, 0, dpr, 0, 0);
     }
     svg.setAttribute("width", W); svg.setAttribute("height", H);
+    drawOrder = null;
     drawAxes(rowH, colW, yOf);
   }
 
@@ -127,12 +128,16 @@
       const strong = !anyPinned || (state.pinned.has(s) && state.pinned.has(t));
       const flagged = extra[e] && extra[e].effect_flag ? 1 : 0;
       const b = Math.min(B - 1, Math.floor(Math.sqrt(frac[e]) * B));
-      buckets[((wt[e] >= 0 ? 0 : 1) * B + b) * 3 + (strong ? (flagged ? 2 : 1) : 0)].push(e);
+      buckets[((b * 2) + (wt[e] >= 0 ? 0 : 1)) * 3 + (strong ? (flagged ? 2 : 1) : 0)].push(e);
     }
+    // Weak edges first and strong ones on top, both signs alike; the more edges, the fainter each,
+    // so 100,000 of them read as density rather than a solid wash.
+    const density = Math.min(1, Math.sqrt(1500 / Math.max(drawn, 1)));
     buckets.forEach((list, k) => {
       if (!list.length) return;
-      const kindOf = k % 3, b = Math.floor(k / 3) % B, neg = Math.floor(k / 3 / B);
-      const alpha = kindOf === 0 ? 0.05 : 0.18 + 0.6 * (b + 1) / B;
+      const kindOf = k % 3, neg = Math.floor(k / 3) % 2, b = Math.floor(k / 6);
+      const share = (b + 1) / B;
+      const alpha = kindOf === 0 ? 0.04 * density : Math.min(0.9, (0.06 + 0.9 * share * share) * (0.25 + 0.75 * density));
       ctx.strokeStyle = `rgba(${neg ? NEG_COLOR : POS_COLOR},${alpha})`;
       ctx.lineWidth = 0.4 + 3.2 * ((b + 1) / B) ** 1.5;
       ctx.setLineDash(kindOf === 2 ? [4, 3] : []);
@@ -162,9 +167,11 @@
     ctx.setLineDash([]);
   }
 
+  let drawOrder = null;  // smallest first, so the most influential nodes sit on top and take the clicks
   function drawNodes() {
+    if (!drawOrder) drawOrder = Int32Array.from({ length: N }, (_, i) => i).sort((a, b) => R[a] - R[b]);
     const parts = [];
-    for (let i = 0; i < N; i++) {
+    for (const i of drawOrder) {
       if (!visible[i]) continue;
       let cls = "node " + kind[i];
       if (state.pinned.has(i)) cls += " pinned";
