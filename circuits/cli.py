@@ -54,7 +54,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
                  max_feature_nodes: int | None = None, node_threshold: float = 0.8, edge_threshold: float = 0.98,
                  max_nodes: int = 40, svg: bool = True, full: bool = False, verify: bool = False,
                  memory_budget: str | int | None = None, prepend_bos: bool = False,
-                 progress: Progress | None = None, transcoder_set: str | None = None) -> Path:
+                 progress: Progress | None = None, transcoder_set: str | None = None, targets: Any = None) -> Path:
     """Trace ``prompt`` and write ``out/``: ``graph.json`` (viewer schema), ``graph.graphml``,
     ``graph.svg`` (at most ``max_nodes`` features and errors) and ``summary.md``, all of the
     influence-pruned graph; with ``full``, also ``graph.npz``: the whole graph, exactly (it can be
@@ -67,6 +67,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     the files then carry each edge's measured effect and its sign/size flag.
     ``prepend_bos``: circuit-tracer's convention (a BOS first, nothing attributed to it; see ``trace``).
     ``transcoder_set``: the set's id (a preset name, ``org/repo``, a folder name) for the viewer's ``scan``.
+    ``targets``: what the graph explains (``trace(targets=...)``; default the salient logits).
     ``graph.html`` (``graphs.html``) is the interactive page of the pruned graph; ``circuits view`` serves it.
     """
     from circuits.attribution import trace
@@ -82,7 +83,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
     if svg:
         require_dot()  # fail before the expensive part, with the fix
     graph = trace(prompt, model=model, transcoders=transcoders, max_feature_nodes=max_feature_nodes,
-                  memory_budget=memory_budget, prepend_bos=prepend_bos)
+                  memory_budget=memory_budget, prepend_bos=prepend_bos, targets=targets)
     say.done(f"traced {graph.n_pos} tokens: {graph.n_features:,} features, {graph.adjacency.nnz:,} edges; "
              f"replacement {graph.replacement_score:.3f}, completeness {graph.completeness_score:.3f}")
     if transcoder_set:
@@ -109,6 +110,9 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
         keys = set(zip(pruned.graph.nodes["layer"][features].tolist(), pruned.graph.nodes["feature"][features].tolist()))
         set_feature_contexts(pruned.graph, labels.context_windows(sorted(keys), model.tokenizer))
 
+    from circuits.attribution.qk import strongest_attention_qk
+
+    qk = strongest_attention_qk(graph, model, transcoders)  # summary.md: why the top logit's attention edge attends
     files = {
         "graph.json": lambda p: write_viewer_json(pruned.graph, p, cumulative=pruned.cumulative_scores[mask],
                                                   node_threshold=node_threshold, edge_threshold=edge_threshold,
@@ -116,7 +120,7 @@ def trace_to_dir(prompt: str, out: str | Path, *, model: Any, transcoders: Any, 
         "graph.html": lambda p: write_html(pruned.graph, p, cumulative=pruned.cumulative_scores[mask],
                                            node_threshold=node_threshold, scan=transcoder_set),
         "graph.graphml": lambda p: write_graphml(to_networkx(pruned.graph, influence=infl[mask]), p),
-        "summary.md": lambda p: p.write_text(summary(graph, pruned=readable, drawn=drawn,
+        "summary.md": lambda p: p.write_text(summary(graph, pruned=readable, drawn=drawn, qk=qk,
                                                      node_threshold=node_threshold, edge_threshold=edge_threshold)),
     }
     if drawn is not None:
@@ -149,6 +153,7 @@ def _trace(args: argparse.Namespace) -> int:
 
     say = Progress()
     check_output_folder(args.out)  # before loading anything: a wrong --out fails in a second
+    targets = _targets(args)       # so does a wrong --target/--minus/--direction
     try:
         model = load_model(args.model)
         say.done(f"loaded {model.name}")
@@ -160,12 +165,34 @@ def _trace(args: argparse.Namespace) -> int:
                      max_feature_nodes=args.max_feature_nodes, node_threshold=args.node_threshold,
                      edge_threshold=args.edge_threshold, max_nodes=args.max_nodes, svg=not args.no_svg,
                      full=args.full, verify=args.verify, memory_budget=args.memory_budget,
-                     prepend_bos=args.prepend_bos, progress=say, transcoder_set=_set_id(model, args.transcoders))
+                     prepend_bos=args.prepend_bos, progress=say, transcoder_set=_set_id(model, args.transcoders),
+                     targets=targets)
     except GraphvizMissingError as exc:
         print(f"error: {exc} Or pass --no-svg to skip the picture.", file=sys.stderr)
         return 1
     say(f"done in {say.total:.1f} s")
     return 0
+
+
+def _targets(args: argparse.Namespace) -> list | None:
+    """``trace(targets=...)`` from ``--target`` (each paired, in order, with a ``--minus`` if any are given)
+    and ``--direction NAME=FILE.npy``; None (the salient logits) when neither is given."""
+    import numpy as np
+
+    from circuits.attribution import Direction
+
+    plus, minus = args.target or [], args.minus or []
+    if minus and len(minus) != len(plus):
+        raise SystemExit(f"error: {len(minus)} --minus for {len(plus)} --target. Fix: give one --minus per --target "
+                         "(paired in order: --target ' Mary' --minus ' John'), or none")
+    targets: list = [(p, m) for p, m in zip(plus, minus)] if minus else list(plus)
+    for spec in args.direction or []:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not Path(file).is_file():
+            raise SystemExit(f"error: --direction {spec!r}: expected NAME=FILE.npy with an existing file. "
+                             "Fix: save the vector with numpy.save and pass --direction probe=probe.npy")
+        targets.append(Direction(name, np.load(file)))
+    return targets or None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -377,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--verify", action="store_true",
                     help="measure every kept edge by patching and flag those that disagree with their weight "
                          "(minutes on a CPU for a real model)")
+    tr.add_argument("--target", action="append", metavar="TOKEN",
+                    help="explain this token's logit (repeatable; default: the most likely next tokens)")
+    tr.add_argument("--minus", action="append", metavar="TOKEN",
+                    help="explain --target's logit minus this one's (one per --target, paired in order)")
+    tr.add_argument("--direction", action="append", metavar="NAME=FILE.npy",
+                    help="explain a residual direction (a [d_model] vector, e.g. a probe) read after the last layer")
     tr.set_defaults(func=_trace)
     view = sub.add_parser("view", help="serve a trace's --out folder on localhost and open graph.html")
     view.add_argument("dir", help="the folder `circuits trace --out` wrote")

@@ -5,7 +5,9 @@ drawn node gets a row above them (empty layers are left out, the row label says 
 logits sit on the top row above the last position. Features are amber boxes showing their
 label (top-activating tokens) and ``L{layer} #{id}``; transcoder errors are grey dashed boxes.
 Edges are blue when excitatory and red when inhibitory; their width is the share of the
-target's input the edge carries (``|w| / Σ|w_in|``, over the whole unpruned graph).
+target's input the edge carries (``|w| / Σ|w_in|``, over the whole unpruned graph). An edge that
+attention carries (head loadings, ``graphs.heads``) is labelled with its strongest heads
+(``heads=2``), each with its share of the edge's head loadings.
 
 An ``AttributionGraph`` is influence-pruned and capped at ``max_nodes`` features and errors
 first, so the picture reads at a glance: the most influential ones, at most three per (layer,
@@ -34,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from graphs.convert import to_networkx
+from graphs.heads import DIRECT, OTHER, parse_heads
 from graphs.metrics import PruneResult, node_influence, prune
 from graphs.node_labels import show_token
 from transcoders.writes import write_bytes, write_text
@@ -167,8 +170,9 @@ def _keep_top_inner(g: nx.DiGraph, inner: list[Hashable], max_nodes: int, max_pe
     g.remove_nodes_from(set(inner) - kept)
 
 
-def to_dot(g: nx.DiGraph, *, title: str | None = None) -> graphviz.Digraph:
-    """The graphviz description of ``g``, with every node placed (see the module docstring)."""
+def to_dot(g: nx.DiGraph, *, title: str | None = None, heads: int = 2) -> graphviz.Digraph:
+    """The graphviz description of ``g``, with every node placed (see the module docstring); edges that
+    attention carries are labelled with their ``heads`` strongest heads (0: none)."""
     pos, rows = _layout(g)
     strength = _edge_strength(g)
     dot = graphviz.Digraph(engine="neato", name="attribution")
@@ -196,9 +200,26 @@ def to_dot(g: nx.DiGraph, *, title: str | None = None) -> graphviz.Digraph:
             tip += f", {100 * float(attrs['share']):.1f}% of the target's input"
         if attrs.get("measured_effect") is not None:
             tip += f", measured effect {float(attrs['measured_effect']):+.3g}"
+        label = _head_label(attrs.get("heads"), heads)
+        extra = {"label": label, "fontsize": "8", "fontcolor": "#555555"} if label else {}
+        if label:
+            tip += f", through {label}"
         dot.edge(_key(s), _key(t), color=f"{colour}{alpha:02x}", penwidth=f"{0.5 + 5.5 * z:.2f}", tooltip=tip,
-                 **{"class": "positive" if w >= 0 else "negative"})
+                 **extra, **{"class": "positive" if w >= 0 else "negative"})
     return dot
+
+
+def _head_label(text: str | None, n: int) -> str:
+    """``"L20.H3 62%, L18.H1 20%"``: the ``n`` strongest heads of an edge's loadings (``graphs.heads``), each
+    with its share of their absolute sum; empty when attention carries less than the direct path."""
+    if not text or n <= 0:
+        return ""
+    entry = parse_heads(text)
+    direct, other = abs(entry.pop(DIRECT, 0.0)), abs(entry.pop(OTHER, 0.0))
+    total = sum(abs(v) for v in entry.values()) + other
+    if total <= direct or total == 0:
+        return ""
+    return ", ".join(f"{name} {abs(v) / total:.0%}" for name, v in list(entry.items())[:n])
 
 
 def svg(obj: AttributionGraph | nx.DiGraph, **kwargs: Any) -> str:
@@ -208,11 +229,13 @@ def svg(obj: AttributionGraph | nx.DiGraph, **kwargs: Any) -> str:
 
 
 def render(obj: AttributionGraph | nx.DiGraph, path: str | Path, *, max_nodes: int = 40, max_edges: int = 90,
-           node_threshold: float = 0.8, edge_threshold: float = 0.98, title: str | None = None) -> Path:
+           node_threshold: float = 0.8, edge_threshold: float = 0.98, title: str | None = None,
+           heads: int = 2) -> Path:
     """Draw ``obj`` to ``path``: ``.svg``, ``.png`` or ``.pdf`` (needs ``dot``), or ``.dot``/``.gv`` source.
 
     An ``AttributionGraph`` is pruned (``node_threshold``, ``edge_threshold``) and capped at
-    ``max_nodes`` features and errors and ``max_edges`` edges; a networkx graph is only capped.
+    ``max_nodes`` features and errors and ``max_edges`` edges; a networkx graph is only capped. ``heads``:
+    how many heads label an edge that attention carries.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -220,7 +243,7 @@ def render(obj: AttributionGraph | nx.DiGraph, path: str | Path, *, max_nodes: i
         raise ValueError(f"cannot draw to {suffix or 'a file without a suffix'!r}. Fix: use one of "
                          f"{', '.join([*FORMATS, *SOURCE_SUFFIXES])}.")
     dot = _dot_of(obj, max_nodes=max_nodes, max_edges=max_edges, node_threshold=node_threshold,
-                  edge_threshold=edge_threshold, title=title)
+                  edge_threshold=edge_threshold, title=title, heads=heads)
     if suffix in SOURCE_SUFFIXES:
         return write_text(path, dot.source)
     require_dot()
@@ -238,7 +261,8 @@ def repr_svg(graph: AttributionGraph) -> str | None:
 
 
 def _dot_of(obj: AttributionGraph | nx.DiGraph, *, max_nodes: int = 40, max_edges: int = 90,
-            node_threshold: float = 0.8, edge_threshold: float = 0.98, title: str | None = None) -> graphviz.Digraph:
+            node_threshold: float = 0.8, edge_threshold: float = 0.98, title: str | None = None,
+            heads: int = 2) -> graphviz.Digraph:
     if isinstance(obj, nx.DiGraph):
         g = cap(obj, max_nodes=max_nodes, max_edges=max_edges)
     elif hasattr(obj, "adjacency") and hasattr(obj, "node_ids"):  # an AttributionGraph (not imported: see graphs.graph)
@@ -247,7 +271,7 @@ def _dot_of(obj: AttributionGraph | nx.DiGraph, *, max_nodes: int = 40, max_edge
     else:
         raise TypeError(f"cannot draw a {type(obj).__name__}. Fix: pass an AttributionGraph or a networkx.DiGraph "
                         "(e.g. circuit.to_networkx()).")
-    return to_dot(g, title=title)
+    return to_dot(g, title=title, heads=heads)
 
 
 def _key(node: Hashable) -> str:

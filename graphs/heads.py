@@ -136,3 +136,19 @@ def edge_loadings(graph: AttributionGraph, edge: Sequence[int | str]) -> dict[st
                        "(edges into the logit nodes, the default) or 'all' (every edge), and pass (source, target) "
                        "ids or indices of an edge into such a target.")
     return entry
+
+
+def strongest_attention_edge(graph: AttributionGraph) -> tuple[str, str, dict[str, float]] | None:
+    """``(source_id, target_id, loadings)`` of the edge into the most likely logit that attention carries most
+    (largest |sum of head loadings|), or None without head loadings."""
+    logits = graph.span("logit")
+    if graph.count("logit") == 0:
+        return None
+    prob = np.nan_to_num(graph.nodes["prob"][logits], nan=0.0)
+    top = graph.node_ids[logits.start + int(np.argmax(prob))]
+    best, best_mass = None, 0.0
+    for (t, s), entry in stored_loadings(graph).items():
+        mass = abs(sum(v for name, v in entry.items() if name != DIRECT))
+        if t == top and mass > best_mass:
+            best, best_mass = (s, t, entry), mass
+    return best

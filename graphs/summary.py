@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from graphs.draw import drawable
+from graphs.heads import DIRECT, OTHER, strongest_attention_edge
 from graphs.node_labels import show_token
 from graphs.nodes import NODE_KINDS
 from graphs.paths import strongest_paths
@@ -20,11 +21,14 @@ if TYPE_CHECKING:
 
 
 def summary(graph: AttributionGraph, *, pruned: nx.DiGraph | None = None, drawn: nx.DiGraph | None = None,
-            node_threshold: float = 0.8, edge_threshold: float = 0.98, k: int = 5) -> str:
-    """Markdown: prompt and model, top logits, scores, node counts (full, pruned, ``drawn``) and the
-    ``k`` strongest token → top-logit paths in the pruned graph.
+            node_threshold: float = 0.8, edge_threshold: float = 0.98, k: int = 5, qk: Any = None) -> str:
+    """Markdown: prompt and model, top logits, scores, node counts (full, pruned, ``drawn``), the
+    ``k`` strongest token → top-logit paths in the pruned graph, and, where the graph has head loadings,
+    the strongest attention edge into the top logit with the heads that carry it.
 
     ``pruned``: ``graphs.draw.drawable(graph, max_nodes=None, max_edges=None, ...)`` if already made.
+    ``qk``: the ``circuits.attribution.QKAttribution`` of that edge's strongest head
+    (``circuits.attribution.qk.strongest_attention_qk``): its top ``2 * k`` query × key pairs are listed.
     """
     meta = graph.metadata
     if pruned is None:
@@ -63,7 +67,24 @@ def summary(graph: AttributionGraph, *, pruned: nx.DiGraph | None = None, drawn:
                 steps = " → ".join(_name(pruned, n) for n in p.nodes)
                 lines.append(f"{i}. {100 * p.strength:.2f}% {'+' if p.sign > 0 else '−'}  {steps}")
             lines.append("")
+    lines += _attention(graph, qk, k)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _attention(graph: AttributionGraph, qk: Any, k: int) -> list[str]:
+    edge = strongest_attention_edge(graph)
+    if edge is None:
+        return []
+    s, t, entry = edge
+    heads = ", ".join(f"{name} {v:+.3g}" for name, v in entry.items() if name not in (OTHER, DIRECT))
+    lines = ["## Attention into the top logit", "",
+             f"Strongest attention edge: {s} → {t}, through {heads} (other heads {entry.get(OTHER, 0.0):+.3g}, "
+             f"no attention {entry.get(DIRECT, 0.0):+.3g}).", ""]
+    if qk is not None:
+        lines += [f"Why L{qk.layer}.H{qk.head} attends from position {qk.query} to {qk.key}: the query-side × "
+                  "key-side source pairs of its pre-softmax score (``circuits.attribution.qk``).", "",
+                  qk.table(2 * k), ""]
+    return lines
 
 
 def _counts(graph: AttributionGraph, pruned: nx.DiGraph, drawn: nx.DiGraph | None, node_threshold: float,

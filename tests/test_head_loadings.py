@@ -138,3 +138,15 @@ def test_no_loadings_when_asked_for_none() -> None:
     assert graph.head_table is None and "head_loadings" not in graph.metadata
     with pytest.raises(ValueError, match="head_loadings must be"):
         trace(ids, model, tc, dtype="float64", head_loadings="some")
+
+
+def test_drawn_attention_edges_name_their_heads() -> None:
+    from graphs.draw import drawable, to_dot
+
+    model, ids, tc = _setup("gpt2")
+    graph = trace(ids, model, tc, dtype="float64", max_logits=2, logit_prob=0.99)
+    g = drawable(graph, max_nodes=None, max_edges=None, node_threshold=1.0, edge_threshold=1.0)
+    source = to_dot(g).source
+    labelled = [line for line in source.splitlines() if "label=\"L" in line and "->" in line]
+    assert labelled and all("%" in line for line in labelled)
+    assert not any("->" in line and "label=\"L" in line for line in to_dot(g, heads=0).source.splitlines())

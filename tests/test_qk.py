@@ -126,3 +126,18 @@ def test_induction_head_score_is_the_previous_token_heads_key(trained) -> None: 
     # The strongest pair: the current token matched against the previous token at the key.
     assert qk.pairs(1)[0][:2] == (f"T@{q}", f"T@{k - 1}")
     print(qk.table(5))
+
+
+def test_pairs_as_a_graph_render(tmp_path) -> None:
+    from graphs.draw import render
+
+    model = _model("llama", n_layers=2, n_heads=2, kv_ratio=1, d_head=4, seed=2)
+    ids = torch.randint(1, 40, (1, 5), generator=torch.Generator().manual_seed(2))
+    tc = _transcoder(model, ids, kind="plt", activation="jumprelu", skip=False, d_features=8,
+                     output_site="mlp_out", seed=2)
+    qk = qk_attribution(ids, model, tc, layer=1, head=0, key=2, dtype="float64", loadings=False)
+    g = qk.to_networkx(top=4)
+    assert g.number_of_edges() == 4
+    assert sorted(d["weight"] for *_, d in g.edges(data=True)) == sorted(t for *_, t in qk.pairs(4))
+    assert "| query source | key source | term |" in qk.table(4)
+    assert "digraph" in render(g, tmp_path / "qk.dot").read_text()

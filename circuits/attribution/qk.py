@@ -41,7 +41,7 @@ from circuits.models.loading import load_model, resolve_device, resolve_dtype
 from circuits.replacement import FrozenNorm, as_compute, freeze, replace_mlps
 from circuits.replacement.freeze import fit_norm
 from circuits.replacement.slots import early_errors
-from graphs.heads import head_name
+from graphs.heads import DIRECT, OTHER, head_name, parse_head, strongest_attention_edge
 from transcoders.positions import FEATURE_START
 
 BIAS = "bias"
@@ -116,10 +116,22 @@ class QKAttribution:
         q_marg, k_marg = self.marginals("query"), self.marginals("key")
         for a, b, t in self.pairs(top):
             qa, kb = f"q:{a}", f"k:{b}"
-            g.add_node(qa, side="query", source=a, label=a, marginal=q_marg[a])
-            g.add_node(kb, side="key", source=b, label=b, marginal=k_marg[b])
+            g.add_node(qa, side="query", source=a, label=f"{a} (query)", marginal=q_marg[a], **_placement(a))
+            g.add_node(kb, side="key", source=b, label=f"{b} (key)", marginal=k_marg[b], **_placement(b))
             g.add_edge(qa, kb, weight=t)
         return g
+
+
+def _placement(source: str) -> dict[str, object]:
+    """``kind``, ``layer`` and ``position`` of a source id, which ``graphs.draw`` lays nodes out by."""
+    if source == BIAS:
+        return {"kind": "error"}
+    at = int(source.rsplit("@", 1)[1])
+    if source.startswith("F"):
+        return {"kind": "feature", "layer": int(source[1:].split(".")[0]), "position": at}
+    if source.startswith("E"):
+        return {"kind": "error", "layer": int(source[1:].split("@")[0]), "position": at}
+    return {"kind": "token", "position": at}
 
 
 def qk_attribution(prompt: str | Sequence[int] | Tensor, model: Model | None = None,
@@ -202,6 +214,25 @@ def qk_attribution(prompt: str | Sequence[int] | Tensor, model: Model | None = N
         out.query_loadings = _marginal_loadings(rmap, sources, q_targets, q_read, names, batch_size)
         out.key_loadings = _marginal_loadings(rmap, sources, k_targets, k_read, names, batch_size)
     return out
+
+
+def strongest_attention_qk(graph, model: Model, transcoders: nn.Module, **kwargs) -> QKAttribution | None:
+    """The QK attribution behind ``graph``'s strongest attention edge into its most likely logit
+    (``graphs.heads.strongest_attention_edge``): that edge's strongest head, from the last position to the
+    source's position; None without head loadings. ``kwargs`` go to ``qk_attribution`` (``loadings=False``
+    unless given: the summary lists pairs only)."""
+    edge = strongest_attention_edge(graph)
+    if edge is None:
+        return None
+    source, _, entry = edge
+    name = next(n for n in entry if n not in (OTHER, DIRECT))
+    layer, head = parse_head(name)
+    key = int(graph.nodes["position"][graph.node_ids.index(source)])
+    meta = graph.metadata
+    kwargs = {"loadings": False, "dtype": meta.get("dtype"), "feature_start": meta.get("feature_start", FEATURE_START),
+              "early_mlp": meta.get("early_mlp", "constant")} | kwargs
+    return qk_attribution(torch.as_tensor(graph.tokens), model, transcoders, layer=layer, head=head,
+                          query=graph.n_pos - 1, key=key, **kwargs)
 
 
 def _marginal_loadings(rmap: ResidualMap, sources: Sources, components: Targets, read: Tensor, names: list[str],
