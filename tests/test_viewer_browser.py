@@ -1,11 +1,13 @@
 """graph.html in a real browser: Debian's Chromium, driven by selenium, on a graph traced from a tiny model.
 
 The page is loaded from ``circuits view``'s local server (``graphs.html_server.ViewerServer``). The test
-hovers a feature (its label and a context with the firing token marked show), pins a feature (the
-pinned subgraph's scores change, to what ``graphs.html_data.pinned_scores`` says), pins the strongest
-path between a token and a logit, groups two pinned nodes into a named supernode, drags the pruning
-slider to its bottom, reads a verified edge's measured effect, and finds no console errors. It skips,
-saying what to install, where the system Chromium, chromedriver or selenium is missing.
+checks that every node renders; hovers a feature (its label and a context, firing token marked, show);
+pins it (the pinned subgraph's scores change, to what ``graphs.html_data.pinned_scores`` says, and its
+panel shows a verified edge's measured effect); pins a node whose strongest input carries head
+loadings (the heads show); shift-clicks a token and a logit (the strongest path between them is
+pinned); groups two pinned nodes into a named supernode; drags the pruning slider to its bottom;
+and finds no console errors. It skips, saying what to install, where the system Chromium,
+chromedriver or selenium is missing.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def test_viewer_in_chromium(traced: Path) -> None:
     import graphs
     from graphs.html_data import pinned_scores
     from graphs.html_server import ViewerServer
+    from graphs.viewer import used_nodes
 
     graph = graphs.load(traced / "graph.json")
     doc = _graph_doc(traced)
@@ -105,6 +108,18 @@ def test_viewer_in_chromium(traced: Path) -> None:
         assert label in detail.text and "measured" in detail.text
         measured = [c.text for c in detail.find_elements(By.CSS_SELECTOR, "tr td.num:last-child") if c.text]
         assert measured, "no measured effect shown for a verified graph"
+
+        # Head loadings: a node whose strongest input runs through attention lists that edge's heads.
+        ours = dict(zip((n["node_id"] for n in doc["nodes"]), np.array(graph.node_ids)[used_nodes(graph)]))
+        strongest: dict[str, dict] = {}
+        for link in doc["links"]:
+            if abs(link["weight"]) > abs(strongest.get(link["target"], {"weight": 0.0})["weight"]):
+                strongest[link["target"]] = link
+        with_heads = [t for t, link in strongest.items() if link.get("heads") and ours[t] != graph.node_ids[i]]
+        assert with_heads, "the trace recorded no head loadings"
+        driver.find_element(By.CSS_SELECTOR, f'#nodes .node[data-id="{ours[with_heads[0]]}"]').click()
+        head = strongest[with_heads[0]]["heads"][0][0]
+        assert f"heads {head}:" in driver.find_element(By.ID, "detail").text
 
         # Shift-click a token and the top logit: the strongest path between them is pinned.
         # (Each click redraws the nodes, so each is found afresh.)
