@@ -8,6 +8,7 @@ checkpoints and the corpus's token cache never touch the user's cache.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -46,7 +47,7 @@ def test_every_example_is_tested_and_documented() -> None:
     readme = (EXAMPLES.parent / "README.md").read_text()
     for script in SCRIPTS:
         assert f"examples/{script}" in readme, f"README.md's Examples list does not name examples/{script}"
-        doc = runpy.run_path(str(EXAMPLES / script), run_name="doc").get("__doc__") or ""
+        doc = ast.get_docstring(ast.parse((EXAMPLES / script).read_text())) or ""
         assert len(doc.strip()) > 40, f"examples/{script} needs a docstring saying what it shows"
 
 
@@ -92,6 +93,21 @@ def test_trace_render_view_never_writes_among_a_users_files(example, tmp_path: P
     with pytest.raises(SystemExit, match="not an empty folder"):
         example("trace_render_view.py", "--out", str(mine))
     assert (mine / "graph.json").read_text() == "my own file" and len(list(mine.iterdir())) == 1
+
+
+def test_logit_difference(example, capsys) -> None:
+    graph = example("logit_difference.py")
+    out = capsys.readouterr().out
+    assert graph.count("logit") == 1 and graph.metadata["targets"], "one target: the logit difference"
+    target = graph.span("logit").start
+    assert graph.nodes["token"][target] == "'Mary' − 'John'"
+    # What the example shows: the graph's value is the model's own logit difference, and the edges add up to it.
+    shown = re.search(r"'Mary' − 'John': ([-+]\d+\.\d+) in the graph, ([-+]\d+\.\d+) from the model itself", out)
+    assert shown and shown.group(1) == shown.group(2), out
+    total = re.search(r"incoming edges ([-+]\d+\.\d+) \+ constant terms ([-+]\d+\.\d+) = ([-+]\d+\.\d+)", out)
+    assert total and total.group(3) == shown.group(1)
+    rows = out.split("and the rest)\n")[1].strip().splitlines()
+    assert len(rows) == 8 and all("direct" in r for r in rows)
 
 
 def test_trace_verify(example, capsys) -> None:
