@@ -34,11 +34,9 @@ from benchmarks.machine import print_machine
 
 from circuits import load_model
 from circuits.discovery import acdc, attribution_circuit
-from circuits.discovery.heads.prune import prune_dead, top_edges
-from circuits.discovery.heads.acdc_nodes import acdc_nodes
-from circuits.discovery.heads.nodes import eap_nodes
+from circuits.discovery.heads.mib import mib_scores
 from circuits.patching.nodes import NodePatcher
-from circuits.patching import MIB_BUDGETS, EdgePatcher, area_under_curve
+from circuits.patching import MIB_BUDGETS, EdgePatcher
 from circuits.tasks import ioi
 
 
@@ -56,14 +54,6 @@ class Clock:
         return f"{wall:.0f} s wall, {cpu:.0f} s CPU"
 
 
-def faithfulness_curve(patcher: EdgePatcher, scores: torch.Tensor) -> list[float]:
-    g = patcher.graph
-    removed = torch.stack([g.valid & ~prune_dead(g, top_edges(g, scores, max(1, int(k * g.n_edges))))
-                           for k in MIB_BUDGETS])
-    values = patcher.evaluate(removed)
-    return [(float(v) - patcher.m_empty) / (patcher.m_full - patcher.m_empty) for v in values]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="IOI prompt pairs")
@@ -79,6 +69,8 @@ def main() -> None:
                          "ACDC: which heads run, Wang et al.'s circuit)")
     ap.add_argument("--node-candidates", type=int, default=100, help="heads node-level ACDC tests")
     ap.add_argument("--node-tau", type=float, default=0.02, help="node ACDC threshold, fraction of m(M) - m(∅)")
+    ap.add_argument("--node-z", default="3", help="comma-separated z values for node ACDC (none: every prompt)")
+    ap.add_argument("--node-batch", type=int, default=16, help="prompts a chunk for node ACDC with z")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (on a shared, oversubscribed CPU 1 is faster than 2)")
     args = ap.parse_args()
@@ -112,10 +104,9 @@ def main() -> None:
         extra = ""
         if args.curves:
             curve_clock = Clock()
-            curve = faithfulness_curve(patcher, scores[method])
-            cpr, cmd = area_under_curve(MIB_BUDGETS, curve)
-            extra = f"; CPR {cpr:.3f}, CMD {cmd:.3f}"
-            print(f"# {method} faithfulness at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in curve]} "
+            mib = mib_scores(patcher, c)
+            extra = f"; CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f}"
+            print(f"# {method} faithfulness at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
                   f"({curve_clock})", flush=True)
         rows.append((method, dt, c.n_edges, len(c.heads), c.faithfulness, f"top {args.top_n} edges" + extra))
         print(rows[-1], flush=True)
@@ -133,6 +124,10 @@ def main() -> None:
     note = (f"tau {c.info['tau']:.3f}, {args.candidates} EAP-IG candidates (f = "
             f"{c.info['faithfulness_candidates']:.3f} before pruning), {c.info['edges_tested']} tested, "
             f"{c.info['evaluations']} evaluations (+ EAP-IG scoring)")
+    if args.curves:
+        mib = mib_scores(patcher, c)  # the kept edges by measured effect, then the rest by EAP-IG score
+        note += f"; CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f}"
+        print(f"# acdc faithfulness at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]}", flush=True)
     rows.append(("acdc", dt, c.n_edges, len(c.heads), c.faithfulness, note))
     print(rows[-1], flush=True)
     print(f"# ACDC heads: {sorted(c.heads)}")
@@ -140,29 +135,29 @@ def main() -> None:
 
 
 def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
-    """Node level: mean ablation over the ABC prompts of each template, MLPs always run, search in bf16 autocast
-    (faithfulness re-measured in float32)."""
+    """Node level, the README's call: mean ablation over the ABC prompts of each template, MLPs always run,
+    ``precision="auto"`` (bf16 only where it is fast; its faithfulness re-measured in float32). Each
+    ``--node-z`` value is a row (``none``: every test reads every prompt, ACDC's own rule and the
+    pre-#19 behaviour), timed end to end: patcher setup, node EAP scores and ACDC."""
+    from circuits.discovery import discover_nodes
+
     rows = []
-    clock = Clock()
-    patcher = NodePatcher(model, task, ablation="mean", precision="auto")
-    scores = patcher.node_scores()
-    exact = NodePatcher(model, task, ablation="mean")
-    setup = clock()
-    print(f"# nodes: setup + node EAP scores {setup[0]:.0f} s wall, {setup[1]:.0f} s CPU; m(M) = {exact.m_full:.3f}, m(∅) = {exact.m_empty:.3f}")
-    rows.append(("nodes: setup + EAP scores", setup, "", "", float("nan"), "bf16 and float32 patchers, node EAP"))
-    tau = args.node_tau * abs(patcher.m_full - patcher.m_empty)
-    clock = Clock()
-    c = acdc_nodes(patcher, tau, scores=scores, candidates=args.node_candidates, include_mlps=False)
-    dt = clock()
-    f = exact.faithfulness(c.kept)
-    eap = eap_nodes(exact, scores, tau=None, top_n=len(c.heads), include_mlps=False)
-    rows.append(("EAP nodes", (0.0, 0.0), "", len(eap.heads), eap.faithfulness,
-                 f"top {len(c.heads)} heads by node EAP (same size as ACDC's), scores above"))
-    rows.append(("ACDC nodes", dt, "", len(c.heads), f,
-                 f"tau {tau:.3f} ({args.node_tau:.0%}), {args.node_candidates} candidate heads (f = "
-                 f"{c.info['faithfulness_candidates']:.3f} before pruning), {c.info['passes']} passes in {c.info['sweeps']} sweeps"))
-    print(rows[-2], rows[-1], flush=True)
-    print(f"# ACDC node heads: {c.heads}")
+    for z in args.node_z.split(","):
+        zv = None if z == "none" else float(z)
+        batch = 64 if zv is None else args.node_batch  # one chunk when nothing is decided early
+        clock = Clock()
+        patcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=batch)
+        c = discover_nodes(model, task, patcher=patcher, candidates=args.node_candidates, include_mlps=False,
+                           tau=args.node_tau * abs(patcher.m_full - patcher.m_empty), z=zv, progress=False)
+        dt = clock()
+        i = c.info
+        name = f"ACDC nodes, z={z}, {batch} prompts a chunk"
+        rows.append((name, dt, "", len(c.heads), c.faithfulness,
+                     f"setup+scores {i['seconds_setup_and_scores']:.0f} s; {i['tests']} tests, {i['tests_decided_early']} "
+                     f"decided early; work {i['work']:.1f} full passes; {i['passes']} passes in {i['sweeps']} sweeps; "
+                     f"searched in {i['searched_in']}"))
+        print(rows[-1], flush=True)
+        print(f"# heads ({name}): {c.heads}", flush=True)
     return rows
 
 

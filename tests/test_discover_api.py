@@ -184,6 +184,7 @@ METHOD_MISUSE = [
     (discover_nodes, {"method": "eap", "candidates": 5}, "candidates="),
     (discover_nodes, {"method": "eap", "screen_layers": True}, "screen_layers="),
     (discover_nodes, {"method": "eap", "max_sweeps": 2}, "max_sweeps="),
+    (discover_nodes, {"method": "eap", "z": 2.0}, "z="),
     (discover_nodes, {"method": "eap", "tau": 0.1, "top_n": 5}, "tau="),
     (discover_nodes, {"method": "eap-ig"}, "EAP-IG"),
     (discover_features, {"method": "acdc", "top_n": 5}, "top_n="),

@@ -117,6 +117,29 @@ def test_node_acdc_recovers_exactly_the_planted_heads(include_mlps, screen_layer
     assert G.nodes["a1.h0"]["effect"] < 0  # removing the induction head lowers log p(correct)
 
 
+@pytest.mark.parametrize("z", [None, 3.0])
+def test_node_acdc_on_prompt_chunks_recovers_the_planted_heads(z):
+    # 24 prompts in chunks of 6: with z=None every test reads every chunk and decides exactly as one
+    # chunk of all the prompts; with z=3 most tests stop after the first chunk, and the planted circuit
+    # (whose effects are far from tau) comes out the same, its faithfulness measured on every prompt.
+    model = planted_induction_model(second_head=0.5)
+    task = induction.dataset(model.tokenizer, n=24, seq_len=6, bos=None, vocab=torch.arange(1, V), seed=0)
+    whole = acdc_nodes(NodePatcher(model, task, ablation="resample"), include_mlps=True, progress=False)
+    p = NodePatcher(model, task, ablation="resample", batch_size=6)
+    assert p.per_prompt_mean and len(p.chunks) == 4
+    circuit = acdc_nodes(p, include_mlps=True, z=z, progress=False)
+    assert circuit.heads == whole.heads == [(0, 0), (1, 0), (1, 2)] and circuit.mlps == whole.mlps == []
+    assert circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
+    assert circuit.metric_circuit == pytest.approx(p.evaluate(~circuit.kept)[0].item(), abs=1e-9)
+    if z is None:
+        assert circuit.info["tests_decided_early"] == 0
+        assert torch.allclose(circuit.effects, whole.effects, atol=1e-9, equal_nan=True)
+        assert circuit.info["work"] == pytest.approx(whole.info["work"])  # the same passes, in chunks
+    else:
+        assert circuit.info["tests_decided_early"] > 0
+        assert circuit.info["work"] < whole.info["work"]
+
+
 def test_node_acdc_with_candidates_tests_only_those():
     model = planted_induction_model()
     task = induction.dataset(model.tokenizer, n=8, seq_len=6, bos=None, vocab=torch.arange(1, V), seed=0)

@@ -270,6 +270,7 @@ class NodePatcher:
                                  "ablation is per position, so pass a reference set of the task's length")
             mean = self._record(ref).mean(self.groups)
         self.chunks: list[_Chunk] = []
+        self._per_prompt_mean: bool | None = None
         for start in range(0, task.n, self.batch_size):
             rows = slice(start, min(start + self.batch_size, task.n))
             ids = task.clean[rows]
@@ -334,6 +335,43 @@ class NodePatcher:
             for k in range(logits.shape[0]):
                 out[k] += w * float(self._metric(logits[k], c))
         return out
+
+    def prompt_metrics(self, logits: Tensor, chunk: _Chunk) -> Tensor:
+        """``logits`` ``[b, P, d_vocab]`` for the prompts of ``chunk`` → ``[b]`` float64: the metric of each
+        prompt alone (the chunk's metric is their mean when ``per_prompt_mean``)."""
+        rows = range(chunk.rows.start, chunk.rows.stop)
+        t = self.task
+        if self.metric_name == "kl":
+            vals = [kl_to_clean(logits[i:i + 1], chunk.clean_logits[i:i + 1]) for i in range(len(rows))]
+        else:
+            ans, wrong = t.answers.to(logits.device), t.wrong.to(logits.device)
+            vals = [t.metric_fn(logits[i:i + 1], ans[r:r + 1], wrong[r:r + 1]) for i, r in enumerate(rows)]
+        return torch.stack([v.double() for v in vals]).cpu()
+
+    def chunk_metrics(self, i: int, removed: Tensor, *, base: NodeBase | None = None, start_layer: int = 0,
+                      keep_base: bool = False) -> tuple[Tensor, NodeBase | None]:
+        """Per-prompt metrics ``[K, b]`` of prompt chunk ``i`` under each node set ``removed`` ``[K, n_src]``,
+        resumed at ``start_layer`` from ``base`` (see ``evaluate``); with ``keep_base`` (K = 1) the run
+        is also recorded to resume from later."""
+        c = self.chunks[i]
+        removed = removed.unsqueeze(0) if removed.ndim == 1 else removed
+        with self._precision():
+            logits, _, outs = node_forward(self.model, self.graph, c.ids, self.positions, removed=removed,
+                                           ablated=c.ablated, base=None if base is None else base.layer_outputs,
+                                           start_layer=start_layer if base is not None else 0, keep_base=keep_base)
+        values = torch.stack([self.prompt_metrics(logits[k], c) for k in range(logits.shape[0])])
+        return values, (NodeBase(outs, float(values[0].mean())) if keep_base else None)
+
+    @property
+    def per_prompt_mean(self) -> bool:
+        """Whether the task's metric is the mean of per-prompt metrics (checked on the clean run), which
+        lets ACDC decide a test on part of the prompts (``acdc_nodes(z=...)``)."""
+        if self._per_prompt_mean is None:
+            c = self.chunks[0]
+            whole = float(self._metric(c.clean_logits, c))
+            parts = float(self.prompt_metrics(c.clean_logits, c).mean())
+            self._per_prompt_mean = abs(whole - parts) <= 1e-5 * max(1.0, abs(whole))
+        return self._per_prompt_mean
 
     def base_run(self, removed: Tensor) -> tuple[float, list[NodeBase]]:
         """The metric under one node set, and that run recorded per prompt chunk to resume from."""

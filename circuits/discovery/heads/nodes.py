@@ -19,7 +19,7 @@ from transcoders.precision import Precision, use_bf16
 
 def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] = "acdc", tau: float | None = None,
                    top_n: int | None = None, candidates: int | None = None, include_mlps: bool = True,
-                   screen_layers: bool | None = None, max_sweeps: int | None = None,
+                   screen_layers: bool | None = None, max_sweeps: int | None = None, z: float | None | str = "default",
                    ablation: NodeAblation | None = None, metric: Literal["task", "kl"] | None = None,
                    precision: Precision | None = None, batch_size: int | None = None,
                    patcher: NodePatcher | None = None, progress: bool = True) -> NodeCircuit:
@@ -36,9 +36,11 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
             or ``"zero"``. metric: ``"task"`` (default) or ``"kl"``.
         include_mlps: MLPs are candidates too (else they always run).
         screen_layers, max_sweeps: ACDC only (defaults False and 4).
+        z: ACDC only: decide a test on the first prompt chunks once the per-prompt effects, ``mean ± z × SE``,
+            lie on one side of tau (default 3.0); None reads every prompt for every test (see ``acdc_nodes``).
         precision: the search's (see ``NodePatcher``; default ``"fp32"``): when the search ran in bf16,
             the final faithfulness is measured again in the model's own precision.
-        batch_size: prompts per forward pass (default 64).
+        batch_size: prompts per forward pass (default 16), also the chunk an ACDC test reads first.
         patcher: reuse a ``NodePatcher`` built for ``model`` and ``task``: its ablation, metric,
             precision and batch size apply, so those keywords must be left out or agree with it.
     """
@@ -52,7 +54,8 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
                "strongest nodes pass candidates=, or use method='eap' for top_n=")
     else:
         reject("discover_nodes(method='eap')",
-               {"candidates": candidates, "screen_layers": screen_layers, "max_sweeps": max_sweeps},
+               {"candidates": candidates, "screen_layers": screen_layers, "max_sweeps": max_sweeps,
+                "z": None if z == "default" else z},
                "they are ACDC's (method='acdc'); EAP scores every node at once")
         if top_n is not None:
             reject("discover_nodes with top_n=", {"tau": tau},
@@ -61,7 +64,7 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
     if patcher is None:
         patcher = NodePatcher(model, task, ablation="mean" if ablation is None else ablation,
                               metric="task" if metric is None else metric,
-                              batch_size=64 if batch_size is None else batch_size,
+                              batch_size=16 if batch_size is None else batch_size,
                               precision="fp32" if precision is None else precision)
     else:
         asked = None if precision is None else ("bf16" if use_bf16(model.device, precision) else "fp32")
@@ -74,7 +77,8 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
     t_scores = time.perf_counter() - t0
     if method == "acdc":
         circuit = acdc_nodes(patcher, tau, scores=scores, candidates=candidates, include_mlps=include_mlps,
-                             screen_layers=screen_layers, max_sweeps=max_sweeps, progress=progress)
+                             screen_layers=screen_layers, max_sweeps=max_sweeps,
+                             z=3.0 if z == "default" else z, progress=progress)  # type: ignore[arg-type]
     else:
         circuit = eap_nodes(patcher, scores, tau=tau, top_n=top_n, include_mlps=include_mlps)  # type: ignore[arg-type]
     if patcher.bf16:
