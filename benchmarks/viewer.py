@@ -7,6 +7,7 @@ its first render (download, JSON parse, layout, every edge and node drawn). ``sl
 after moving the pruning slider to half the influence; ``pin`` one click-to-pin (scores and redraw).
 
     .venv/bin/python benchmarks/viewer.py [--nodes 5000] [--edges 100000] [--repeats 3]
+    .venv/bin/python benchmarks/viewer.py --dir out/ioi     # a trace's own graph.html instead
 """
 
 from __future__ import annotations
@@ -79,18 +80,21 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--edges", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dir", default=None, help="a trace's --out folder: time its graph.html instead")
     args = ap.parse_args()
     reason = skip_reason()
     if reason:
         raise SystemExit(f"cannot run: {reason}")
     print_machine()
-    graph = synthetic_graph(args.nodes, args.edges)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        path = write_html(graph, Path(tmp) / "graph.html", node_threshold=1.0)
+        if args.dir:
+            path = Path(args.dir) / "graph.html"
+        else:
+            path = write_html(synthetic_graph(args.nodes, args.edges), Path(tmp) / "graph.html", node_threshold=1.0)
         build, size = time.perf_counter() - t0, path.stat().st_size
         loads, sliders, pins = [], [], []
-        with ViewerServer(tmp) as server, chromium() as driver:
+        with ViewerServer(path.parent) as server, chromium() as driver:
             driver.set_script_timeout(120)
             for _ in range(args.repeats):
                 ready = load_viewer(driver, server.url)

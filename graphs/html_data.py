@@ -58,7 +58,8 @@ def page_data(graph: AttributionGraph, *, cumulative: np.ndarray | None = None, 
     for k, link in enumerate(doc["links"]):
         sources.append(index[link["source"]])
         targets.append(index[link["target"]])
-        weights.append(link["weight"])
+        # Six significant digits: the page shows three, and its scores move in the sixth; a third of the bytes.
+        weights.append(None if link["weight"] is None else float(f"{link['weight']:.6g}"))
         more = {key: value for key, value in link.items() if key not in _LINK_KEYS}
         if more:
             extra[str(k)] = more
