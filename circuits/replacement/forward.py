@@ -181,6 +181,10 @@ def _forward(model: Model, transcoders: nn.Module | None, attention: Attention, 
     # The true MLP output is read only to form live errors (or past the prompt, or by an editor that asks
     # for it); otherwise the slot's write replaces it unread, so the MLP (most of a layer's work) is skipped.
     skip_mlp = errors == "clean" and T == P and type(editor).real is SlotEditor.real
+    # Clean activations with a few sparse edits (verification: one feature per row): decode the clean
+    # activations once per layer and add each edit's change, instead of a dense [B, T, F] @ [F, D] per row.
+    sparse_decode = features == "frozen" and fixed is None and type(editor) is SparseEditor
+    clean_decoded: dict[int, Tensor] = {}
 
     seen_in: dict[int, Tensor] = {}
     used: dict[int, Tensor] = {}
@@ -221,7 +225,10 @@ def _forward(model: Model, transcoders: nn.Module | None, attention: Attention, 
                 err = _error(errors, base_err, layer, real, x, tc, natural, P, T, start)
                 if editor.edits_errors(layer):
                     err = editor.error(layer, err)
-                out = tc.output_at(x, used, layer) + err
+                if sparse_decode:
+                    out = _frozen_output(tc, x, used, natural, clean_decoded, editor, layer) + err  # type: ignore[arg-type]
+                else:
+                    out = tc.output_at(x, used, layer) + err
             return editor.write(layer, out, x, used[layer])
 
         in_loc = spec.location(tc.cfg.input_site, layer)
@@ -276,6 +283,25 @@ def _check_resume(resume: Resume, editor: SlotEditor, features: str, keep_acts: 
         raise PatchError(f"an edit at layer {min(low)} is below resume.layer {first}: resume at the lowest "
                          "edited layer")
     return first
+
+
+def _frozen_output(tc: nn.Module, x: Tensor, used: dict[int, Tensor], natural: dict[int, Tensor],
+                   clean_decoded: dict[int, Tensor], editor: SparseEditor, layer: int) -> Tensor:
+    """``tc.output_at(x, used, layer)`` ``[B, T, D]`` where ``used`` differs from the clean activations
+    ``natural`` (each ``[1 or B, T, F]``, one row shared) only at ``editor``'s feature edits: the clean
+    write decoded once (cached per layer), plus each edited entry's change times its decoder row."""
+    if layer not in clean_decoded:
+        clean_decoded[layer] = tc.add_decoded(tc.b_dec[layer] / tc.output_scale[layer],
+                                              {s: natural[s][:1] for s in tc.sources(layer)}, layer)
+    out = tc.skip_layer(x, layer) + clean_decoded[layer]
+    for s in tc.sources(layer):
+        r, p, f = editor._by_layer["features"][s][:3]
+        if not len(r):
+            continue
+        r, p, f = torch.unique(torch.stack([r, p, f]), dim=1)  # each edited entry once
+        change = used[s][r, p, f] - natural[s][0, p, f]
+        out = out.index_put((r, p), change[:, None] * tc.decoder_at(s, layer)[f], accumulate=True)
+    return out
 
 
 def _decoded_change(tc: nn.Module, used: dict[int, Tensor], natural: dict[int, Tensor], layer: int) -> Tensor | float:
