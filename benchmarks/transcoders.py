@@ -43,17 +43,22 @@ from transcoders import (  # noqa: E402
     harvest,
     load_transcoders,
 )
-from transcoders.precision import autocast  # noqa: E402
+from transcoders.precision import autocast, use_bf16  # noqa: E402
 from transcoders.sets import preset_dir  # noqa: E402
-from transcoders.train import Objective  # noqa: E402
+from transcoders.train import Objective, adam  # noqa: E402
 
 
 def _rate(fn: Callable[[], object], tokens: int, reps: int) -> float:
+    return _rates(fn, tokens, reps)[0]
+
+
+def _rates(fn: Callable[[], object], tokens: int, reps: int) -> tuple[float, float]:
+    """Tokens per wall second and per CPU second of this process."""
     fn()  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(reps):
         fn()
-    return tokens * reps / (time.perf_counter() - t0)
+    return tokens * reps / (time.perf_counter() - t0), tokens * reps / (time.process_time() - c0)
 
 
 def harvest_table(model, batch: int, seq_len: int, reps: int) -> pd.DataFrame:
@@ -70,9 +75,14 @@ def harvest_table(model, batch: int, seq_len: int, reps: int) -> pd.DataFrame:
 
 
 def train_table(model, batch_tokens: int, reps: int) -> pd.DataFrame:
+    """One optimiser step (forward, backward, clip, Adam) on random pairs, as ``train`` runs it:
+    sparse decoding under ``DENSITY_LIMIT``, fused Adam. fp32 always; bf16 autocast only where the
+    CPU has fast bf16 (``transcoders.precision``). Tokens per CPU-second is what the step costs
+    one core, and is steadier than wall time on a shared machine."""
     L, D = model.dims.n_layers, model.dims.d_model
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(batch_tokens, L, D, generator=g), torch.randn(batch_tokens, L, D, generator=g)
+    precisions = ["fp32"] + (["bf16"] if use_bf16(torch.device("cpu"), "auto") else [])
     rows = []
     for kind, activation, width, k, skip in (("plt", "topk", 1024, 64, True), ("plt", "jumprelu", 1024, 64, True),
                                              ("clt", "topk", 1024, 64, True)):
@@ -82,19 +92,22 @@ def train_table(model, batch_tokens: int, reps: int) -> pd.DataFrame:
         tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=L, d_model=D, d_features=width,
                                                activation=activation, k=k, skip=skip)).train()
         objective = Objective(tc, cfg)
-        opt = torch.optim.Adam([p for p in tc.parameters() if p.requires_grad], lr=1e-4)
+        params = [p for p in tc.parameters() if p.requires_grad]
+        opt = adam(params, lr=1e-4)
         coeff = torch.tensor(1e-2)
+        for precision in precisions:
+            def step() -> None:
+                with autocast(model.device, precision):
+                    stats = objective(x, y, coeff)
+                opt.zero_grad()
+                stats.loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
 
-        def step() -> None:
-            with autocast(model.device, "bf16"):
-                stats = objective(x, y, coeff)
-            opt.zero_grad()
-            stats.loss.backward()
-            opt.step()
-
-        rows.append((f"{kind} {activation} width {width} k {k}{' skip' if skip else ''}",
-                     _rate(step, batch_tokens, reps)))
-    return pd.DataFrame(rows, columns=["training step", "tokens/s"]).set_index("training step")
+            wall, cpu = _rates(step, batch_tokens, reps)
+            rows.append((f"{kind} {activation} width {width} k {k}{' skip' if skip else ''}", precision, wall, cpu))
+    return pd.DataFrame(rows, columns=["training step", "precision", "tokens/s", "tokens/CPU-s"]).set_index(
+        ["training step", "precision"])
 
 
 def eval_table(model, n_tokens: int) -> pd.DataFrame:

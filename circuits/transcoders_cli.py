@@ -41,7 +41,7 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
         "n_tokens": args.n_tokens, "skip": args.skip or None, "seed": args.seed, "lr": args.lr,
         "batch_tokens": args.batch_tokens, "seq_len": args.seq_len, "num_threads": args.threads,
         "sparsity": args.sparsity, "sparsity_coeff": args.sparsity_coeff, "checkpoint_every": args.checkpoint_every,
-        "precision": args.precision,
+        "precision": args.precision, "skip_init": args.skip_init,
     }
     if args.l0 is not None and args.activation is None:
         flags["activation"] = "jumprelu"
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--sparsity", choices=["l0", "tanh"], help="JumpReLU penalty (default l0)")
     t.add_argument("--sparsity-coeff", type=float)
     t.add_argument("--skip", action="store_true", help="learn a linear skip connection")
+    t.add_argument("--skip-init", choices=["zero", "lstsq"],
+                   help="lstsq: start the skip at the least-squares map from MLP input to output")
     t.add_argument("--n-tokens", type=int)
     t.add_argument("--batch-tokens", type=int)
     t.add_argument("--seq-len", type=int)

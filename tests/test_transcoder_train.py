@@ -11,7 +11,7 @@ import torch
 from circuits import tiny_model
 from transcoders import NonFiniteError, TrainConfig, TranscoderConfig, build_transcoder, load_transcoders, train
 from transcoders.checkpoint import CheckpointMismatchError, transcoder_from_checkpoint
-from transcoders.sparse import sparse_decode
+from transcoders.sparse import DENSITY_LIMIT, sparse_decode
 from transcoders.train import StepStats
 
 D_VOCAB = 64
@@ -141,17 +141,24 @@ def test_too_few_tokens(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["plt", "clt"])
-def test_sparse_decode_is_decode(kind: str) -> None:
-    """The training-time decode and its gradients match the dense one (TopK: only active features matter)."""
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_sparse_decode_is_decode(kind: str, activation: str) -> None:
+    """The training-time decode and its gradients match the dense one (TopK: only active features matter;
+    BatchTopK: tokens with any number of active features, none included)."""
     torch.manual_seed(0)
-    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=4, d_model=8, d_features=64, activation="topk", k=2))
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=4, d_model=8, d_features=64, activation=activation, k=2))
     tc = tc.double()
     with torch.no_grad():
         tc.b_dec.normal_()
         tc.output_scale.uniform_(0.5, 2)
     x = torch.randn(10, 4, 8, dtype=torch.float64)
+    x[3] *= 1e-3  # under BatchTopK, some tokens get no features
     params = [p for p in tc.parameters() if p.requires_grad]
-    dense = tc.decode(tc.encode(x).acts)
+    acts = tc.encode(x).acts
+    assert 0 < (acts != 0).double().mean() < DENSITY_LIMIT  # the sparse path runs
+    if activation == "batchtopk":
+        assert (acts[3] == 0).all(dim=-1).any()
+    dense = tc.decode(acts)
     sparse = sparse_decode(tc, tc.encode(x).acts)
     torch.testing.assert_close(sparse, dense, rtol=1e-12, atol=1e-12)
     g_dense = torch.autograd.grad(dense.square().sum(), params, allow_unused=True)
@@ -160,3 +167,30 @@ def test_sparse_decode_is_decode(kind: str) -> None:
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_lstsq_skip_starts_at_the_best_linear_map() -> None:
+    """On a linear MLP the least-squares skip explains everything before any feature trains."""
+    from transcoders.train import _fit_skip, _init_normalisation
+
+    torch.manual_seed(0)
+    tc = build_transcoder(TranscoderConfig(kind="plt", n_layers=3, d_model=8, d_features=16, activation="topk",
+                                           k=2, skip=True))
+    x = torch.randn(500, 3, 8) * 3 + 1
+    A, b = torch.randn(3, 8, 8), torch.randn(3, 8)
+    y = torch.einsum("nld,lde->nle", x, A) + b
+    _init_normalisation(tc, x, y)
+    fvu = _fit_skip(tc, x, y, ridge=0.0)
+    assert float(fvu.max()) < 1e-10
+    with torch.no_grad():
+        recon = tc.decode(torch.zeros(500, 3, 16)) + tc.skip(x)  # no feature active
+    torch.testing.assert_close(recon, y, rtol=1e-4, atol=1e-4)
+    # A noisy map leaves the noise's share.
+    noisy = y + torch.randn_like(y) * y.std()
+    fvu = _fit_skip(tc, x, noisy)
+    assert 0.3 < float(fvu.mean()) < 0.7
+
+
+def test_lstsq_skip_needs_a_skip() -> None:
+    with pytest.raises(ValueError, match="skip is off"):
+        _cfg(skip_init="lstsq")
