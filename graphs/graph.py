@@ -179,8 +179,9 @@ class AttributionGraph:
         ``direct`` the part crossing no attention (``circuits.attribution.heads``). Every head is there
         when the graph holds its full table (``head_table``: the traced graph and its ``.npz`` file);
         after pruning or a GraphML/JSON round trip only the stored strongest heads are, with ``other``
-        (the rest, summed). ``trace(head_loadings="targets")`` (the default) loads the edges into the
-        logit nodes, ``"all"`` every edge; a KeyError names the fix for an edge without loadings.
+        (the rest, summed). ``trace`` loads the edges into the chosen targets, or into the top logit, by
+        default; ``head_loadings="targets"`` into every logit node, ``"all"`` every edge. A KeyError names
+        the fix for an edge without loadings.
         """
         return edge_loadings(self, edge)
 

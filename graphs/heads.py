@@ -133,8 +133,8 @@ def edge_loadings(graph: AttributionGraph, edge: Sequence[int | str]) -> dict[st
     entry = stored_loadings(graph).get((target, source))
     if entry is None:
         raise KeyError(f"no head loadings for the edge {source} -> {target}. Fix: trace with head_loadings='targets' "
-                       "(edges into the logit nodes, the default) or 'all' (every edge), and pass (source, target) "
-                       "ids or indices of an edge into such a target.")
+                       "(edges into every logit node; the default loads the chosen targets or the top logit) or "
+                       "'all' (every edge), and pass (source, target) ids or indices of an edge into such a target.")
     return entry
 
 

@@ -65,7 +65,8 @@ def test_loadings_equal_pattern_interventions(family: str) -> None:
     above l zeroed, minus the same with head (l, h)'s zeroed too: measured by zeroing each source in the frozen
     replacement model (paths whose last attention hop is that head)."""
     model, ids, tc = _setup(family, "plt")
-    graph = trace(ids, model, tc, dtype="float64", max_logits=2, logit_prob=0.99)
+    graph = trace(ids, model, tc, dtype="float64", max_logits=2, logit_prob=0.99, head_loadings="targets")
+    assert graph.count("logit") == 2 and set(graph.head_table.targets) == set(graph.node_ids[graph.span("logit")])
     frozen = freeze(model, ids, input_site=tc.cfg.input_site, output_site=tc.cfg.output_site)
     mlps = replace_mlps(tc, frozen, device=CPU, dtype=F64, feature_start=graph.metadata["feature_start"])
     acts, errors, embed, sources = _ablations(graph, mlps, frozen)
@@ -130,6 +131,15 @@ def test_loadings_survive_every_format(tmp_path) -> None:
     assert isinstance(nx.DiGraph(g), nx.DiGraph)
     with pytest.raises(KeyError, match="head_loadings"):
         graph.head_loadings((tid, sid))  # the wrong way round: no such edge
+
+
+def test_default_loads_the_chosen_targets_or_the_top_logit() -> None:
+    model, ids, tc = _setup("qwen2")
+    graph = trace(ids, model, tc, dtype="float64", max_logits=3, logit_prob=0.99)
+    top = graph.node_ids[graph.span("logit").start]
+    assert graph.count("logit") == 3 and set(graph.head_table.targets) == {top}
+    graph = trace(ids, model, tc, dtype="float64", targets=["t1", ("t2", "t3")])
+    assert set(graph.head_table.targets) == set(graph.node_ids[graph.span("logit")])
 
 
 def test_no_loadings_when_asked_for_none() -> None:

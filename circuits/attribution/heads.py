@@ -30,7 +30,7 @@ import torch
 from circuits.attribution.attribute import Attributor, FeatureTargets, Sources, Targets
 from circuits.attribution.residual_map import ResidualMap
 
-HeadLoadingMode = Literal["targets", "all", "none"]
+HeadLoadingMode = Literal["auto", "targets", "all", "none"]
 
 
 @dataclass

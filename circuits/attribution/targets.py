@@ -56,8 +56,8 @@ class ChosenTargets:
     """The targets of one trace, in node order."""
 
     token_ids: Tensor
-    """``[n]`` long on the CPU: the token's id, the ``plus`` token's for a difference, ``-2 - k`` for the k-th
-    direction... (see the module docstring: every node id stays unique)."""
+    """``[n]`` long on the CPU: a token target's vocabulary id; ``-2 - i`` for the i-th target when it is a
+    difference or a direction (so every logit node id, ``L{token_id}``, stays unique)."""
     texts: list[str]
     """``[n]`` what each logit node shows: the token, ``" Mary" − " John"``, or the direction's name."""
     probs: Tensor

@@ -46,7 +46,7 @@ _IDENTITY_WARN = {torch.float64: 1e-5, torch.float32: 1e-3}
 
 
 def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, transcoders: nn.Module | None = None, *,
-          targets: TargetSpec | Sequence[TargetSpec] | None = None, head_loadings: HeadLoadingMode = "targets",
+          targets: TargetSpec | Sequence[TargetSpec] | None = None, head_loadings: HeadLoadingMode = "auto",
           top_heads: int = 3, max_logits: int = 10, logit_prob: float = 0.95, max_feature_nodes: int | None = None,
           batch_size: int | None = None, device: str | torch.device | None = None,
           dtype: str | torch.dtype | None = None, memory_budget: int | str | None = None, verify: bool = False,
@@ -66,10 +66,13 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         max_logits, logit_prob: without ``targets``, the logit nodes are the most likely next tokens, until
             their probabilities add up to ``logit_prob``, at most ``max_logits`` of them.
         head_loadings: which edges are split over the attention heads they pass through
-            (``circuits.attribution.heads``): ``"targets"`` (edges into the logit nodes, the default),
-            ``"all"`` (every edge: costs about ``n_layers * n_heads / 2`` extra rows per target), or
-            ``"none"``. The ``top_heads`` strongest heads of each such edge are stored on the graph
-            (``graph.head_loadings(edge)``, and the ``heads`` edge attribute of every export).
+            (``circuits.attribution.heads``): ``"targets"`` (edges into every logit node), ``"auto"`` (the
+            default: into the chosen ``targets``, or into the most likely logit without them), ``"all"``
+            (every edge), or ``"none"``. Each loaded target costs about ``n_layers * n_heads / 2`` extra
+            rows (SmolLM2: +13% CPU on the demo's 4,096-feature IOI graph, BENCHMARKS.md). The ``top_heads`` strongest heads of each such edge are stored on the graph
+            (``graph.head_loadings(edge)``, and the ``heads`` edge attribute of every export); every head's
+            loading is kept in ``graph.head_table``, ``n_edges * n_layers * n_heads`` numbers (for SmolLM2's
+            full IOI graph ~25k edges × 270 heads, 27 MB per target in float32), outside the memory plan.
         max_feature_nodes: None for every active feature; else the most influential ones, chosen
             greedily as circuit-tracer does (their left-out input goes to ``excluded_input``).
         batch_size: targets per backward pass (default: the most, up to 256 on the CPU and 1024 on a
@@ -106,8 +109,8 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
         raise PromptError("the prompt is empty: pass some text, e.g. trace(\"When Mary and John ...\")")
     if early_mlp not in ("constant", "error"):
         raise ValueError(f"early_mlp must be 'constant' or 'error', got {early_mlp!r}")
-    if head_loadings not in ("targets", "all", "none"):
-        raise ValueError(f"head_loadings must be 'targets', 'all' or 'none', got {head_loadings!r}")
+    if head_loadings not in ("auto", "targets", "all", "none"):
+        raise ValueError(f"head_loadings must be 'auto', 'targets', 'all' or 'none', got {head_loadings!r}")
     held_positions = feature_start if early_mlp == "constant" else 0  # their errors are constants of the graph
     check_options(max_logits, logit_prob, max_feature_nodes, batch_size)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -162,8 +165,11 @@ def trace(prompt: str | Sequence[int] | Tensor, model: Model | None = None, tran
     loadings: list[TargetLoadings] = []
     if head_loadings != "none":
         n_full = n_active + L * P + P + len(token_ids)
-        loadings = loadings_for(rmap, sources, l_targets, np.arange(n_full - len(token_ids), n_full),
-                                plan.batch_size)
+        # Without chosen targets, "auto" loads the most likely logit only (salient logits come most likely first).
+        n_loaded = 1 if head_loadings == "auto" and not chosen.chosen else len(token_ids)
+        loaded = torch.arange(n_loaded, device=l_targets.layer.device)
+        loadings = loadings_for(rmap, sources, l_targets.take(loaded),
+                                n_full - len(token_ids) + np.arange(n_loaded), plan.batch_size)
         if head_loadings == "all":
             chosen_features = np.flatnonzero(selected)
             loadings += loadings_for(rmap, sources, f_targets.take(torch.as_tensor(chosen_features,
