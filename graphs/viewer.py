@@ -160,7 +160,8 @@ def to_viewer_json(graph: AttributionGraph, *, slug: str | None = None, scan: st
         "slug": slug or slugify(graph.prompt), "scan": scan,
         "transcoder_list": [], "prompt_tokens": list(graph.token_texts), "prompt": graph.prompt,
         # The viewer shows its pruning slider only for a number here; a graph that does not say was not pruned.
-        "node_threshold": _threshold(node_threshold, meta.get("node_threshold"), 1.0),
+        "node_threshold": _threshold(node_threshold, meta.get("node_threshold"),
+                                     (meta.get("viewer_metadata") or {}).get("node_threshold"), 1.0),
         "schema_version": SCHEMA_VERSION,
         "info": {"generator": GENERATOR, "create_time_ms": int(time.time() * 1000), "transcoder_set": scan},
         "generation_settings": {k: v for k, v in settings.items() if v is not None and _finite(v) is not None},
@@ -208,7 +209,9 @@ def write_viewer_json(graph: AttributionGraph, path: str | Path, *, prune_first:
     and writes a pruned one (``graphs.prune``, ``verify``) as it is.
     """
     if prune_first is None:
-        prune_first = "pruned_from" not in graph.metadata and "cumulative" not in kwargs and "whole" not in kwargs
+        # Pruned already: by graphs.prune or verify (pruned_from), or read from a viewer file (circuit-tracer's).
+        done = "pruned_from" in graph.metadata or "viewer_metadata" in graph.metadata
+        prune_first = not done and "cumulative" not in kwargs and "whole" not in kwargs
     if prune_first:
         kwargs.setdefault("node_threshold", DEFAULT_NODE_THRESHOLD)
         kwargs.setdefault("edge_threshold", DEFAULT_EDGE_THRESHOLD)

@@ -191,3 +191,15 @@ def test_circuits_view_command(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "circuits", "view", str(tmp_path / "nope"), "--no-open"],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "Fix:" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_circuit_tracer_file_is_saved_as_it_is(tmp_path: Path) -> None:
+    # Its graph was pruned when circuit-tracer wrote it: saving it again keeps every node and its threshold.
+    data = Path(__file__).parent / "data" / "circuit_tracer_excerpt.json"
+    original = json.loads(data.read_text())
+    original["metadata"]["node_threshold"] = 0.6
+    graph = graphs.from_viewer_json(original)
+    doc = json.loads(graphs.save(graph, tmp_path / "again.json").read_text())
+    assert sorted(n["node_id"] for n in doc["nodes"]) == sorted(n["node_id"] for n in original["nodes"])
+    assert len(doc["links"]) == len(original["links"])
+    assert doc["metadata"]["node_threshold"] == 0.6
