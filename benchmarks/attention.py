@@ -2,8 +2,9 @@
 
 On the README's IOI prompt with SmolLM2-135M and the ``smollm2-quick`` transcoders:
 
-1. the time head loadings add to a trace (``head_loadings="none"`` vs ``"targets"``), for the salient
-   logits and for the logit difference (" Mary", " John"), capped at the demo's 4,096 features and full;
+1. the time head loadings add to a trace (``head_loadings="none"`` vs ``"auto"``, the default, and
+   ``"targets"``), for the salient logits and for the logit difference (" Mary", " John"), capped at the
+   demo's 4,096 features (and uncapped with ``--full``);
 2. how much of the attention-edge mass into (" Mary", " John") loads on the heads node ACDC keeps for IOI
    (``discover_nodes``; its head list is cached in ``~/.cache/circuit-engine/benchmarks/``, as it takes
    ~15 min on a shared 2-core CPU; ``--pairs`` IOI pairs, 32 by default where the README uses 64);
@@ -54,8 +55,10 @@ def acdc_heads(model, n_pairs: int, seed: int = 0) -> dict:
 
 
 def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
+    """``(result, wall s, load average)``; ``timed.cpu``: the CPU seconds the call used (all threads)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
+    timed.cpu = time.process_time() - c0
     return out, time.perf_counter() - t0, os.getloadavg()[0]
 
 
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=32, help="IOI pairs for node ACDC (README: 64)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--full", action="store_true", help="also time the uncapped traces (~1 min each idle)")
+    ap.add_argument("--no-timing", action="store_true", help="skip part 1 (trace only the logit difference)")
     args = ap.parse_args()
     import numpy as np
     import torch
@@ -79,21 +83,24 @@ def main() -> None:
     diff = (" Mary", " John")
 
     print("\n## Time head loadings add to a trace\n")
-    print("| targets | features | head_loadings | trace s | of which loadings s | load |")
-    print("|---|---|---|---|---|---|")
+    print("| targets | features | head_loadings | trace s | CPU s | of which loadings s | load |")
+    print("|---|---|---|---|---|---|---|")
     caps = [4096, None] if args.full else [4096]
     graphs = {}
+    cases = [("' Mary' − ' John'", diff)] if args.no_timing else [("salient logits", None), ("' Mary' − ' John'", diff)]
     for cap in caps:
-        for name, targets in (("salient logits", None), ("' Mary' − ' John'", diff)):
-            for mode in ("none", "targets"):
+        for name, targets in cases:
+            # "auto" (the default) loads the chosen target, or the top logit of the salient ones.
+            modes = ("none", "auto", "targets") if targets is None else ("none", "auto")
+            for mode in (("auto",) if args.no_timing else modes):
                 g, wall, load = timed(trace, PROMPT, model, tc, targets=targets, max_feature_nodes=cap,
                                       head_loadings=mode)
                 graphs[(name, cap, mode)] = g
                 extra = g.metadata["seconds"].get("head loadings", 0.0)
                 print(f"| {name} ({g.count('logit')}) | {'all' if cap is None else cap} | {mode} | {wall:.1f} | "
-                      f"{extra:.1f} | {load:.1f} |", flush=True)
+                      f"{timed.cpu:.1f} | {extra:.1f} | {load:.1f} |", flush=True)
 
-    g = graphs[("' Mary' − ' John'", 4096, "targets")]
+    g = graphs[("' Mary' − ' John'", 4096, "auto")]
     table = g.head_table
     acdc = acdc_heads(model, args.pairs)
     keep = np.zeros(table.values.shape[1], dtype=bool)
@@ -118,12 +125,22 @@ def main() -> None:
     for i in top:
         print(f"| {names[i]} | {per_head[i]:.3f} | {'yes' if keep[i] else 'no'} |")
 
-    # The strongest name mover: the head carrying most of what the IO position sends to the target.
+    # The strongest name mover: of the heads that attend from END to IO (frozen pattern >= 0.1), the one
+    # carrying most of the target (signed sum of its loadings).
     io = int(np.flatnonzero(np.array(g.token_texts) == " Mary")[0])
-    positions = {nid: pos for nid, pos in zip(g.node_ids, g.nodes["position"])}
-    from_io = np.array([positions[s] == io for s in table.sources])
-    mover = int(np.argmax(table.values[from_io].sum(0)))
+    L = model.n_layers
+    _, rec = model.record(PROMPT, [("attn_pattern", layer) for layer in range(L)])
+    end_io = torch.stack([rec[("attn_pattern", layer)][:, -1, io] for layer in range(L)]).reshape(-1).numpy()
+    movers = np.flatnonzero(end_io >= 0.1)
+    mover = int(movers[np.argmax(per_head[movers])])
     layer, head = parse_head(names[mover])
+    print(f"\nHeads attending END → IO with weight >= 0.1: {len(movers)}; the one carrying most: {names[mover]} "
+          f"(Σ loading {per_head[mover]:.3f}, attention {end_io[mover]:.3f}, rank {int((per_head > per_head[mover]).sum()) + 1} "
+          "among all heads)")
+    from circuits.attribution.qk import strongest_attention_qk
+
+    _, wall_summary, load_summary = timed(strongest_attention_qk, g, model, tc)
+    print(f"strongest_attention_qk (what summary.md adds, pairs only): {wall_summary:.1f} s, load {load_summary:.1f}")
     qk, wall, load = timed(qk_attribution, PROMPT, model, tc, layer=layer, head=head, query=-1, key=io)
     print(f"\n## QK pairs for the strongest name mover {names[mover]}: END → IO (' Mary', position {io})\n")
     print(f"qk_attribution: {wall:.1f} s (both sides' head loadings included), load {load:.1f}\n")
