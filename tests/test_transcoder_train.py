@@ -194,3 +194,21 @@ def test_lstsq_skip_starts_at_the_best_linear_map() -> None:
 def test_lstsq_skip_needs_a_skip() -> None:
     with pytest.raises(ValueError, match="skip is off"):
         _cfg(skip_init="lstsq")
+
+
+def test_save_at_snapshots_the_set_on_the_way(tmp_path: Path) -> None:
+    """Snapshots are taken once, at the step that crosses each token count, and hold that step's weights."""
+    from transcoders.io import read_config
+
+    model, cfg = _model(), _cfg(n_tokens=44 * 10)
+    done = train(model, cfg, run_dir=tmp_path / "run", token_batches=_rows(), progress=False,
+                 save_at=[44 * 3, 44 * 10])
+    x = torch.randn(5, 3, 16)
+    recon = {}
+    for m in (44 * 3, 44 * 10):
+        where = tmp_path / "run" / f"tokens-{m}"
+        meta = read_config(where / "config.yaml")["circuit_engine"]
+        assert meta["tokens"] == m and meta["train_seconds"] > 0
+        recon[m] = load_transcoders(model, where)(x).recon
+    assert not torch.allclose(recon[44 * 3], recon[44 * 10])
+    torch.testing.assert_close(recon[44 * 10], done(x).recon, rtol=1e-5, atol=1e-5)  # the last is the finished set

@@ -15,7 +15,9 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
+import time
+from copy import deepcopy as copy_module
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -169,6 +171,17 @@ def adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+def _snapshot(tc: Transcoder, where: Path, metadata: dict[str, Any]) -> None:
+    """Save a folded copy of ``tc`` (training goes on with the original) unless one is there."""
+    if (where / "config.yaml").is_file():
+        return
+    from transcoders.io import save_transcoders
+
+    copy = copy_module(tc).eval()
+    copy.fold_normalisation()
+    save_transcoders(copy, where, metadata=metadata)
+
+
 def run_name(model_name: str, cfg: TrainConfig) -> str:
     """A readable run-directory name with a hash of everything that changes the result."""
     keyed = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
@@ -237,7 +250,8 @@ def _token_batches(model: HarvestModel, corpus: Any, cfg: TrainConfig) -> Callab
 
 def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir: str | Path | None = None,
           save_dir: str | Path | None = None, token_batches: Callable[[], Iterator[Tensor]] | None = None,
-          callback: Callable[[int, StepStats], None] | None = None, progress: bool = True) -> Transcoder:
+          callback: Callable[[int, StepStats], None] | None = None, progress: bool = True,
+          save_at: Sequence[int] = ()) -> Transcoder:
     """Train a transcoder set for ``model``; resume from ``run_dir`` when it holds a checkpoint.
 
     Args:
@@ -248,10 +262,16 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         save_dir: if given, the finished set is saved there in circuit-tracer's format.
         token_batches: a factory of deterministic LongTensor ``[B, T]`` iterators, instead of a corpus.
         callback: called as ``callback(step, stats)`` after every step (and its checkpoint).
+        save_at: token counts at which to also save the set as it stands, to ``run_dir/tokens-N``
+            (circuit-tracer's format; its metadata holds ``tokens``, ``steps`` and ``train_seconds``,
+            the wall time spent training so far, resumed runs included). One run then gives a
+            quality-against-budget curve; each snapshot is taken at the learning rate of that moment,
+            not after a decay of its own.
 
     Returns the trained transcoder in eval mode with its normalisation folded into the weights.
     """
     dctx = context()
+    t_start = time.perf_counter()
     device = model.device
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -279,7 +299,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
     log_coeff = torch.tensor(math.log(cfg.sparsity_coeff))
     last_fired = torch.zeros(n_layers, cfg.d_features, dtype=torch.long)
-    start, tokens = 0, 0
+    start, tokens, seconds = 0, 0, 0.0
 
     state = load_checkpoint(run_dir, cfg_dict, RESUMABLE_CHANGES)
     if state is not None:
@@ -289,6 +309,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         log_coeff = state["log_coeff"]
         last_fired = state["last_fired"]
         start, tokens = state["step"], state["tokens"]
+        seconds = float(state.get("seconds", 0.0))
         batches = stream.iterate(start)
     else:
         x0, y0 = stream.chunk(0)
@@ -303,6 +324,8 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     if dctx.active:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
+    milestones = sorted(int(m) for m in save_at)
+    began = t_start - seconds  # harvesting the first chunk counts
     bar = tqdm(total=total, initial=start, desc=f"train {cfg.kind}", unit="step", file=sys.stderr,
                disable=not progress or not dctx.is_main, dynamic_ncols=True)
     for step in range(start, total):
@@ -327,14 +350,21 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         if cfg.l0 is not None:
             # An integral controller: raise the penalty while L0 is above target, lower it below.
             log_coeff = log_coeff + 0.05 * ((l0.mean() / cfg.l0) - 1).clamp(-1, 1)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+        crossed = [m for m in milestones if tokens - per_step < m <= tokens]
+        # A snapshot's step is checkpointed first (which also makes the run folder the engine's).
+        if crossed or (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             if dctx.is_main:
                 save_checkpoint(run_dir, {
-                    "step": step + 1, "tokens": tokens, "transcoder": tc.state_dict(),
+                    "step": step + 1, "tokens": tokens, "seconds": time.perf_counter() - began,
+                    "transcoder": tc.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "log_coeff": log_coeff,
                     "last_fired": last_fired, "train_config": cfg_dict, "transcoder_config": tc_cfg.to_dict(),
                 })
             barrier()
+        if dctx.is_main:
+            for m in crossed:
+                _snapshot(tc, run_dir / f"tokens-{m}", {"train_config": cfg_dict, "steps": step + 1, "tokens": tokens,
+                                                        "train_seconds": time.perf_counter() - began})
         # Dead: silent for the last dead_window tokens (early on: never fired yet).
         dead = (last_fired <= tokens - min(cfg.dead_window, tokens)).float().mean()
         bar.set_postfix(fvu=f"{fvu.mean():.3f}", l0=f"{l0.mean():.1f}", dead=f"{dead:.3f}", refresh=False)
@@ -352,6 +382,6 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         # "auto" depends on the machine, so the set records what its training actually ran in.
         ran_in = "bf16" if use_bf16(device, cfg.precision) else "fp32"
         save_transcoders(tc, save_dir, metadata={"train_config": cfg_dict, "steps": total, "tokens": tokens,
-                                                 "trained_in": ran_in})
+                                                 "trained_in": ran_in, "train_seconds": time.perf_counter() - began})
     barrier()
     return tc
