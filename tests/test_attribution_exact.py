@@ -149,6 +149,13 @@ def _check_graph_exact_at(model: Model, tc, ids: torch.Tensor, graph, feature_st
     f = kinds == "feature"
     assert np.all(graph.nodes["activation"][f] != 0)
     assert graph.metadata["identity_error"] < TOL
+    # Head loadings (the top logit's edges by default): each loaded edge is its loadings plus its direct part.
+    table = graph.head_table
+    if table is not None and len(table.values):
+        index = {n: i for i, n in enumerate(graph.node_ids)}
+        t = np.array([index[x] for x in table.targets])
+        weight = dense[t, np.array([index[x] for x in table.sources])]
+        assert np.all(np.abs(table.values.sum(1) + table.direct - weight) <= TOL * np.abs(dense).sum(1)[t])
 
 
 SHAPES = {
