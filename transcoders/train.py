@@ -224,19 +224,19 @@ def _fit_skip(tc: Transcoder, x: Tensor, y: Tensor, ridge: float = 1e-3) -> Tens
 
     ``ridge`` (relative to the mean eigenvalue) keeps the solve stable when a chunk is small."""
     assert tc.W_skip is not None
-    xn = x.double() * tc.input_scale.double()[:, None]  # [N, L, D]
-    yn = y.double() * tc.output_scale.double()[:, None]
-    mx, my = all_reduce_mean(xn.mean(0)), all_reduce_mean(yn.mean(0))  # [L, D]
-    xc, yc = (xn - mx).transpose(0, 1), (yn - my).transpose(0, 1)  # [L, N, D]
-    xtx = all_reduce_mean(xc.transpose(1, 2) @ xc)  # [L, D, D]
-    xty = all_reduce_mean(xc.transpose(1, 2) @ yc)
-    eye = torch.eye(xtx.shape[-1], dtype=xtx.dtype)
-    xtx = xtx + ridge * xtx.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * eye
-    W = torch.linalg.solve(xtx, xty)  # [L, D, D]
-    tc.W_skip.copy_(W)
-    tc.b_dec.copy_(my - (mx[:, None, :] @ W)[:, 0])
-    resid = (yc - xc @ W).square().sum((1, 2))
-    return (resid / yc.square().sum((1, 2)).clamp_min(1e-12)).float()
+    fvu = torch.zeros(tc.n_layers)
+    for layer in range(tc.n_layers):  # one layer at a time: float64 copies of a whole chunk would be GBs
+        xn = x[:, layer].double() * float(tc.input_scale[layer])  # [N, D]
+        yn = y[:, layer].double() * float(tc.output_scale[layer])
+        mx, my = all_reduce_mean(xn.mean(0)), all_reduce_mean(yn.mean(0))  # [D]
+        xc, yc = xn - mx, yn - my
+        xtx, xty = all_reduce_mean(xc.T @ xc), all_reduce_mean(xc.T @ yc)  # [D, D]
+        xtx += ridge * xtx.diagonal().mean() * torch.eye(xtx.shape[0], dtype=xtx.dtype)
+        W = torch.linalg.solve(xtx, xty)
+        tc.W_skip[layer].copy_(W)
+        tc.b_dec[layer].copy_(my - mx @ W)
+        fvu[layer] = float((yc - xc @ W).square().sum() / yc.square().sum().clamp_min(1e-12))
+    return fvu
 
 
 def _token_batches(model: HarvestModel, corpus: Any, cfg: TrainConfig) -> Callable[[], Iterator[Tensor]]:
