@@ -169,6 +169,7 @@ def qk_attribution(prompt: str | Sequence[int] | Tensor, model: Model | None = N
     sources = build_sources(tc, f_layer, f_pos, f_feat, acts, errors, frozen.embed.to(dev, dt), const)
     names = _node_names(f_layer, f_pos, f_feat, L, P)
     ln = frozen.norms["ln_attn"][layer].to(dev, dt)
+    projected: dict[str, np.ndarray] = {}  # each side's projection output as the sources add it up
 
     def side(which: str, pos: int, h: int) -> tuple[Tensor, Tensor, Targets]:
         """``(parts [n_slots, dh], bias [dh], component targets)`` of the (normed, rotated) query or key."""
@@ -185,8 +186,6 @@ def qk_attribution(prompt: str | Sequence[int] | Tensor, model: Model | None = N
         transform = head_state.transform(which, pos, h, dev, dt)                      # [dh, dh]
         projected[which] = (edges.sum(1) + bias).double().cpu().numpy()
         return edges.T @ transform.T, transform @ bias, targets
-
-    projected: dict[str, np.ndarray] = {}
 
     G = H // Hkv
     q_parts, q_bias, q_targets = side("q", q_pos, head)
