@@ -46,6 +46,24 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {sd:.3f} (min {min(values):.3f})"
 
 
+def score_prompts(model, tc, prompts, *, max_features: int = MAX_FEATURES, policy: str = "first-constant",
+                  label: str = "") -> list[tuple[str, str, float, float, float]]:
+    """(name, kind, replacement, completeness, trace seconds) of each prompt's graph."""
+    from circuits import trace
+
+    start, bos, early = POLICIES[policy]
+    rows = []
+    for p in prompts:
+        t0 = time.perf_counter()
+        graph = trace(p.text, model, tc, max_feature_nodes=max_features, feature_start=start,
+                      prepend_bos=bos, early_mlp=early)
+        rep, comp = graph.replacement_score, graph.completeness_score
+        rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0))
+        print(f"{label or policy:<11} {p.name:<20} {p.kind:<11} tokens {graph.n_pos:>3}  replacement {rep:.3f}  "
+              f"completeness {comp:.3f}  ({rows[-1][4]:.1f} s)", file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", help="transcoder set: a preset name, a directory or hf://; default the model's set")
@@ -60,7 +78,7 @@ def main() -> None:
     import torch
 
     from benchmarks.machine import print_machine
-    from circuits import load_model, trace
+    from circuits import load_model
     from transcoders import load_transcoders
 
     if args.threads:
@@ -73,18 +91,8 @@ def main() -> None:
           f"{' k=' + str(cfg.k) if getattr(cfg, 'k', None) else ''}); model {model.name}; "
           f"max_feature_nodes {args.max_features}")
     prompts = [p for p in PROMPTS if not args.prompts or p.name in args.prompts]
-    results: dict[str, list[tuple[str, str, float, float, float]]] = {}
-    for policy in args.policies:
-        start, bos, early = POLICIES[policy]
-        rows = results.setdefault(policy, [])
-        for p in prompts:
-            t0 = time.perf_counter()
-            graph = trace(p.text, model, tc, max_feature_nodes=args.max_features, feature_start=start,
-                          prepend_bos=bos, early_mlp=early)
-            rep, comp = graph.replacement_score, graph.completeness_score
-            rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0))
-            print(f"{policy:<11} {p.name:<20} {p.kind:<11} tokens {graph.n_pos:>3}  replacement {rep:.3f}  "
-                  f"completeness {comp:.3f}  ({rows[-1][4]:.1f} s)", file=sys.stderr, flush=True)
+    results = {policy: score_prompts(model, tc, prompts, max_features=args.max_features, policy=policy)
+               for policy in args.policies}
 
     print("\n| policy | prompts | replacement (mean ± sd, min) | completeness (mean ± sd, min) | trace s (mean) |")
     print("|---|---|---|---|---|")

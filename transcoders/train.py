@@ -171,6 +171,11 @@ def adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+def _clock(began: float, cpu_began: float, prefix: str = "") -> dict[str, float]:
+    """Training time so far: wall seconds, and CPU seconds of this process (steadier on a shared machine)."""
+    return {f"{prefix}seconds": time.perf_counter() - began, f"{prefix}cpu_seconds": time.process_time() - cpu_began}
+
+
 def _snapshot(tc: Transcoder, where: Path, metadata: dict[str, Any]) -> None:
     """Save a folded copy of ``tc`` (training goes on with the original) unless one is there."""
     if (where / "config.yaml").is_file():
@@ -263,15 +268,15 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         token_batches: a factory of deterministic LongTensor ``[B, T]`` iterators, instead of a corpus.
         callback: called as ``callback(step, stats)`` after every step (and its checkpoint).
         save_at: token counts at which to also save the set as it stands, to ``run_dir/tokens-N``
-            (circuit-tracer's format; its metadata holds ``tokens``, ``steps`` and ``train_seconds``,
-            the wall time spent training so far, resumed runs included). One run then gives a
+            (circuit-tracer's format; its metadata holds ``tokens``, ``steps``, ``train_seconds`` and
+            ``train_cpu_seconds``, the time spent training so far, resumed runs included). One run then gives a
             quality-against-budget curve; each snapshot is taken at the learning rate of that moment,
             not after a decay of its own.
 
     Returns the trained transcoder in eval mode with its normalisation folded into the weights.
     """
     dctx = context()
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     device = model.device
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -299,7 +304,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
     log_coeff = torch.tensor(math.log(cfg.sparsity_coeff))
     last_fired = torch.zeros(n_layers, cfg.d_features, dtype=torch.long)
-    start, tokens, seconds = 0, 0, 0.0
+    start, tokens, seconds, cpu_seconds = 0, 0, 0.0, 0.0
 
     state = load_checkpoint(run_dir, cfg_dict, RESUMABLE_CHANGES)
     if state is not None:
@@ -309,7 +314,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         log_coeff = state["log_coeff"]
         last_fired = state["last_fired"]
         start, tokens = state["step"], state["tokens"]
-        seconds = float(state.get("seconds", 0.0))
+        seconds, cpu_seconds = float(state.get("seconds", 0.0)), float(state.get("cpu_seconds", 0.0))
         batches = stream.iterate(start)
     else:
         x0, y0 = stream.chunk(0)
@@ -325,7 +330,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
     milestones = sorted(int(m) for m in save_at)
-    began = t_start - seconds  # harvesting the first chunk counts
+    began, cpu_began = t_start - seconds, c_start - cpu_seconds  # harvesting the first chunk counts
     bar = tqdm(total=total, initial=start, desc=f"train {cfg.kind}", unit="step", file=sys.stderr,
                disable=not progress or not dctx.is_main, dynamic_ncols=True)
     for step in range(start, total):
@@ -355,7 +360,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         if crossed or (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             if dctx.is_main:
                 save_checkpoint(run_dir, {
-                    "step": step + 1, "tokens": tokens, "seconds": time.perf_counter() - began,
+                    "step": step + 1, "tokens": tokens, **_clock(began, cpu_began),
                     "transcoder": tc.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "log_coeff": log_coeff,
                     "last_fired": last_fired, "train_config": cfg_dict, "transcoder_config": tc_cfg.to_dict(),
@@ -364,7 +369,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         if dctx.is_main:
             for m in crossed:
                 _snapshot(tc, run_dir / f"tokens-{m}", {"train_config": cfg_dict, "steps": step + 1, "tokens": tokens,
-                                                        "train_seconds": time.perf_counter() - began})
+                                                        **_clock(began, cpu_began, prefix="train_")})
         # Dead: silent for the last dead_window tokens (early on: never fired yet).
         dead = (last_fired <= tokens - min(cfg.dead_window, tokens)).float().mean()
         bar.set_postfix(fvu=f"{fvu.mean():.3f}", l0=f"{l0.mean():.1f}", dead=f"{dead:.3f}", refresh=False)
@@ -382,6 +387,6 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         # "auto" depends on the machine, so the set records what its training actually ran in.
         ran_in = "bf16" if use_bf16(device, cfg.precision) else "fp32"
         save_transcoders(tc, save_dir, metadata={"train_config": cfg_dict, "steps": total, "tokens": tokens,
-                                                 "trained_in": ran_in, "train_seconds": time.perf_counter() - began})
+                                                 "trained_in": ran_in, **_clock(began, cpu_began, prefix="train_")})
     barrier()
     return tc

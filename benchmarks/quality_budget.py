@@ -1,0 +1,180 @@
+"""Quality against training budget: ``python benchmarks/quality_budget.py --kind plt clt``.
+
+For each kind, one training run of the quick preset's recipe (``--preset``, with that kind) to the
+largest budget, saving the set at every budget on the way (``train(save_at=...)``); the run resumes
+from its checkpoint, so a curve can be built across several sessions. Each snapshot then gets:
+
+- held-out FVU, CE and KL (``circuits.replacement.evaluate``, ``--eval-tokens``);
+- mean replacement and completeness over the prompt set (``benchmarks/prompts.py``, or ``--prompts``);
+- the time its training took: wall seconds and CPU seconds of the training process (on a shared
+  machine the CPU seconds are the steadier clock; on two idle cores wall ≈ CPU / 2).
+
+Rows are appended to ``--results`` (CSV, one row per kind and budget; a row already there is not
+measured again), printed as a table, and plotted to ``--plot`` (PNG, needs matplotlib: ``pip install
+matplotlib``) against tokens and against training time, so "which wins at equal time" can be read off.
+
+A snapshot is taken at the learning rate of its moment (the run decays only at its end), so the
+small budgets are a little pessimistic against runs trained to that budget alone.
+
+    python benchmarks/quality_budget.py --kind plt clt --budgets 150000 500000 2000000 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.*
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/transcoders.py
+
+from benchmarks.graph_quality import MAX_FEATURES, score_prompts  # noqa: E402
+from benchmarks.prompts import PROMPTS  # noqa: E402
+
+FIELDS = ["kind", "preset", "overrides", "tokens", "train_s", "train_cpu_s", "fvu", "ce_replaced", "ce_model", "kl",
+          "replacement", "completeness", "min_replacement", "prompts", "cpu"]
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _append(path: Path, row: dict[str, object]) -> None:
+    from transcoders.writes import write_text
+
+    rows = _read(path) + [{k: str(row.get(k, "")) for k in FIELDS}]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(FIELDS)] + [",".join(_cell(r.get(k, "")) for k in FIELDS) for r in rows]
+    write_text(path, "\n".join(lines) + "\n")  # atomic: a killed run never leaves half a file
+
+
+def _cell(value: str) -> str:
+    return f'"{value}"' if "," in value else value
+
+
+def _plot(rows: list[dict[str, str]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"(no plot: matplotlib is not installed; `pip install matplotlib` to draw {path})", file=sys.stderr)
+        return False
+    import io
+
+    from transcoders.writes import write_bytes
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for kind in sorted({r["kind"] for r in rows}):
+        mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: int(r["tokens"]))
+        tokens = [int(r["tokens"]) / 1e6 for r in mine]
+        hours = [float(r["train_cpu_s"]) / 3600 for r in mine]
+        rep = [float(r["replacement"]) for r in mine]
+        comp = [float(r["completeness"]) for r in mine]
+        kl = [float(r["kl"]) for r in mine]
+        axes[0].plot(tokens, rep, "o-", label=f"{kind} replacement")
+        axes[0].plot(tokens, comp, "s--", label=f"{kind} completeness")
+        axes[1].plot(hours, rep, "o-", label=f"{kind} replacement")
+        axes[2].plot(tokens, kl, "o-", label=kind)
+    axes[0].set(xlabel="training tokens (M)", ylabel="score", xscale="log", title="graph scores against tokens")
+    axes[1].set(xlabel="training CPU-hours", ylabel="mean replacement", title="at equal time")
+    axes[2].set(xlabel="training tokens (M)", ylabel="KL nats/token", xscale="log", yscale="log",
+                title="held-out KL(model || replaced)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, png.getvalue())
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", nargs="+", default=["plt", "clt"], choices=["plt", "clt"])
+    parser.add_argument("--preset", default="smollm2-quick", help="the recipe; its kind is replaced by --kind")
+    parser.add_argument("--budgets", nargs="+", type=int, default=[150_000, 500_000, 2_000_000])
+    parser.add_argument("--skip-init", choices=["zero", "lstsq"], help="override the preset's skip_init")
+    parser.add_argument("--eval-tokens", type=int, default=16_384)
+    parser.add_argument("--prompts", nargs="+", help="only these prompt names (default: all of benchmarks/prompts.py)")
+    parser.add_argument("--max-features", type=int, default=MAX_FEATURES)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--train-only", action="store_true", help="train (and snapshot) only; measure later")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="measure the snapshots already saved (a run may still be training)")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/quality_budget.csv"))
+    parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/quality_budget.png"))
+    args = parser.parse_args()
+
+    import torch
+
+    from benchmarks.machine import print_machine
+    from circuits import load_model
+    from circuits.replacement import evaluate
+    from transcoders import PRESETS, load_transcoders, train
+    from transcoders.io import read_config
+    from transcoders.train import run_name
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print_machine()
+    model = load_model()
+    prompts = [p for p in PROMPTS if not args.prompts or p.name in args.prompts]
+    cpu = torch.backends.cpu.get_cpu_capability()
+    overrides = {"skip_init": args.skip_init} if args.skip_init else {}
+    for kind in args.kind:
+        cfg = PRESETS[args.preset].train_config(kind=kind, n_tokens=max(args.budgets),
+                                                num_threads=args.threads, **overrides)
+        from transcoders.cache import cache_dir
+
+        run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg))
+        print(f"# {kind}: {cfg.n_tokens:,} tokens in {run_dir}, snapshots at {args.budgets}", file=sys.stderr)
+        if not args.measure_only:
+            train(model, cfg, run_dir=run_dir, save_at=args.budgets)
+        if args.train_only:
+            continue
+        done = {(r["kind"], r["preset"], r["overrides"], r["tokens"], r["prompts"]) for r in _read(args.results)}
+        for budget in sorted(args.budgets):
+            where = run_dir / f"tokens-{budget}"
+            key = (kind, args.preset, str(overrides), str(budget), str(len(prompts)))
+            if key in done or not (where / "config.yaml").is_file():
+                continue
+            meta = read_config(where / "config.yaml").get("circuit_engine", {})
+            tc = load_transcoders(model, where)
+            ev = evaluate(model, tc, n_tokens=args.eval_tokens, precision="fp32").summary()
+            scores = score_prompts(model, tc, prompts, max_features=args.max_features, label=f"{kind}@{budget}")
+            _append(args.results, {
+                "kind": kind, "preset": args.preset, "overrides": str(overrides), "tokens": budget,
+                "train_s": f"{meta.get('train_seconds', float('nan')):.0f}",
+                "train_cpu_s": f"{meta.get('train_cpu_seconds', float('nan')):.0f}",
+                "fvu": f"{ev['fvu']:.3f}", "ce_replaced": f"{ev['ce_replaced']:.3f}", "ce_model": f"{ev['ce_model']:.3f}",
+                "kl": f"{ev['kl']:.3f}",
+                "replacement": f"{statistics.fmean(r[2] for r in scores):.3f}",
+                "completeness": f"{statistics.fmean(r[3] for r in scores):.3f}",
+                "min_replacement": f"{min(r[2] for r in scores):.3f}", "prompts": len(prompts), "cpu": cpu,
+            })
+    rows = _read(args.results)
+    if rows:
+        print("\n| kind | preset | overrides | tokens | train wall s | train CPU s | FVU | CE replaced / model | KL | "
+              "replacement | completeness | min replacement | prompts | CPU |")
+        print("|---" * 14 + "|")
+        for r in rows:
+            print(f"| {r['kind']} | {r['preset']} | {r['overrides']} | {int(r['tokens']):,} | {r['train_s']} | "
+                  f"{r['train_cpu_s']} | {r['fvu']} | {r['ce_replaced']} / {r['ce_model']} | {r['kl']} | "
+                  f"{r['replacement']} | {r['completeness']} | {r['min_replacement']} | {r['prompts']} | {r['cpu']} |")
+        if _plot(rows, args.plot):
+            print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
