@@ -39,6 +39,13 @@ def demeaned_unembedding(model: Model, token_ids: Tensor, device: torch.device,
 def feature_pre_acts(clean: CleanState, run: ReplacementRun, layer: Tensor, pos: Tensor, feature: Tensor) -> Tensor:
     """``[B, n]`` the encoder pre-activations of features ``(layer, pos, feature)`` (each ``[n]``) in ``run``."""
     tc = clean.transcoders
-    x = run.mlp_in[:, layer, pos] * tc.input_scale[layer][None, :, None]     # [B, n, D]
-    w = tc.W_enc[layer, :, feature]                                           # [n, D]
-    return (x * w).sum(-1) + tc.b_enc[layer, feature]
+    w = tc.W_enc[layer, :, feature] * tc.input_scale[layer][:, None]         # [n, D] scale folded in
+    out = tc.b_enc[layer, feature].expand(run.mlp_in.shape[0], -1).clone()    # [B, n]
+    # One [B, D] @ [D, n_at] product per (layer, position) read, rather than gathering a [B, n, D] copy
+    # of the inputs (hundreds of MB for a verified graph's thousand targets and 32 rows).
+    T = run.mlp_in.shape[2]
+    key = layer * T + pos
+    for k in torch.unique(key).tolist():
+        at = (key == k).nonzero().flatten()
+        out[:, at] += run.mlp_in[:, k // T, k % T] @ w[at].T
+    return out
