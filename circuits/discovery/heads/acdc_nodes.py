@@ -104,6 +104,7 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
                        info={"tau": tau, "candidates": -1 if candidates is None else candidates,
                              "include_mlps": include_mlps, "screen_layers": screen_layers,
                              "faithfulness_candidates": faithfulness(start, patcher.m_full, patcher.m_empty),
+                             "faithfulness_candidates_prompts": sum(len(v) for v in state._start),
                              "nodes_tested": int(testable.sum()), "passes": state.passes,
                              "work": state.work, "z": -1.0 if z is None else z,
                              "tests": state.tests, "tests_decided_early": state.early, "sweeps": sweeps,
@@ -119,7 +120,8 @@ class _Prompts:
         n = len(patcher.chunks)
         self.values: list[Tensor | None] = [None] * n   # [b] per prompt, under self.removed
         self.bases: list[NodeBase | None] = [None] * n  # recorded this sweep; valid below the layer tested now
-        self.start_metric = float("nan")
+        self._start: list[Tensor] = []  # per-prompt metrics of the candidates alone, chunks read before any removal
+        self._changed = False
         self.passes = self.tests = self.early = 0
         self.work = 0.0  # layers computed, in full forward passes over every prompt (a load-free cost)
 
@@ -138,9 +140,15 @@ class _Prompts:
             values, base = self.p.chunk_metrics(i, self.removed, keep_base=True)
             self._count(i)
             self.values[i], self.bases[i] = values[0], base
-            if i == 0 and self.start_metric != self.start_metric:
-                self.start_metric = float(values[0].mean())  # before any decision (chunk 0: an estimate)
+            if not self._changed:
+                self._start.append(values[0])
         return base  # type: ignore[return-value]
+
+    @property
+    def start_metric(self) -> float:
+        """The metric with only the candidates kept, over the prompts read before the first removal (all of
+        them when the first test read every chunk; else an estimate on fewer)."""
+        return float(torch.cat(self._start).mean()) if self._start else float("nan")
 
     def current(self) -> float:
         """The metric under the current set, every prompt (runs the chunks not up to date)."""
@@ -184,7 +192,7 @@ class _Prompts:
         if decided_at is not None and decided_at < N:
             self.early += 1
         if small:
-            self.removed = trial
+            self.removed, self._changed = trial, True
             for i in range(len(self.values)):
                 self.values[i] = trials.get(i)
         return mean, small
