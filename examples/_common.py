@@ -21,7 +21,8 @@ TINY_ENV = "CIRCUITS_EXAMPLE_TINY"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
-def parser(doc: str | None, *, transcoders: bool = True, out: bool = False) -> argparse.ArgumentParser:
+def parser(doc: str | None, *, transcoders: bool = True, out: bool = False,
+           trace: bool = False) -> argparse.ArgumentParser:
     """The examples' common options; ``doc`` (the script's docstring) is the --help text."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", default=os.environ.get(TINY_ENV, "") not in ("", "0"),
@@ -30,6 +31,10 @@ def parser(doc: str | None, *, transcoders: bool = True, out: bool = False) -> a
     if transcoders:
         p.add_argument("--transcoders", default=None,
                        help="transcoder set: a folder, a preset or hf://org/repo (default: the model's set)")
+    if trace:
+        # All of SmolLM2's ~24,500 active features on the IOI prompt make 135 million edges: minutes more.
+        p.add_argument("--max-feature-nodes", type=int, default=4096,
+                       help="attribute the most influential N features, as `circuits demo` does (0: all)")
     if out:
         p.add_argument("--out", default=None, help="a new or empty folder for the files (default: a new temp folder)")
     return p

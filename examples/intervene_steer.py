@@ -18,7 +18,7 @@ from circuits import InterventionResult, intervene, trace
 
 
 def main(argv: list[str] | None = None) -> dict[str, InterventionResult]:
-    p = parser(__doc__)
+    p = parser(__doc__, trace=True)
     p.add_argument("prompt", nargs="?", default=IOI_PROMPT)
     p.add_argument("--tokens", type=int, default=10, help="tokens to generate")
     p.add_argument("--strength", type=float, default=4.0, help="steering: the feature's activation, times this")
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict[str, InterventionResult]:
     model, tc = load(args)
 
     # The feature the graph says matters most for the prediction (influence on the logits, direct or not).
-    graph = trace(args.prompt, model=model, transcoders=tc)
+    graph = trace(args.prompt, model=model, transcoders=tc, max_feature_nodes=args.max_feature_nodes or None)
     influence = graphs.node_influence(graph)
     features = graph.span("feature")
     best = features.start + int(influence[features].argmax())

@@ -8,6 +8,7 @@ Writes graph.html (an interactive page that works offline), graph.json (circuit-
 Neuronpedia's viewer schema), graph.graphml (Gephi, Cytoscape, networkx), graph.svg and summary.md, all
 of the influence-pruned graph, into --out (a new or empty folder; default a new temp folder). With
 --view it then serves the folder on localhost and opens graph.html, as `circuits view DIR` does.
+(`circuits trace PROMPT --out DIR` writes the same files, with features labelled by their top contexts.)
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from graphs.html_server import ViewerServer
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = parser(__doc__, out=True)
+    p = parser(__doc__, out=True, trace=True)
     p.add_argument("prompt", nargs="?", default=IOI_PROMPT)
     p.add_argument("--view", action="store_true", help="serve the folder and open the graph (circuits view)")
     args = p.parse_args(argv)
     out = output_folder(args.out, "trace")
     model, tc = load(args)
 
-    graph = trace(args.prompt, model=model, transcoders=tc)
+    graph = trace(args.prompt, model=model, transcoders=tc, max_feature_nodes=args.max_feature_nodes or None)
     print(graph)
     print("top logits:", ", ".join(f"{tok!r} {prob:.3f}" for tok, prob in graph.top_logits[:3]))
     # Errors are nodes: how much of the graph the transcoders explain, not their error terms.

@@ -18,12 +18,13 @@ from circuits import trace
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__)
+    p = parser(__doc__, trace=True)
     p.add_argument("prompt", nargs="?", default=IOI_PROMPT)
     args = p.parse_args(argv)
     model, tc = load(args)
 
-    graph = trace(args.prompt, model=model, transcoders=tc, verify=True)  # pruned, then every edge measured
+    graph = trace(args.prompt, model=model, transcoders=tc, verify=True,
+                  max_feature_nodes=args.max_feature_nodes or None)  # pruned, then every edge measured
     v = graph.metadata["verification"]
     print(graph)
     print(f"verified {v['n_edges']} edges in {v['seconds']:.1f} s: {v['n_flagged']} flagged "
