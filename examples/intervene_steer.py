@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> dict[str, InterventionResult]:
     p = parser(__doc__, trace=True)
     p.add_argument("prompt", nargs="?", default=IOI_PROMPT)
     p.add_argument("--tokens", type=int, default=10, help="tokens to generate")
-    p.add_argument("--strength", type=float, default=4.0, help="steering: the feature's activation, times this")
+    p.add_argument("--strength", type=float, default=1.5, help="steering: the feature's activation, times this")
     args = p.parse_args(argv)
     model, tc = load(args)
 
