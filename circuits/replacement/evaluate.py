@@ -71,7 +71,7 @@ class Evaluation:
                 f"{s['ce_recovered']:.1%}  KL {s['kl']:.3f}  ({s['n_tokens']} tokens)")
 
 
-def _next_token_logprobs(logits: Tensor, start: int) -> Tensor:
+def next_token_logprobs(logits: Tensor, start: int) -> Tensor:
     """Log-probabilities ``[B, T - 1 - start, vocab]`` for the positions that are scored."""
     return F.log_softmax(logits[:, start:-1].float(), dim=-1)
 
@@ -129,11 +129,11 @@ def evaluate(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int = 1
         n_pairs += active.shape[0]
 
         with autocast(device, precision):
-            lp_model = _next_token_logprobs(model.hf(ids).logits, start)
-            lp = _next_token_logprobs(forward(model, slots, ids=ids, attention="live", features="recompute",
+            lp_model = next_token_logprobs(model.hf(ids).logits, start)
+            lp = next_token_logprobs(forward(model, slots, ids=ids, attention="live", features="recompute",
                                               errors="none", feature_start=start).logits, start)
             with hooked(zero_mlp_hooks(model, tc.cfg.output_site, start)):
-                lp_zero = _next_token_logprobs(model.hf(ids).logits, start)
+                lp_zero = next_token_logprobs(model.hf(ids).logits, start)
         ce["model"] += float(-lp_model.gather(-1, targets[..., None]).sum())
         ce["replaced"] += float(-lp.gather(-1, targets[..., None]).sum())
         ce["zero"] += float(-lp_zero.gather(-1, targets[..., None]).sum())

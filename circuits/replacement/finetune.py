@@ -1,0 +1,98 @@
+"""End-to-end fine-tuning of a transcoder set on what the model's output needs.
+
+Training fits each layer's MLP output on its own. The graphs, though, explain the whole replacement
+model (every MLP replaced, errors left out), whose mistakes compound from layer to layer. This
+step lowers that model's next-token KL against the original directly, through the one forward
+(``attention="live", features="recompute", errors="none"``, as ``evaluate`` runs it), with autograd
+into the transcoders only: the model's weights stay frozen.
+
+A reconstruction term (``recon_weight``; the training loss, FVU-like per layer) keeps every
+feature's write close to what its MLP wrote, so that a graph still explains the model's MLPs and
+not a different network that happens to end in the same logits.
+
+The set lives in ``transcoders``, but this runs the replacement model, so it lives here, beside
+``evaluate`` (``transcoders`` never imports ``circuits``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuits.models.adapter import Model
+from circuits.replacement.evaluate import next_token_logprobs
+from circuits.replacement.forward import forward
+from circuits.replacement.slots import check_feature_start
+from transcoders.harvest import harvest
+from transcoders.io import check_fits
+from transcoders.model import Transcoder
+from transcoders.positions import FEATURE_START
+from transcoders.train import adam
+
+
+def finetune_kl(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int = 32_768, *, seq_len: int = 128,
+                batch_size: int = 4, lr: float = 1e-4, recon_weight: float = 1.0, seed: int = 0,
+                feature_start: int = FEATURE_START, token_batches: Iterator[Tensor] | None = None,
+                progress: bool = True) -> list[float]:
+    """Fine-tune ``tc`` in place on ``KL(model ‖ replacement) + recon_weight · reconstruction``.
+
+    Args:
+        corpus: a ``transcoders.Corpus`` (default the packaged text; its train split);
+            ``token_batches`` (LongTensor ``[B, T]`` rows) replaces it.
+        n_tokens: tokens in all; ``batch_size`` rows of ``seq_len`` per optimiser step.
+        lr: Adam's learning rate (small: the set is already trained).
+        recon_weight: weight of the layerwise reconstruction loss (0: KL only).
+
+    Returns the KL (nats per scored token) of every step, before that step's update. ``tc`` is left
+    in eval mode. The same seed and rows give the same weights.
+    """
+    check_fits(tc, model)
+    start = check_feature_start(feature_start)
+    if token_batches is None:
+        if corpus is None:
+            from transcoders.corpus import Corpus
+
+            corpus = Corpus.packaged()
+        token_batches = corpus.batches(model.tokenizer, seq_len=seq_len, batch_size=batch_size, split="train",
+                                       seed=seed, max_tokens=n_tokens)
+    if next(tc.parameters()).dtype != model.dtype:
+        raise ValueError(f"the transcoders are {next(tc.parameters()).dtype} and the model {model.dtype}; "
+                         "fine-tuning trains the set itself, so they must match. Fix: tc.to(model.dtype).")
+    torch.manual_seed(seed)
+    tc.eval()  # TopK per token, as the replacement model runs it
+    params = [p for p in tc.parameters() if p.requires_grad]
+    opt = adam(params, lr=lr)
+    kls: list[float] = []
+    bar = tqdm(desc="fine-tune KL", unit="tok", total=n_tokens, file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    for ids in token_batches:
+        ids = ids.to(model.device)
+        with torch.no_grad():
+            lp_model = next_token_logprobs(model.hf(ids).logits, start)
+            x, y = harvest(model, ids, input_site=tc.cfg.input_site, output_site=tc.cfg.output_site,
+                           precision="fp32", skip_first=start)
+        run = forward(model, tc, ids=ids, attention="live", features="recompute", errors="none",
+                      feature_start=start, keep_inputs=False, grad=True)
+        lp = next_token_logprobs(run.logits, start)
+        kl = (lp_model.exp() * (lp_model - lp)).sum(-1).mean()
+        loss = kl
+        if recon_weight:
+            recon = tc(x.to(params[0].dtype)).recon
+            # Per-layer normalised error, as training's loss: every layer counts alike whatever its scale.
+            scale = y.float().square().mean((0, 2)).clamp_min(1e-12)  # [L]
+            loss = loss + recon_weight * ((recon.float() - y.float()).square().mean((0, 2)) / scale).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        kls.append(float(kl.detach()))
+        bar.update(ids.numel())
+        bar.set_postfix(kl=f"{kls[-1]:.3f}", refresh=False)
+    bar.close()
+    tc.eval()
+    return kls
