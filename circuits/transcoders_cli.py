@@ -123,6 +123,35 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from circuits.replacement.evaluate import evaluate
+    from circuits.replacement.finetune import finetune_kl
+    from transcoders.io import save_transcoders
+    from transcoders.sets import load_transcoders
+    from transcoders.writes import check_output_folder
+
+    out = check_output_folder(args.out)  # before the work: a wrong --out fails in a second
+    model = _load_model(args.model, args.device)
+    tc = load_transcoders(model, args.set).to(model.dtype)
+    corpus = _corpus(args.text)
+    def measured() -> Any:
+        return evaluate(model, tc, corpus, n_tokens=args.eval_tokens, seq_len=args.seq_len, precision="fp32",
+                        progress=False)
+
+    before = measured() if args.eval_tokens else None
+    t0 = time.perf_counter()
+    finetune_kl(model, tc, corpus, n_tokens=args.n_tokens, seq_len=args.seq_len, lr=args.lr,
+                recon_weight=args.recon_weight, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    save_transcoders(tc, out, metadata={"finetuned_from": str(args.set or "default"), "finetune_tokens": args.n_tokens,
+                                        "finetune_lr": args.lr, "finetune_recon_weight": args.recon_weight,
+                                        "finetune_seconds": seconds})
+    print(f"fine-tuned on {args.n_tokens:,} tokens in {seconds / 60:.1f} min; saved {out}", file=sys.stderr)
+    if before is not None:
+        print(f"before: {before}\nafter:  {measured()}")
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from transcoders.sets import preset_dir
 
@@ -175,6 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--text", action="append", help="evaluate on these files' held-out split (default: packaged text)")
     e.add_argument("--device")
     e.set_defaults(func=_evaluate)
+    f = sub.add_parser("finetune", help="fine-tune a set end to end on the replaced model's next-token KL")
+    f.add_argument("--model")
+    f.add_argument("--set", help="preset name, directory or hf://org/repo (default: the model's default set)")
+    f.add_argument("--out", required=True, help="where to save the fine-tuned set (a new or engine-written folder)")
+    f.add_argument("--n-tokens", type=int, default=32_768)
+    f.add_argument("--seq-len", type=int, default=128)
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--recon-weight", type=float, default=1.0, help="weight of the layerwise reconstruction loss")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate before and after (0: skip)")
+    f.add_argument("--text", action="append", help="fine-tune on these text files or directories")
+    f.add_argument("--device")
+    f.set_defaults(func=_finetune)
     p = sub.add_parser("presets", help="list the presets and whether they are built")
     p.set_defaults(func=_presets)
     args = parser.parse_args(argv)

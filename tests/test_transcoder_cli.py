@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from circuits import cli, load_model, tiny_model
@@ -75,3 +76,11 @@ def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: p
     main(["evaluate", "--model", str(tmp_path / "model"), "--set", str(out), "--n-tokens", "256",
           "--seq-len", "32", "--text", str(text), "--precision", "fp32"])
     assert "recovered" in capsys.readouterr().out
+    tuned = tmp_path / "tuned"
+    main(["finetune", "--model", str(tmp_path / "model"), "--set", str(out), "--out", str(tuned), "--n-tokens", "256",
+          "--seq-len", "32", "--text", str(text), "--eval-tokens", "256", "--lr", "1e-3"])
+    printed = capsys.readouterr().out
+    assert "before: " in printed and "after: " in printed
+    meta = yaml.safe_load((tuned / "config.yaml").read_text())["circuit_engine"]
+    assert meta["finetune_tokens"] == 256 and meta["kind"] == "clt"
+    assert not torch.equal(load_transcoders(load_model(str(tmp_path / "model")), tuned).W_enc, tc.W_enc)
