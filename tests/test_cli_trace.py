@@ -138,8 +138,10 @@ def test_ctrl_c_during_a_trace_leaves_no_partial_file(tmp_path: Path) -> None:
     before = _contents(previous)
     started = tmp_path / "writing"
     script = f"""
-import time, graphs
+import signal, time, graphs
 from pathlib import Path
+# A process started in the background inherits SIGINT ignored; this one must take Ctrl-C as a user's does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
 from graph_helpers import tiny_setup
 from circuits import cli
