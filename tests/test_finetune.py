@@ -8,25 +8,12 @@ import torch
 
 from circuits.replacement.evaluate import evaluate
 from circuits.replacement.finetune import finetune_kl
-from test_transcoder_evaluate import _model, _rows, _sampled
-from transcoders import TrainConfig, train
-
-
-def _trained(tmp_path: Path, model):
-    pool = _sampled(model, 96, seed=0)
-
-    def rows():
-        while True:
-            yield from pool.split(4)
-
-    cfg = TrainConfig(kind="plt", d_features=32, activation="topk", k=4, skip=True, n_tokens=44 * 20, seq_len=12,
-                      model_batch=4, chunk_batches=3, batch_tokens=44, lr=1e-2, warmup_steps=3, precision="fp32")
-    return train(model, cfg, run_dir=tmp_path, token_batches=rows, progress=False), pool
+from test_transcoder_evaluate import _model, _rows, trained_set
 
 
 def test_finetuning_lowers_held_out_kl(tmp_path: Path) -> None:
     model = _model()
-    tc, pool = _trained(tmp_path, model)
+    tc, pool = trained_set(tmp_path, model, 20)
     held_out = _rows(model, n=6, seed=7)
 
     def kl() -> float:
@@ -44,7 +31,7 @@ def test_finetuning_lowers_held_out_kl(tmp_path: Path) -> None:
 
 def test_finetuning_is_deterministic(tmp_path: Path) -> None:
     model = _model()
-    tc, pool = _trained(tmp_path, model)
+    tc, pool = trained_set(tmp_path, model, 20)
     other = type(tc)(tc.cfg)
     other.load_state_dict(tc.state_dict())
     batches = list(pool.split(4))[:2]

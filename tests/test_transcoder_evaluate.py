@@ -9,7 +9,7 @@ import torch
 
 from circuits import tiny_model
 from circuits.replacement.evaluate import evaluate
-from transcoders import TrainConfig, TranscoderConfig, TranscoderShapeError, build_transcoder, train
+from transcoders import TrainConfig, Transcoder, TranscoderConfig, TranscoderShapeError, build_transcoder, train
 
 D_VOCAB = 64
 
@@ -81,18 +81,22 @@ def test_the_replacement_uses_the_transcoders_output() -> None:
     assert ev.ce_replaced == pytest.approx(ce, rel=1e-5)
 
 
-def test_a_trained_set_recovers_loss(tmp_path: Path) -> None:
-    model = _model()
-
+def trained_set(tmp_path: Path, model, steps: int) -> tuple[Transcoder, torch.Tensor]:
+    """A PLT trained for ``steps`` steps on the model's own text, and that text ``[96, 12]``."""
     pool = _sampled(model, 96, seed=0)
 
     def rows():
         while True:
             yield from pool.split(4)
 
-    cfg = TrainConfig(kind="plt", d_features=32, activation="topk", k=4, skip=True, n_tokens=44 * 60, seq_len=12,
+    cfg = TrainConfig(kind="plt", d_features=32, activation="topk", k=4, skip=True, n_tokens=44 * steps, seq_len=12,
                       model_batch=4, chunk_batches=3, batch_tokens=44, lr=1e-2, warmup_steps=3, precision="fp32")
-    tc = train(model, cfg, run_dir=tmp_path, token_batches=rows, progress=False)
+    return train(model, cfg, run_dir=tmp_path, token_batches=rows, progress=False), pool
+
+
+def test_a_trained_set_recovers_loss(tmp_path: Path) -> None:
+    model = _model()
+    tc, _ = trained_set(tmp_path, model, 60)
     held_out = _rows(model)
     ev = evaluate(model, tc, token_batches=iter(held_out), precision="fp32", progress=False)
     assert 0.3 < ev.ce_recovered <= 1.05
