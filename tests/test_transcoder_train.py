@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from circuits import tiny_model
 from transcoders import NonFiniteError, TrainConfig, TranscoderConfig, build_transcoder, load_transcoders, train
 from transcoders.checkpoint import CheckpointMismatchError, transcoder_from_checkpoint
 from transcoders.sparse import DENSITY_LIMIT, sparse_decode
-from transcoders.train import StepStats
+from transcoders.train import StepStats, config_record
 
 D_VOCAB = 64
 
@@ -212,3 +213,13 @@ def test_save_at_snapshots_the_set_on_the_way(tmp_path: Path) -> None:
         recon[m] = load_transcoders(model, where)(x).recon
     assert not torch.allclose(recon[44 * 3], recon[44 * 10])
     torch.testing.assert_close(recon[44 * 10], done(x).recon, rtol=1e-5, atol=1e-5)  # the last is the finished set
+
+
+def test_a_new_field_at_its_old_behaviour_keeps_run_names() -> None:
+    """Runs started before skip_init existed keep their folder (and so resume); lstsq gets its own."""
+    from transcoders.train import run_name
+
+    cfg = _cfg(skip=True)
+    assert "skip_init" not in json.dumps(config_record(cfg))
+    assert run_name("m", cfg) == run_name("m", _cfg(skip=True, skip_init="zero"))
+    assert run_name("m", cfg) != run_name("m", _cfg(skip=True, skip_init="lstsq"))

@@ -105,6 +105,14 @@ class TrainConfig:
 
 # Fields that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = ("checkpoint_every", "num_threads")
+# Fields added after runs existed, with the value that reproduces the behaviour from before them: at
+# that value they are left out of run names and checkpoints, so earlier runs keep their folders and resume.
+ADDED_FIELDS = {"skip_init": "zero"}
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as runs record and compare it (``ADDED_FIELDS`` at their old behaviour left out)."""
+    return {k: v for k, v in cfg.to_dict().items() if not (k in ADDED_FIELDS and ADDED_FIELDS[k] == v)}
 
 
 class StepStats(NamedTuple):
@@ -189,7 +197,7 @@ def _snapshot(tc: Transcoder, where: Path, metadata: dict[str, Any]) -> None:
 
 def run_name(model_name: str, cfg: TrainConfig) -> str:
     """A readable run-directory name with a hash of everything that changes the result."""
-    keyed = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+    keyed = {k: v for k, v in config_record(cfg).items() if k not in RESUMABLE_CHANGES}
     digest = hashlib.sha256(json.dumps([model_name, keyed], sort_keys=True, default=str).encode()).hexdigest()[:10]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_name.split("/")[-1].lower())
     return f"{slug}-{cfg.kind}-{cfg.activation}-w{cfg.d_features}-{digest}"
@@ -298,7 +306,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
                         rank=dctx.rank, world=dctx.world, input_site=cfg.input_site, output_site=cfg.output_site,
                         precision=cfg.precision, skip_first=cfg.skip_first)
     run_dir = Path(run_dir) if run_dir is not None else cache_dir("transcoders", "runs", run_name(model.name, cfg))
-    cfg_dict = {**cfg.to_dict(), "model_name": model.name, "world": dctx.world}
+    cfg_dict = {**config_record(cfg), "model_name": model.name, "world": dctx.world}
 
     opt = adam([p for p in tc.parameters() if p.requires_grad], lr=cfg.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
