@@ -1,0 +1,75 @@
+"""Sparse against dense decoding for one (source, target) layer pair, forward and backward.
+
+    python benchmarks/sparse_decode.py [--tokens 1024] [--width 1024] [--d-model 576] [--k 16 64 128 256]
+
+Times what ``transcoders.sparse`` runs per pair (``embedding_bag`` forward, ``embedding_bag`` by
+feature for the decoder's gradient, ``sampled_addmm`` for the values' gradient) against the dense
+matmuls (``acts @ W``, ``acts.T @ dout``, ``dout @ W.T``) at several k, in CPU milliseconds of one
+thread: where the two cross is what ``DENSITY_LIMIT`` should sit below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.*
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/transcoders.py
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--d-model", type=int, default=576)
+    parser.add_argument("--k", nargs="+", type=int, default=[16, 64, 128, 256])
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.machine import print_machine
+
+    warnings.filterwarnings("ignore", category=UserWarning)  # "sparse CSR support is in beta" and kin
+    torch.set_num_threads(1)
+    print_machine()
+    N, Fw, D = args.tokens, args.width, args.d_model
+    g = torch.Generator().manual_seed(0)
+    W, go = torch.randn(Fw, D, generator=g), torch.randn(N, D, generator=g)
+
+    def cpu_ms(fn) -> float:
+        fn()
+        t0 = time.process_time()
+        for _ in range(args.reps):
+            fn()
+        return (time.process_time() - t0) / args.reps * 1e3
+
+    print(f"\n# one pair: {N} tokens, width {Fw}, d_model {D}; CPU ms of one thread\n")
+    print("| k | density | dense fwd + 2 bwd | sparse fwd + 2 bwd | sparse / dense |")
+    print("|---|---|---|---|---|")
+    for k in args.k:
+        vals, idx = torch.randn(N, Fw, generator=g).topk(k, -1)
+        acts = torch.zeros(N, Fw).scatter(-1, idx, vals)
+        tok, feat = torch.arange(N).repeat_interleave(k), idx.flatten()
+        v = vals.flatten()
+        offsets = torch.arange(0, N * k, k)
+        by_feat = torch.argsort(feat, stable=True)
+        counts = torch.bincount(feat, minlength=Fw)
+        feat_offsets = torch.cumsum(counts, 0) - counts
+        mask = torch.sparse_csr_tensor(torch.arange(0, N * k + 1, k), feat, torch.ones(N * k), (N, Fw))
+        dense = cpu_ms(lambda: (acts @ W, acts.T @ go, go @ W.T))
+        sparse = cpu_ms(lambda: (F.embedding_bag(feat, W, offsets, mode="sum", per_sample_weights=v),
+                                 F.embedding_bag(tok[by_feat], go, feat_offsets, mode="sum",
+                                                 per_sample_weights=v[by_feat]),
+                                 torch.sparse.sampled_addmm(mask, go, W.T, beta=0.0)))
+        print(f"| {k} | {k / Fw:.1%} | {dense:.1f} | {sparse:.1f} | {sparse / dense:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
