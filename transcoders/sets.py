@@ -67,7 +67,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         TrainConfig(kind="clt", d_features=1024, activation="topk", k=64, skip=True,
                     n_tokens=2_000_000, seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=1024, lr=2e-3,
                     warmup_steps=10, checkpoint_every=50, num_threads=2),
-        cost="about 6 hours on 2 idle CPU cores (resumable across runs; minutes on a GPU)"),
+        cost="about 7 hours on 2 idle AVX2 CPU cores (resumable across runs; minutes on a GPU)"),
 )}
 
 
