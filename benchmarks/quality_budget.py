@@ -122,6 +122,7 @@ def main() -> None:
     from circuits import load_model
     from circuits.replacement import evaluate
     from transcoders import PRESETS, load_transcoders, train
+    from transcoders.cache import cache_dir
     from transcoders.io import read_config
     from transcoders.train import run_name
 
@@ -135,8 +136,6 @@ def main() -> None:
     for kind in args.kind:
         cfg = PRESETS[args.preset].train_config(kind=kind, n_tokens=max(args.budgets),
                                                 num_threads=args.threads, **overrides)
-        from transcoders.cache import cache_dir
-
         run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg))
         print(f"# {kind}: {cfg.n_tokens:,} tokens in {run_dir}, snapshots at {args.budgets}", file=sys.stderr)
         if not args.measure_only:
