@@ -19,6 +19,20 @@ q/k norms, softcapping, masks) stays the model's own code.
 
 Batching: ``removed`` is ``[K, n_src, n_dst]``; the K variants are stacked along the batch
 dimension (variant-major), so one forward pass evaluates K edge sets.
+
+Fast path (``fast=True``, the default; the same intervention): a source u whose every outgoing
+edge is removed is *folded*: its write into the residual stream itself is replaced by its
+ablated value (ablated_u − actual_u is added to the attention or MLP output, or to the
+embeddings), as node patching does. Every destination then reads it ablated with no correction
+of its own, so the correction of destination v becomes
+
+    x_v = resid_v + Σ_{u upstream of v} (removed[u, v] − folded[u]) (ablated_u − actual_u),
+
+non-zero only for v with a removed edge from a source that is not folded. Only those
+destinations get their own per-head q/k/v inputs; the other heads of the layer use the
+model's shared projections of the (folded) residual stream. A destination whose own node is
+folded needs nothing either: its output is replaced anyway (except a head under Gemma's
+post-attention norm, whose output sets the norm's scale for the layer's other heads).
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from circuits.hooks import (
     replace_forward,
     restore,
     with_first,
+    write_hook,
 )
 from circuits.models.adapter import Model
 from circuits.patching.graph import HeadGraph
@@ -88,7 +103,9 @@ class Prefix:
     diff: Tensor
     """``[n_src, B, n_pos, d_model]`` ablated minus actual outputs in the base run."""
     totals: Tensor
-    """``[n_layers + 1, B * n_pos * d_model]``: row l sums ``diff`` over the sources before layer l."""
+    """``[n_layers + 1, B * n_pos * d_model]``: row l sums ``diff`` over the unfolded sources before layer l."""
+    folded: Tensor
+    """``[n_src]`` bool: the sources whose ablated value the recorded residual stream carries (fast path)."""
 
 
 @dataclass
@@ -107,23 +124,35 @@ class _Pass:
     def __init__(self, model: Model, graph: HeadGraph, batch: int, n_pos: int, ablated: Tensor,
                  removed: Tensor | None, grad: GradRequest | None, input_override: Tensor | None,
                  prefix: Prefix | None, start: int, keep_prefix: bool, weights: HeadWeights,
-                 record: bool) -> None:
+                 record: bool, fast: bool) -> None:
         self.model, self.g = model, graph
         self.K = 1 if removed is None else removed.shape[0]
         self.B, self.T, self.d = batch, n_pos, model.d_model
         dtype, dev = model.dtype, model.device
         self.ablated = ablated.to(dev, dtype)
-        self.removed = None if removed is None or not removed.any() else removed.to(dev)
         self.grad, self.input_override = grad, input_override
         self.prefix, self.start, self.keep_prefix = prefix, start, keep_prefix
-        self.weights = weights
+        self.weights, self.fast = weights, fast
+        self.n_base = graph.layer_src(start - 1).stop if prefix is not None and start > 0 else 0
+        # folded[k, u]: the residual stream carries u's ablated value in variant k (module docstring).
+        # Below ``start`` that is whatever the replayed base run folded.
+        self.fold = torch.zeros(self.K, graph.n_src, dtype=torch.bool, device=dev)
+        if self.n_base:
+            # A variant may keep an edge of a source the base run folded: its weight is then −1
+            # (the base run recorded that source's actual output, its inputs corrected: see _needed).
+            self.fold[:, : self.n_base] = prefix.folded[: self.n_base].to(dev)  # type: ignore[union-attr]
+        if fast and removed is not None:
+            whole = (removed.to(dev) | ~graph.valid.to(dev)).all(-1)  # [K, n_src]
+            self.fold[:, self.n_base:] = whole[:, self.n_base:]
+        self.removed = None if removed is None or not removed.any() else removed.to(dev)
+        # Heads whose output sets a shared post-attention norm's scale (Gemma) cannot skip their inputs.
+        self.post_norm = [post_attention_norm(model, l) is not None for l in range(graph.n_layers)]
         # diff[k, u] = ablated_u - actual_u in variant k. Layout [K, n_src, B*T*d] so that a
         # destination's correction is one batched matmul over its upstream sources. Only a pass
         # that patches, records or keeps a prefix needs it; each slot is written before it is read.
         # A resumed pass reads the sources before ``start`` from the base run (``self.base``,
         # shared by all K variants, never copied) and stores only the later ones.
         self.keep_diff = self.removed is not None or record or keep_prefix
-        self.n_base = graph.layer_src(start - 1).stop if prefix is not None and start > 0 else 0
         n_diff = graph.n_src - self.n_base if self.keep_diff else 0
         BTd = batch * n_pos * self.d
         self.base = prefix.diff[: self.n_base].reshape(self.n_base, BTd) if prefix is not None else None
@@ -133,7 +162,8 @@ class _Pass:
         if self.n_base and self.keep_diff:
             self.total += prefix.totals[start]  # type: ignore[union-attr]
         self.resid: dict[int, Tensor] = {}
-        self.qkv: dict[int, tuple[Tensor, Tensor, Tensor] | None] = {}
+        # Per layer, for q, k and v: (heads with their own input [c], their projections [KB, T, c, d_head]).
+        self.qkv: dict[int, list[tuple[Tensor, Tensor]] | None] = {}
         self.layer_outputs: list[Any] = []
 
     # --- bookkeeping ----------------------------------------------------------------------
@@ -148,8 +178,9 @@ class _Pass:
         if self.removed is None:
             diff = diff.detach()  # nothing reads it in this pass but EAP's scores, which use their own
         self.diff[:, first - self.n_base:first - self.n_base + n] = diff
-        if self.removed is not None:  # only corrections read the running sum
-            self.total += diff.sum(1) if diff.shape[0] == self.K else diff.sum(1).expand(self.K, -1)
+        if self.removed is not None:  # only corrections read the running sum, of the sources not folded
+            unfolded = (~self.fold[:, first:first + n]).to(diff.dtype)  # [K, n]
+            self.total += torch.einsum("kn,knx->kx", unfolded, diff.expand(self.K, -1, -1))
 
     def _write_actual(self, first: int, actual: Tensor) -> None:
         """``actual``: ``[K, n, B, T, d]`` outputs of sources ``first .. first + n`` in this run."""
@@ -160,26 +191,62 @@ class _Pass:
         abl = self.ablated[first:first + n]  # [n, B or 1, T or 1, d]
         self._write(first, (abl.unsqueeze(0) - actual).reshape(self.K, n, -1))
 
-    def _delta(self, dsts: slice | int) -> Tensor | None:
-        """``[K, C, B*T*d]`` correction for destinations ``dsts`` (all with the same upstream set)."""
+    def _folded(self, first: int, n: int) -> Tensor | None:
+        """``[K*B, T, d]``: what folding sources ``first .. first + n`` (just written) adds to the
+        residual stream, Σ_u folded[k, u] · diff[k, u]; None when none of them is folded."""
+        fold = self.fold[:, first:first + n]
+        if self.removed is None or not fold.any():
+            return None
+        diff = self.diff[:, first - self.n_base:first - self.n_base + n]  # [K, n, B*T*d]
+        add = torch.einsum("kn,knx->kx", fold.to(diff.dtype), diff)
+        return add.reshape(self.K * self.B, self.T, self.d)
+
+    def _delta(self, dsts: slice | int, cols: Tensor | None = None) -> Tensor | None:
+        """``[K, C, B*T*d]`` correction for destinations ``dsts`` (all with the same upstream set), or
+        for the columns ``cols`` (``[c]`` indices) of them only; None when every one is zero."""
         if self.removed is None:
             return None
-        cols = self.removed[:, : self.written, dsts]  # [K, n_up, C] bool
-        if cols.ndim == 2:
-            cols = cols.unsqueeze(-1)
-        any_removed = cols.any(-1).any(0)
-        if not any_removed.any():
+        n = self.written
+        removed = self.removed[:, :n, dsts]  # [K, n_up, C] bool
+        if removed.ndim == 2:
+            removed = removed.unsqueeze(-1)
+        if cols is not None:
+            removed = removed[:, :, cols]
+        dtype = self.diff.dtype
+        w = removed.to(dtype) - self.fold[:, :n, None].to(dtype)  # removed − folded, in {-1, 0, 1}
+        rows = (w != 0).any(-1).any(0)
+        if not rows.any():
             return None
-        any_kept = (~cols).any(-1).any(0)
-        # Δ = Σ_removed diff = total − Σ_kept diff: sum over whichever set of rows is smaller.
-        if int(any_removed.sum()) <= int(any_kept.sum()):
-            return self._weighted_sum(cols, any_removed.nonzero().squeeze(1))
-        total = self.total.unsqueeze(1).expand(-1, cols.shape[-1], -1)
+        any_kept = (~removed).any(-1).any(0)
+        # Δ = Σ w·diff = Σ_unfolded diff − Σ_kept diff (a folded source has every edge removed, and
+        # total sums the unfolded ones): sum over whichever set of rows is smaller.
+        if int(rows.sum()) <= int(any_kept.sum()):
+            return self._weighted_sum(w, rows.nonzero().squeeze(1))
+        total = self.total.unsqueeze(1).expand(-1, removed.shape[-1], -1)
         idx = any_kept.nonzero().squeeze(1)
-        return total - self._weighted_sum(~cols, idx) if len(idx) else total
+        return total - self._weighted_sum((~removed).to(dtype), idx) if len(idx) else total
+
+    def _needed(self, dsts: slice | int) -> Tensor:
+        """``[C]`` bool: which of ``dsts`` read something other than the (folded) residual stream."""
+        removed = self.removed[:, : self.written, dsts]  # type: ignore[index]
+        if removed.ndim == 2:
+            removed = removed.unsqueeze(-1)
+        if not self.fast:  # the general path: every destination of a touched layer gets its own input
+            return removed.any().expand(removed.shape[-1]).clone()
+        need = (removed != self.fold[:, : self.written, None]).any(1).any(0)
+        if self.keep_prefix:
+            return need  # a base run records every source's actual output, for passes that unfold it
+        # A destination of a node folded in every variant: its output is replaced whatever it reads.
+        owners = torch.as_tensor(self.g.dst_node, device=need.device)[dsts].reshape(-1)
+        layer = self.g.dst_layer(dsts.start if isinstance(dsts, slice) else dsts)
+        heads = self.g.n_layers > layer and not isinstance(dsts, int)
+        if not (heads and self.post_norm[layer]):
+            dead = (owners >= 0) & self.fold[:, owners.clamp(min=0)].all(0)
+            need &= ~dead
+        return need
 
     def _weighted_sum(self, weights: Tensor, idx: Tensor) -> Tensor:
-        """``Σ_{u ∈ idx} weights[k, u, c] · diff[k, u]`` → ``[K, C, B*T*d]`` (``weights``: bool ``[K, n_up, C]``)."""
+        """``Σ_{u ∈ idx} weights[k, u, c] · diff[k, u]`` → ``[K, C, B*T*d]`` (``weights``: ``[K, n_up, C]``)."""
         m = weights[:, idx].to(self.diff.dtype).transpose(1, 2)  # [K, C, n_idx]
         old = idx < self.n_base
         out = torch.bmm(m[:, :, ~old], self.diff[:, idx[~old] - self.n_base])
@@ -221,6 +288,9 @@ class _Pass:
                 # The graph must reach back to the embeddings; parameters are frozen meanwhile.
                 x = x.detach().requires_grad_(True)
             self._write_actual(0, x.reshape(self.K, 1, self.B, self.T, self.d))
+            fold = self._folded(0, 1)
+            if fold is not None:
+                x = x + fold
         self.resid[layer] = x
         return with_first(args, kwargs, where, x)
 
@@ -229,47 +299,66 @@ class _Pass:
             self.layer_outputs.append(output)
 
     def attn_pre(self, layer: int) -> None:
-        """Per-head q/k/v from per-head corrected inputs, for the projection hooks to return."""
+        """Per-head q/k/v from per-head corrected inputs, for the projection hooks to return: for
+        every head with ``grad``, else for the heads that read something other than the residual stream."""
         g = self.g
         dsts = g.head_dsts(layer)
         n_up = int(g.n_upstream[dsts.start])
         assert n_up == self.written, "attention read before its upstream sources were written"
-        delta = self._delta(dsts)
-        if delta is None and self.grad is None:
+        C = g.heads_per_layer_dst
+        if self.grad is not None:
+            cols = torch.arange(C, device=self.model.device)
+        elif self.removed is None:
+            cols = None
+        else:
+            cols = self._needed(dsts).nonzero().squeeze(1)
+        if cols is None or len(cols) == 0:
             self.qkv[layer] = None  # nothing patched: the projections run as they are
             return
         resid = self.resid[layer]
-        C = g.heads_per_layer_dst
+        delta = self._delta(dsts, cols if len(cols) < C else None)
         if delta is None:
-            x = resid.unsqueeze(2).expand(-1, -1, C, -1)
+            x = resid.unsqueeze(2).expand(-1, -1, len(cols), -1)
         else:
-            x = resid.unsqueeze(2) + self._as_inputs(delta, C)
+            x = resid.unsqueeze(2) + self._as_inputs(delta, len(cols))
         self._watch(x, dsts, n_up)
-        normed = self.model.norm("ln_attn", layer)(x)  # [KB, T, C, d], each input through the norm
-        if g.split_qkv:
-            normed = normed.reshape(*normed.shape[:2], g.n_heads, 3, self.d)
-            ins = [normed[..., p, :] for p in range(3)]
-        else:
-            ins = [normed] * 3
-        q, k, v = self.weights.qkv[layer]
-        self.qkv[layer] = (q(ins[0]), k(ins[1]), v(ins[2]))
+        normed = self.model.norm("ln_attn", layer)(x)  # [KB, T, c, d], each input through the norm
+        heads, ports = cols // g.n_ports, cols % g.n_ports
+        out = []
+        for p, proj in enumerate(self.weights.qkv[layer]):
+            mine = (ports == p) if g.split_qkv else torch.ones_like(ports, dtype=torch.bool)
+            h = heads[mine]
+            if len(h) == 0:
+                out.append((h, normed[:, :, :0]))  # no head of this port reads its own input
+                continue
+            sub = HeadProjection(proj.weight[h], None if proj.bias is None else proj.bias[h])
+            out.append((h, sub(normed[:, :, mine]).reshape(*normed.shape[:2], len(h), -1)))
+        self.qkv[layer] = out
 
     def proj_forward(self, module: nn.Module, layer: int, which: int, n_chunks: int, x: Tensor) -> Tensor:
-        """Stands in for the q (0), k (1) or v (2) projection, or all three when fused: returns
-        the per-head values ``attn_pre`` computed, without computing the shared ones."""
+        """Stands in for the q (0), k (1) or v (2) projection, or all three when fused: the shared
+        projection of ``x`` (k/v ungrouped), with the heads ``attn_pre`` computed on their own inputs
+        overwritten; the shared one is not computed when every head has its own."""
         computed = self.qkv[layer]
-        if computed is None:
-            output = type(module).forward(module, x)
-            if n_chunks == 1 and which > 0 and self.ungroup:
+        H, dh = self.model.n_heads, self.model.dims.d_head
+        if computed is not None and n_chunks == 1 and len(computed[which][0]) == H:
+            return computed[which][1].reshape(*x.shape[:-1], H * dh)  # per head, in head order
+        output = type(module).forward(module, x)
+        parts = list(output.chunk(n_chunks, dim=-1)) if n_chunks > 1 else [output]
+        roles = range(3) if n_chunks > 1 else [which]
+        for i, role in enumerate(roles):
+            o = parts[i]
+            if role > 0 and self.ungroup and o.shape[-1] != H * dh:
                 # k/v of a grouped model while GQA is ungrouped: repeat each kv head per group.
-                dh = self.model.dims.d_head
-                o = output.reshape(*output.shape[:-1], -1, dh)
-                o = o.repeat_interleave(self.model.n_heads // o.shape[-2], dim=-2)
-                return o.reshape(*output.shape[:-1], -1)
-            return output
-        if n_chunks == 1:
-            return computed[which]
-        return torch.cat(computed, dim=-1)
+                o = o.reshape(*o.shape[:-1], -1, dh).repeat_interleave(H // (o.shape[-1] // dh), dim=-2)
+                o = o.reshape(*o.shape[:-2], H * dh)
+            if computed is not None and len(computed[role][0]):
+                heads, values = computed[role]
+                o = o.reshape(*o.shape[:-1], H, dh).clone()
+                o[..., heads, :] = values
+                o = o.reshape(*o.shape[:-2], H * dh)
+            parts[i] = o
+        return parts[0] if n_chunks == 1 else torch.cat(parts, dim=-1)
 
     def o_proj_post(self, layer: int, z: Tensor, out: Tensor) -> None:
         """Record each head's write into the residual stream."""
@@ -285,6 +374,11 @@ class _Pass:
             heads = heads * rms_offset_factor(post, out).reshape(self.K, 1, self.B, self.T, self.d)
         self._write_actual(self.g.head_src(layer, 0), heads)
 
+    def attn_out_post(self, layer: int, out: Tensor) -> Tensor:
+        """Attention's write into the residual stream, with its folded heads' ablated values."""
+        fold = self._folded(self.g.head_src(layer, 0), self.g.n_heads)
+        return out if fold is None else out + fold
+
     def mlp_norm_pre(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if layer < self.start:
             return None
@@ -295,7 +389,7 @@ class _Pass:
 
     def _corrected(self, x: Tensor, dst: int) -> Tensor:
         """The input ``[KB, T, d]`` of a single destination (MLP or logits) after its removed edges."""
-        delta = self._delta(dst)
+        delta = self._delta(dst) if self.removed is not None and bool(self._needed(dst).all()) else None
         if delta is not None:
             x = x + self._as_inputs(delta, 1).squeeze(2)
         elif self.grad is not None:
@@ -303,10 +397,14 @@ class _Pass:
         self._watch(x, dst, self.written)
         return x
 
-    def mlp_post(self, layer: int, out: Tensor) -> None:
+    def mlp_post(self, layer: int, out: Tensor) -> Tensor:
+        """Record the MLP's write; return it with the ablated value where the MLP is folded."""
         if layer < self.start:
-            return
-        self._write_actual(self.g.mlp_src(layer), out.reshape(self.K, 1, self.B, self.T, self.d))
+            return out
+        src = self.g.mlp_src(layer)
+        self._write_actual(src, out.reshape(self.K, 1, self.B, self.T, self.d))
+        fold = self._folded(src, 1)
+        return out if fold is None else out + fold
 
     def final_norm_pre(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         x, where = first_tensor(args, kwargs)
@@ -345,10 +443,12 @@ class _Pass:
                         module, lambda x, *a, _m=module, l=l, r=role, n=n, **kw: self.proj_forward(_m, l, r, n, x)))
                 handles.append(on_output(model.module("attn_z", l),
                     lambda m, a, out, l=l: self.o_proj_post(l, first_tensor(a, {})[0], out)))
+                handles.append(write_hook(model.module("attn_out", l), model.spec.location("attn_out", l),
+                    lambda out, l=l: self.attn_out_post(l, out)))
                 handles.append(on_input(model.norm("ln_mlp", l),
                     lambda m, a, kw, l=l: self.mlp_norm_pre(l, a, kw)))
-                handles.append(on_output(model.module("mlp_resid", l),
-                    lambda m, a, out, l=l: self.mlp_post(l, out[0] if isinstance(out, tuple) else out)))
+                handles.append(write_hook(model.module("mlp_resid", l), model.spec.location("mlp_resid", l),
+                    lambda out, l=l: self.mlp_post(l, out)))
             handles.append(on_input(model.norm("ln_final"),
                 lambda m, a, kw: self.final_norm_pre(a, kw)))
             yield
@@ -361,7 +461,7 @@ class _Pass:
 def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor, removed: Tensor | None,
                     positions: Tensor, *, grad: GradRequest | None = None, input_override: Tensor | None = None,
                     prefix: Prefix | None = None, start_layer: int = 0, record: bool = False,
-                    keep_prefix: bool = False, weights: HeadWeights | None = None) -> PatchOutput:
+                    keep_prefix: bool = False, weights: HeadWeights | None = None, fast: bool = True) -> PatchOutput:
     """One forward pass of ``ids`` under K edge sets.
 
     Args:
@@ -376,6 +476,9 @@ def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor
         record: also return every source's output (``removed`` must be None).
         keep_prefix: also return this run as a ``Prefix`` (needs K = 1).
         weights: ``HeadWeights.of(model)``, to reuse across passes.
+        fast: fold sources whose every edge is removed into the residual stream and give only the
+            destinations that need it their own input (module docstring); False corrects every
+            destination of a touched layer (the same intervention, for tests).
     """
     ids = torch.as_tensor(ids, dtype=torch.long, device=model.device)
     B, T = ids.shape
@@ -392,7 +495,7 @@ def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor
         ablated = torch.zeros(graph.n_src, 1, 1, 1, dtype=model.dtype, device=model.device)
     weights = weights if weights is not None else HeadWeights.of(model)
     state = _Pass(model, graph, B, T, ablated, removed, grad, input_override, prefix, start_layer, keep_prefix,
-                  weights, record)
+                  weights, record, fast)
     K = state.K
     run_ids = ids.repeat(K, 1) if K > 1 else ids
     positions = torch.as_tensor(positions, dtype=torch.long, device=model.device)
@@ -406,9 +509,11 @@ def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor
         if K != 1:
             raise ValueError("keep_prefix=True needs a single edge set")
         diff = state.diff[0]
+        folded = state.fold[0]
+        unfolded = diff * (~folded).to(diff.dtype)[:, None]
         bounds = [0] + [graph.layer_src(l).start for l in range(1, graph.n_layers)] + [graph.n_src]
-        groups = torch.stack([diff[a:b].sum(0) for a, b in pairwise(bounds)])
-        # Row l: the sum over the sources before layer l (row 0 is never read: nothing resumes at 0).
+        groups = torch.stack([unfolded[a:b].sum(0) for a, b in pairwise(bounds)])
+        # Row l: the sum over the unfolded sources before layer l (row 0 is never read: nothing resumes at 0).
         totals = torch.cat([torch.zeros_like(groups[:1]), groups.cumsum(0)])
-        out.prefix = Prefix(state.layer_outputs, diff.reshape(graph.n_src, B, T, -1), totals)
+        out.prefix = Prefix(state.layer_outputs, diff.reshape(graph.n_src, B, T, -1), totals, folded.cpu())
     return out
