@@ -89,6 +89,7 @@ class EdgePatcher:
             else:
                 abl = _zeros(self.graph, model)
             self.chunks.append(_Chunk(ids, rows, abl, clean))
+        self._per_prompt_mean: bool | None = None
         self.m_full = sum(float(self._metric(c.clean_logits, c)) * (c.rows.stop - c.rows.start) / task.n
                           for c in self.chunks)
         self.m_empty = float(self.evaluate(self.graph.valid)[0])
@@ -153,6 +154,41 @@ class EdgePatcher:
             for j in range(logits.shape[0]):
                 out[k + j] += weight * float(self._metric(logits[j], chunk))
         return out
+
+    def prompt_metrics(self, logits: Tensor, chunk: _Chunk) -> Tensor:
+        """``logits`` ``[b, P, d_vocab]`` for the prompts of ``chunk`` → ``[b]`` float64: the metric of each
+        prompt alone (the chunk's metric is their mean when ``per_prompt_mean``)."""
+        one = [_Chunk(chunk.ids[i:i + 1], slice(r, r + 1), chunk.ablated, chunk.clean_logits[i:i + 1])
+               for i, r in enumerate(range(chunk.rows.start, chunk.rows.stop))]
+        return torch.stack([self._metric(logits[i:i + 1], c).double() for i, c in enumerate(one)]).cpu()
+
+    @property
+    def per_prompt_mean(self) -> bool:
+        """Whether the metric is the mean of per-prompt metrics (checked on the clean run), which lets
+        ACDC decide a test on part of the prompts (``acdc(z=...)``)."""
+        if self._per_prompt_mean is None:
+            c = self.chunks[0]
+            whole = float(self._metric(c.clean_logits, c))
+            parts = float(self.prompt_metrics(c.clean_logits, c).mean())
+            self._per_prompt_mean = abs(whole - parts) <= 1e-5 * max(1.0, abs(whole))
+        return self._per_prompt_mean
+
+    def chunk_metrics(self, i: int, removed: Tensor, *, base: Prefix | None = None, start_layer: int = 0,
+                      keep_base: bool = False) -> tuple[Tensor, Prefix | None]:
+        """Per-prompt metrics ``[K, b]`` of prompt chunk ``i`` under each edge set ``removed`` ``[K, n_src,
+        n_dst]`` (or one), resumed at ``start_layer`` from ``base`` (a ``keep_base`` run of this chunk
+        whose edge set agrees below that layer); with ``keep_base`` (K = 1) the run is also recorded."""
+        c = self.chunks[i]
+        removed = (removed.unsqueeze(0) if removed.ndim == 2 else removed) & self.graph.valid
+        per_pass = max(1, self.max_rows // (c.rows.stop - c.rows.start))
+        values, prefix = [], None
+        for k in range(0, removed.shape[0], per_pass):
+            out = patched_forward(self.model, self.graph, c.ids, c.ablated, removed[k:k + per_pass], self.positions,
+                                  start_layer=start_layer if base is not None else 0, prefix=base,
+                                  keep_prefix=keep_base, weights=self.weights)
+            values += [self.prompt_metrics(logits, c) for logits in out.logits]
+            prefix = out.prefix
+        return torch.stack(values), prefix
 
     def prefix(self, removed: Tensor) -> list[Prefix]:
         """Record a base run (one edge set) per prompt chunk, to resume later passes from."""

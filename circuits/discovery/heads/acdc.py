@@ -21,6 +21,14 @@ What makes it fast, without changing that decision rule:
   edges were tested.
 - Order (optional): within a node, edges are tested in ascending |score| (least important
   first) instead of ACDC's reverse topological order of sources.
+- Within (optional): only the edges of a given set are tested, e.g. every edge among a node
+  circuit's nodes (``discover_edges(within=NodeCircuit)``); all others are removed up front. The
+  nodes left out then have every edge removed, which edge patching folds into the residual
+  stream at no per-edge cost (``circuits.patching.edges``), so the tests cost little more than
+  plain forward passes.
+- Prompt chunks (``z``): a test stops reading prompt chunks once the per-prompt effects decide
+  it (``circuits.discovery.heads.chunked``, shared with node ACDC).
+- Screening (optional): all the untested edges into one input are first tried at once.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from circuits.discovery.heads.chunked import ChunkedSearch
 from circuits.discovery.heads.circuit import Circuit, nan_matrix
 from circuits.discovery.heads.prune import prune_dead, top_edges
 from circuits.patching.metrics import faithfulness
@@ -40,31 +49,49 @@ from circuits.patching.edge_patcher import EdgePatcher
 
 
 def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | None = None, candidates: int | None = None,
-         order: Literal["topological", "scores"] = "topological", batch: int | None = None,
+         within: Tensor | None = None, order: Literal["topological", "scores"] = "topological",
+         batch: int | None = None, z: float | None = 3.0, screen_targets: bool = False,
          progress: bool = True) -> Circuit:
     """Run ACDC; see the module docstring.
 
     Args:
         tau: threshold in units of the metric; default 1% of |m(M) − m(∅)|.
-        scores: ``[n_src, n_dst]`` attribution scores, needed for ``candidates`` and ``order="scores"``.
+        scores: ``[n_src, n_dst]`` attribution scores, needed for ``candidates`` and ``order="scores"``
+            (and, when given, the circuit's ``scores``: MIB's ranking of the edges it did not keep).
         candidates: test only this many edges (largest |score|); None tests every edge.
+        within: ``[n_src, n_dst]`` bool: test only these edges (e.g. ``NodeCircuit.as_edge_circuit().kept``,
+            every edge among a node circuit's nodes); every other edge is removed up front.
         batch: edge sets per forward pass (speculative; 1 is plain sequential ACDC). Default 4 on a
             GPU, where a wider batch is nearly free, and 1 on a CPU, where it is not.
+        z: decide a test on the first prompt chunks once ``mean ± z × SE`` of the per-prompt effects lies
+            on one side of tau (``circuits.discovery.heads.chunked``); None reads every prompt for every
+            test. With one prompt chunk (``patcher.batch_size`` ≥ the prompts), or a metric that is
+            not a mean over prompts, every test reads every prompt whatever ``z``.
+        screen_targets: before testing a node's incoming edges one by one, try removing all the untested
+            edges into each of its inputs (q, k, v apart) at once; if the metric moves by less than ``tau``
+            they all go in one test. Coarser than ACDC (effects can cancel), so off by default; the
+            circuit records which rule ran.
     """
     if batch is None:
         batch = 4 if patcher.model.device.type == "cuda" else 1
     g = patcher.graph
     if (candidates is not None or order == "scores") and scores is None:
         raise ValueError("candidates= and order='scores' need attribution scores: pass scores=patcher.edge_scores()")
+    if z is not None and z <= 0:
+        raise ValueError(f"z must be positive (standard errors), or None to read every prompt; got {z}")
+    if within is not None and tuple(within.shape) != (g.n_src, g.n_dst):
+        raise ValueError(f"within= is {tuple(within.shape)} but the patcher's graph is [{g.n_src}, {g.n_dst}]: build "
+                         "it on the same graph (split_qkv alike)")
     if tau is None:
         tau = 0.01 * abs(patcher.m_full - patcher.m_empty)
     t0 = time.perf_counter()
     testable = g.valid.clone() if candidates is None else top_edges(g, scores, candidates)  # type: ignore[arg-type]
-    removed = g.valid & ~testable
-    current, prefixes = patcher.base_run(removed)
-    start = current
+    if within is not None:
+        testable &= within.to(torch.bool)
+    z = z if z is not None and len(patcher.chunks) > 1 and patcher.per_prompt_mean else None
+    state = ChunkedSearch(patcher, g.valid & ~testable, tau, z)
     effects = nan_matrix(g)
-    n_tested = n_evaluations = 0
+    n_tested = n_evaluations = n_screened = 0
     owner = torch.tensor(g.dst_node)
 
     # Nodes from the logits backwards: logits, then per layer (last first) the MLP, then the heads.
@@ -76,8 +103,11 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
     bar = tqdm(visits, desc=f"ACDC tau={tau:.3g}", file=sys.stderr, disable=not progress)
     for node in bar:
         dsts = (owner == node).nonzero().flatten()
+        removed = state.removed
         if node >= 0 and not (g.valid[node] & ~removed[node]).any():
+            removed = removed.clone()
             removed[:, dsts] |= g.valid[:, dsts]  # disconnected from the logits: its inputs cannot matter
+            state.assume(removed)
             continue
         layer = g.dst_layer(int(dsts[0]))
         todo = [(int(s), int(d)) for d in dsts.tolist() for s in testable[:, d].nonzero().flatten().tolist()
@@ -86,30 +116,35 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             todo.sort(key=lambda e: (float(scores[e].abs()), -e[0], e[1]))  # type: ignore[index]
         else:
             todo.sort(key=lambda e: (-e[0], e[1]))  # later sources first, as ACDC
+        if screen_targets:  # per input (q, k, v apart): all of its untested edges in one test
+            for d in dsts.tolist():
+                mine = [e for e in todo if e[1] == d]
+                if len(mine) < 2:
+                    continue
+                trial = state.removed.clone()
+                trial[[e[0] for e in mine], d] = True
+                n_evaluations += 1
+                if state.test(trial[None], layer)[0][1]:
+                    n_screened += len(mine)
+                    todo = [e for e in todo if e[1] != d]
         i = 0
         while i < len(todo):
             chunk = todo[i:i + batch]
-            variants = removed.unsqueeze(0).repeat(len(chunk), 1, 1)
+            variants = state.removed.unsqueeze(0).repeat(len(chunk), 1, 1)
             for j in range(len(chunk)):
                 for s, d in chunk[: j + 1]:
                     variants[j, s, d] = True
-            values = patcher.evaluate(variants, start_layer=layer, prefixes=prefixes).tolist()
             n_evaluations += 1
-            for j, (s, d) in enumerate(chunk):
+            # Decided in order up to the first edge kept; the later variants assumed it removed, so the
+            # next batch starts after it.
+            for (s, d), (effect, _small) in zip(chunk, state.test(variants, layer)):
                 n_tested += 1
-                effect = values[j] - current
                 effects[s, d] = effect
-                if abs(effect) < tau:
-                    removed[s, d] = True
-                    current = values[j]
-                    i += 1
-                else:  # kept: the later variants assumed it removed, so re-run from the next edge
-                    i += 1
-                    break
-        bar.set_postfix(kept=int((g.valid & ~removed).sum()) if progress else 0, refresh=False)
+                i += 1
+        bar.set_postfix(kept=int((g.valid & ~state.removed).sum()) if progress else 0, refresh=False)
 
-    kept = prune_dead(g, g.valid & ~removed)
-    m = current  # the metric of the final state; dropping dead edges changes nothing (prune_dead)
+    kept = prune_dead(g, g.valid & ~state.removed)
+    m = state.current()  # the final state's metric on every prompt; dropping dead edges changes nothing (prune_dead)
     f = faithfulness(m, patcher.m_full, patcher.m_empty)
     s = nan_matrix(g)
     if scores is not None:
@@ -117,7 +152,12 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
     effects[~kept] = float("nan")
     return Circuit(g, kept, s, effects, f, m, patcher.m_full, patcher.m_empty, "acdc",
                    info={"tau": tau, "candidates": -1 if candidates is None else candidates, "order": order,
-                         # f of the start state (only the candidates kept): ACDC can only remove from there.
-                         "faithfulness_candidates": faithfulness(start, patcher.m_full, patcher.m_empty),
+                         "within": -1 if within is None else int((within & g.valid).sum()),
+                         # f of the start state (only the candidates kept): ACDC can only remove from there,
+                         # over the prompts read before the first removal (all of them with z=None).
+                         "faithfulness_candidates": faithfulness(state.start_metric, patcher.m_full, patcher.m_empty),
+                         "faithfulness_candidates_prompts": state.start_prompts,
                          "edges_tested": n_tested, "evaluations": n_evaluations, "batch": batch,
-                         "seconds": time.perf_counter() - t0})
+                         "z": -1.0 if z is None else z, "tests": state.tests, "tests_decided_early": state.early,
+                         "passes": state.passes, "work": state.work, "screen_targets": screen_targets,
+                         "edges_screened": n_screened, "seconds": time.perf_counter() - t0})

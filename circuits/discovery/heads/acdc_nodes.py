@@ -18,21 +18,13 @@ below the one being tested never change), and because two optional screens cut t
   moves by less than ``tau`` they all go in one pass. This is coarser than ACDC (two effects
   can cancel inside a layer) and is off by default; the circuit records which rule ran.
 
-Deciding on part of the prompts (``z``): the metric is a mean over prompts, so a test is run one
-prompt chunk (``patcher.batch_size`` prompts) at a time, and stops as soon as the per-prompt
-effects already decide it: when the interval ``mean ± z × SE`` (the standard error of the mean of
-the effects seen so far, with the finite-population correction, since the decision is about these
-N prompts, not a wider population) lies wholly inside (−tau, tau) the node goes, wholly outside it
-stays. Most nodes are far from tau, so most tests need one chunk; a close call reads every prompt
-and is then decided exactly as without ``z`` (the interval is a point). The prompts of the other
-chunks are brought up to date lazily: a chunk whose current values predate a removal is run under
-the old and the new node set in one batched pass when it is next needed. ``z=None`` reads every
-prompt for every test (ACDC's own rule).
+Deciding on part of the prompts (``z``): a test reads one prompt chunk at a time and stops once
+the per-prompt effects decide it (``circuits.discovery.heads.chunked``, shared with edge ACDC).
+``z=None`` reads every prompt for every test (ACDC's own rule).
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -40,9 +32,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from circuits.discovery.heads.chunked import ChunkedSearch
 from circuits.discovery.heads.node_circuit import NodeCircuit
 from circuits.patching.metrics import faithfulness
-from circuits.patching.nodes import NodeBase, NodePatcher, droppable_nodes, strongest_nodes
+from circuits.patching.nodes import NodePatcher, droppable_nodes, strongest_nodes
 
 
 def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor | None = None,
@@ -83,7 +76,7 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
     removed = ~testable & (torch.ones_like(is_mlp) if include_mlps else ~is_mlp)
     removed[0] = False
     z = z if z is not None and len(patcher.chunks) > 1 and patcher.per_prompt_mean else None
-    state = _Prompts(patcher, removed, tau, z)
+    state = ChunkedSearch(patcher, removed, tau, z)
     sweeps = 0
     effects = torch.full((g.n_src,), float("nan"), dtype=torch.float64)
     while sweeps < max_sweeps:
@@ -104,101 +97,14 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
                        info={"tau": tau, "candidates": -1 if candidates is None else candidates,
                              "include_mlps": include_mlps, "screen_layers": screen_layers,
                              "faithfulness_candidates": faithfulness(start, patcher.m_full, patcher.m_empty),
-                             "faithfulness_candidates_prompts": sum(len(v) for v in state._start),
+                             "faithfulness_candidates_prompts": state.start_prompts,
                              "nodes_tested": int(testable.sum()), "passes": state.passes,
                              "work": state.work, "z": -1.0 if z is None else z,
                              "tests": state.tests, "tests_decided_early": state.early, "sweeps": sweeps,
                              "seconds": time.perf_counter() - t0})
 
 
-class _Prompts:
-    """The search's state, prompt chunk by prompt chunk: the removed set, each chunk's per-prompt metric
-    under it (or None where a removal made it stale), and each chunk's recorded run to resume from."""
-
-    def __init__(self, patcher: NodePatcher, removed: Tensor, tau: float, z: float | None) -> None:
-        self.p, self.removed, self.tau, self.z = patcher, removed, tau, z
-        n = len(patcher.chunks)
-        self.values: list[Tensor | None] = [None] * n   # [b] per prompt, under self.removed
-        self.bases: list[NodeBase | None] = [None] * n  # recorded this sweep; valid below the layer tested now
-        self._start: list[Tensor] = []  # per-prompt metrics of the candidates alone, chunks read before any removal
-        self._changed = False
-        self.passes = self.tests = self.early = 0
-        self.work = 0.0  # layers computed, in full forward passes over every prompt (a load-free cost)
-
-    def new_sweep(self) -> None:
-        self.bases = [None] * len(self.bases)
-
-    def _count(self, i: int, k: int = 1, layer: int = 0) -> None:
-        c, L = self.p.chunks[i], self.p.graph.n_layers
-        self.passes += 1
-        self.work += k * (c.rows.stop - c.rows.start) / self.p.task.n * (L - layer) / L
-
-    def _base(self, i: int) -> NodeBase:
-        """Chunk ``i``'s recorded run under the current set (recorded now if this sweep has none)."""
-        base = self.bases[i]
-        if base is None:
-            values, base = self.p.chunk_metrics(i, self.removed, keep_base=True)
-            self._count(i)
-            self.values[i], self.bases[i] = values[0], base
-            if not self._changed:
-                self._start.append(values[0])
-        return base  # type: ignore[return-value]
-
-    @property
-    def start_metric(self) -> float:
-        """The metric with only the candidates kept, over the prompts read before the first removal (all of
-        them when the first test read every chunk; else an estimate on fewer)."""
-        return float(torch.cat(self._start).mean()) if self._start else float("nan")
-
-    def current(self) -> float:
-        """The metric under the current set, every prompt (runs the chunks not up to date)."""
-        for i in range(len(self.values)):
-            if self.values[i] is None:
-                values, _ = self.p.chunk_metrics(i, self.removed)
-                self._count(i)
-                self.values[i] = values[0]
-        n = self.p.task.n
-        return sum(float(v.sum()) for v in self.values) / n  # type: ignore[union-attr]
-
-    def test(self, trial: Tensor, layer: int) -> tuple[float, bool]:
-        """The effect of ``trial`` (a node set) against the current one, and whether it is under tau;
-        reads prompt chunks until the effect is decided. The current set becomes ``trial`` if so."""
-        effects: list[Tensor] = []
-        trials: dict[int, Tensor] = {}
-        N = self.p.task.n
-        decided_at, mean, small = None, 0.0, False
-        self.tests += 1
-        for i in range(len(self.p.chunks)):
-            base = self._base(i)
-            if self.values[i] is None:   # stale: old and new set in one pass
-                values, _ = self.p.chunk_metrics(i, torch.stack([self.removed, trial]), base=base, start_layer=layer)
-                self._count(i, 2, layer)
-                self.values[i], trials[i] = values[0], values[1]
-            else:
-                values, _ = self.p.chunk_metrics(i, trial, base=base, start_layer=layer)
-                self._count(i, 1, layer)
-                trials[i] = values[0]
-            effects.append(trials[i] - self.values[i])
-            d = torch.cat(effects)
-            n, mean = len(d), float(d.mean())
-            half = 0.0
-            if n < N:
-                if self.z is None or n < 2:
-                    continue
-                half = self.z * float(d.std()) * math.sqrt((N - n) / (N * n))
-            if abs(mean) + half < self.tau or abs(mean) - half >= self.tau:
-                decided_at, small = n, abs(mean) < self.tau
-                break
-        if decided_at is not None and decided_at < N:
-            self.early += 1
-        if small:
-            self.removed, self._changed = trial, True
-            for i in range(len(self.values)):
-                self.values[i] = trials.get(i)
-        return mean, small
-
-
-def _sweep(state: _Prompts, testable: Tensor, screen_layers: bool, progress: bool) -> Tensor:
+def _sweep(state: ChunkedSearch, testable: Tensor, screen_layers: bool, progress: bool) -> Tensor:
     """One top-down ACDC sweep over the testable nodes not yet removed; returns the effects ``[n_src]``
     of the nodes kept (NaN elsewhere) and updates ``state``."""
     g = state.p.graph
@@ -213,12 +119,12 @@ def _sweep(state: _Prompts, testable: Tensor, screen_layers: bool, progress: boo
         if screen_layers and len(todo) > 1:
             trial = state.removed.clone()
             trial[todo] = True
-            if state.test(trial, layer)[1]:
+            if state.test(trial[None], layer)[0][1]:
                 continue
         for node in todo:
             trial = state.removed.clone()
             trial[node] = True
-            effect, small = state.test(trial, layer)
+            effect, small = state.test(trial[None], layer)[0]
             if not small:
                 effects[node] = effect
         bar.set_postfix(kept=int((testable & ~state.removed).sum()), refresh=False)

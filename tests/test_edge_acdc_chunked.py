@@ -1,0 +1,103 @@
+"""Edge ACDC started from a node circuit, decided on prompt chunks, on the planted induction model
+(tests/planted.py), whose edges are known by construction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _threads import one_thread  # noqa: F401
+from planted import PLANTED_EDGES, SECOND_HEAD_EDGES, V, planted_induction_model
+
+from circuits.discovery import acdc, discover_edges
+from circuits.discovery.heads.acdc_nodes import acdc_nodes
+from circuits.patching import EdgePatcher
+from circuits.patching.nodes import NodePatcher
+from circuits.tasks import induction
+
+TAU = 0.02
+WANT = set(PLANTED_EDGES) | set(SECOND_HEAD_EDGES)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model = planted_induction_model(second_head=0.5)
+    task = induction.dataset(model.tokenizer, n=24, seq_len=6, bos=None, vocab=torch.arange(1, V), seed=0)
+    return model, task
+
+
+def _names(circuit) -> set[str]:
+    return {e["name"] for e in circuit.edges}
+
+
+def test_edge_acdc_within_a_node_circuit_recovers_the_planted_edges(planted):
+    model, task = planted
+    nodes = acdc_nodes(NodePatcher(model, task, ablation="resample"), include_mlps=True, progress=False)
+    assert nodes.heads == [(0, 0), (1, 0), (1, 2)] and nodes.mlps == []
+    start = nodes.as_edge_circuit()
+    c = discover_edges(model, task, within=nodes, tau=TAU, batch_size=6, progress=False)
+    assert _names(c) == WANT
+    assert c.faithfulness == pytest.approx(1.0, abs=1e-6)
+    assert c.info["ablation"] == "resample"  # the node circuit's
+    assert c.info["within"] == start.n_edges
+    # Only the node circuit's edges are tested (plain ACDC tests every edge of the graph).
+    plain = acdc(EdgePatcher(model, task, batch_size=6), tau=TAU, progress=False)
+    assert _names(plain) == WANT
+    assert c.info["edges_tested"] <= start.n_edges < plain.info["edges_tested"]
+    # The start state is the node circuit, whose faithfulness is 1 here.
+    assert c.info["faithfulness_candidates"] == pytest.approx(1.0, abs=1e-6)
+    # Its kept edges are the within set's: nothing outside it can come back.
+    assert not (c.kept & ~start.kept).any()
+
+
+def test_within_an_edge_set_that_misses_a_planted_edge_cannot_keep_it(planted):
+    model, task = planted
+    p = EdgePatcher(model, task, batch_size=6)
+    g = p.graph
+    within = g.valid.clone()
+    s, d = g.parse_edge("a0.h0->a1.h0<k>")
+    within[s, d] = False
+    c = acdc(p, tau=TAU, within=within, progress=False)
+    assert "a0.h0->a1.h0<k>" not in _names(c)
+    assert c.faithfulness < 0.9  # the induction head lost the previous token it matches against
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_chunked_acdc_without_z_is_acdc_on_every_prompt(planted, batch):
+    """z=None reads every chunk for every test: the same decisions, effects and work as one chunk."""
+    model, task = planted
+    whole = acdc(EdgePatcher(model, task, batch_size=24), tau=TAU, batch=batch, z=None, progress=False)
+    p = EdgePatcher(model, task, batch_size=6)
+    assert len(p.chunks) == 4 and p.per_prompt_mean
+    chunked = acdc(p, tau=TAU, batch=batch, z=None, progress=False)
+    assert _names(chunked) == _names(whole) == WANT
+    assert torch.equal(chunked.kept, whole.kept)
+    torch.testing.assert_close(chunked.effects, whole.effects, rtol=0, atol=1e-9, equal_nan=True)
+    assert chunked.info["tests_decided_early"] == 0
+    assert chunked.info["tests"] == whole.info["tests"] and chunked.info["edges_tested"] == whole.info["edges_tested"]
+    assert chunked.info["work"] == pytest.approx(whole.info["work"])
+    assert chunked.metric_circuit == pytest.approx(whole.metric_circuit, abs=1e-9)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_chunked_acdc_decides_most_tests_early_and_finds_the_same_edges(planted, batch):
+    model, task = planted
+    p = EdgePatcher(model, task, batch_size=6)
+    whole = acdc(p, tau=TAU, batch=batch, z=None, progress=False)
+    c = acdc(p, tau=TAU, batch=batch, z=3.0, progress=False)
+    assert _names(c) == WANT
+    assert c.info["tests_decided_early"] > c.info["tests"] // 2
+    assert c.info["work"] < whole.info["work"]
+    # The metric of the result is measured on every prompt, whatever the tests read.
+    assert c.metric_circuit == pytest.approx(float(p.evaluate(p.graph.valid & ~c.kept)[0]), abs=1e-9)
+    for e in c.edges:
+        assert abs(e["effect"]) >= TAU
+
+
+def test_screening_targets_removes_their_edges_in_one_test(planted):
+    model, task = planted
+    p = EdgePatcher(model, task, batch_size=6)
+    plain = acdc(p, tau=TAU, progress=False)
+    c = acdc(p, tau=TAU, screen_targets=True, progress=False)
+    assert _names(c) == WANT
+    assert c.info["screen_targets"] and c.info["edges_screened"] > 0
+    assert c.info["tests"] < plain.info["tests"]
