@@ -65,12 +65,19 @@ def main() -> None:
     ap.add_argument("--no-split-qkv", action="store_true", help="one input per head instead of q/k/v")
     ap.add_argument("--curves", action="store_true", help="also CPR/CMD over MIB's edge budgets")
     ap.add_argument("--methods", default="eap,eap-ig,acdc,nodes",
-                    help="comma-separated subset of eap, eap-ig, acdc (edge level) and nodes (node-level EAP and "
-                         "ACDC: which heads run, Wang et al.'s circuit)")
+                    help="comma-separated subset of eap, eap-ig, acdc (edge level), nodes (node-level EAP and "
+                         "ACDC: which heads run, Wang et al.'s circuit) and edges-from-nodes (node ACDC, then edge "
+                         "ACDC among its nodes, mean ablation; with CPR and CMD)")
     ap.add_argument("--node-candidates", type=int, default=100, help="heads node-level ACDC tests")
     ap.add_argument("--node-tau", type=float, default=0.02, help="node ACDC threshold, fraction of m(M) - m(∅)")
     ap.add_argument("--node-z", default="3", help="comma-separated z values for node ACDC (none: every prompt)")
     ap.add_argument("--node-batch", type=int, default=16, help="prompts a chunk for node ACDC with z")
+    ap.add_argument("--edge-tau", type=float, default=0.01,
+                    help="edges-from-nodes: edge ACDC threshold, fraction of m(M) - m(∅)")
+    ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
+    ap.add_argument("--screen-targets", action="store_true",
+                    help="edges-from-nodes: first try removing all untested edges into an input at once")
+    ap.add_argument("--memory-gb", type=float, default=2.0, help="edges-from-nodes: EdgePatcher's buffer bound")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (on a shared, oversubscribed CPU 1 is faster than 2)")
     args = ap.parse_args()
@@ -84,6 +91,12 @@ def main() -> None:
     print(f"# model {model.name} loaded in {time.perf_counter() - t0:.1f} s; {task.n} prompts of {task.n_pos} tokens")
     methods = args.methods.split(",")
     rows = []
+    if "edges-from-nodes" in methods:
+        rows += edges_from_nodes_rows(model, task, args)
+        methods.remove("edges-from-nodes")
+        if not methods:
+            _table(rows)
+            return
     if "nodes" in methods:
         rows += node_rows(model, task, args)
         if methods == ["nodes"]:
@@ -158,6 +171,57 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
                      f"searched in {i['searched_in']}"))
         print(rows[-1], flush=True)
         print(f"# heads ({name}): {c.heads}", flush=True)
+    return rows
+
+
+def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
+    """Issue #19's route to edge ACDC: node ACDC as ``node_rows`` runs it (z = the first ``--node-z``), then
+    edge ACDC among the node circuit's nodes (``discover_edges(within=...)``) under the same mean ablation,
+    tests decided on chunks of ``--node-batch`` prompts; MIB's CPR and CMD of the result (its kept edges by
+    measured effect, then every other edge by |EAP score|: one EAP pass, timed apart)."""
+    from circuits.discovery import discover_edges, discover_nodes
+
+    z_nodes = args.node_z.split(",")[0]
+    clock = Clock()
+    npatcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=args.node_batch)
+    nodes = discover_nodes(model, task, patcher=npatcher, candidates=args.node_candidates, include_mlps=False,
+                           tau=args.node_tau * abs(npatcher.m_full - npatcher.m_empty),
+                           z=None if z_nodes == "none" else float(z_nodes), progress=False)
+    t_nodes = clock()
+    print(f"# node ACDC: {len(nodes.heads)} heads, f {nodes.faithfulness:.3f} ({clock}); "
+          f"{nodes.info['tests']} tests", flush=True)
+
+    clock = Clock()
+    patcher = EdgePatcher(model, task, ablation="mean", batch_size=args.node_batch, memory_gb=args.memory_gb)
+    g = patcher.graph
+    start = nodes.as_edge_circuit().kept
+    z = None if args.edge_z == "none" else float(args.edge_z)
+    c = discover_edges(model, task, within=nodes, patcher=patcher, z=z, screen_targets=args.screen_targets or None,
+                       tau=args.edge_tau * abs(patcher.m_full - patcher.m_empty), progress=False)
+    t_edges = clock()
+    i = c.info
+    f_start = patcher.faithfulness(start)  # every prompt (the search read the start state on fewer)
+    total = (t_nodes[0] + t_edges[0], t_nodes[1] + t_edges[1])
+    print(f"# edge ACDC among {int(start.sum())} edges ({int(start.sum()) / g.n_edges:.1%} of {g.n_edges}): "
+          f"{c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({clock}, setup {i['seconds_setup']:.0f} s); "
+          f"{i['tests']} tests, {i['tests_decided_early']} decided early, {i['edges_screened']} edges screened; "
+          f"work {i['work']:.1f} full passes in {i['passes']} passes", flush=True)
+    rows = [("node ACDC (edges-from-nodes)", t_nodes, int(start.sum()), len(nodes.heads), nodes.faithfulness,
+             f"{nodes.info['tests']} tests, {nodes.info['tests_decided_early']} decided early"),
+            ("edge ACDC within the node circuit", t_edges, c.n_edges, len(c.heads), c.faithfulness,
+             f"tau {args.edge_tau:g} x |m(M) - m(∅)|, z {args.edge_z}; f {f_start:.3f} at the start; {i['tests']} "
+             f"tests, {i['tests_decided_early']} decided early, {i['edges_screened']} screened; work "
+             f"{i['work']:.1f} full passes"),
+            ("edges-from-nodes, total", total, c.n_edges, len(c.heads), c.faithfulness, "node + edge ACDC")]
+    clock = Clock()
+    c.scores = torch.where(g.valid, patcher.edge_scores("eap"), torch.tensor(float("nan")))
+    t_scores = str(clock)
+    clock = Clock()
+    mib = mib_scores(patcher, c)
+    print(f"# edges-from-nodes at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
+          f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (EAP ranking scores {t_scores}; curve {clock})",
+          flush=True)
+    rows[-1] = rows[-1][:5] + (f"node + edge ACDC; CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f}",)
     return rows
 
 
