@@ -101,3 +101,20 @@ def test_screening_targets_removes_their_edges_in_one_test(planted):
     assert _names(c) == WANT
     assert c.info["screen_targets"] and c.info["edges_screened"] > 0
     assert c.info["tests"] < plain.info["tests"]
+
+
+@pytest.mark.parametrize("options,match", [({"method": "eap", "within": torch.ones(1)}, "within="),
+                                           ({"method": "eap-ig", "z": 2.0}, "z="),
+                                           ({"method": "eap", "screen_targets": True}, "screen_targets="),
+                                           ({"z": -1.0}, "z must be")])
+def test_discover_edges_rejects_acdc_keywords_elsewhere(planted, options, match):
+    model, task = planted
+    with pytest.raises(ValueError, match=match):
+        discover_edges(model, task, progress=False, **options)
+
+
+def test_within_a_node_circuit_needs_split_qkv(planted):
+    model, task = planted
+    nodes = acdc_nodes(NodePatcher(model, task, ablation="resample"), include_mlps=True, progress=False)
+    with pytest.raises(ValueError, match="split_qkv"):
+        discover_edges(model, task, within=nodes, split_qkv=False, progress=False)

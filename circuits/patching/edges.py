@@ -147,6 +147,7 @@ class _Pass:
         self.removed = None if removed is None or not removed.any() else removed.to(dev)
         # Heads whose output sets a shared post-attention norm's scale (Gemma) cannot skip their inputs.
         self.post_norm = [post_attention_norm(model, l) is not None for l in range(graph.n_layers)]
+        self.owner = torch.as_tensor(graph.dst_node, device=dev)  # [n_dst] the source of each input's node
         # diff[k, u] = ablated_u - actual_u in variant k. Layout [K, n_src, B*T*d] so that a
         # destination's correction is one batched matmul over its upstream sources. Only a pass
         # that patches, records or keeps a prefix needs it; each slot is written before it is read.
@@ -162,44 +163,51 @@ class _Pass:
         if self.n_base and self.keep_diff:
             self.total += prefix.totals[start]  # type: ignore[union-attr]
         self.resid: dict[int, Tensor] = {}
+        self.attn_fold: dict[int, Tensor | None] = {}  # per layer, until attention's write is formed
         # Per layer, for q, k and v: (heads with their own input [c], their projections [KB, T, c, d_head]).
         self.qkv: dict[int, list[tuple[Tensor, Tensor]] | None] = {}
         self.layer_outputs: list[Any] = []
 
     # --- bookkeeping ----------------------------------------------------------------------
 
-    def _write(self, first: int, diff: Tensor) -> None:
-        """Store sources ``first .. first + n`` (``diff``: ``[K or 1, n, B*T*d]``), in order."""
+    def _write(self, first: int, diff: Tensor) -> Tensor | None:
+        """Store sources ``first .. first + n`` (``diff``: ``[K or 1, n, B*T*d]``), in order; returns what
+        folding them adds to the residual stream, ``[K*B, T, d]`` (None when none is folded)."""
         assert first == self.written, "sources must be written in topological order"
         n = diff.shape[1]
         self.written = first + n
         if not self.keep_diff:
-            return
+            return None
         if self.removed is None:
             diff = diff.detach()  # nothing reads it in this pass but EAP's scores, which use their own
-        self.diff[:, first - self.n_base:first - self.n_base + n] = diff
-        if self.removed is not None:  # only corrections read the running sum, of the sources not folded
-            unfolded = (~self.fold[:, first:first + n]).to(diff.dtype)  # [K, n]
-            self.total += torch.einsum("kn,knx->kx", unfolded, diff.expand(self.K, -1, -1))
+            self.diff[:, first - self.n_base:first - self.n_base + n] = diff
+            return None
+        fold = self.fold[:, first:first + n]  # [K, n]
+        diff = diff.expand(self.K, -1, -1)
+        # A source folded in every variant is never read again (its weight is 0 everywhere): not
+        # stored, except by a base run, which later passes may resume with the source unfolded.
+        store = torch.ones(n, dtype=torch.bool) if self.keep_prefix else ~fold.all(0).cpu()
+        if bool(store.all()):
+            self.diff[:, first - self.n_base:first - self.n_base + n] = diff
+        elif bool(store.any()):
+            rows = store.nonzero().squeeze(1)
+            self.diff[:, first - self.n_base + rows] = diff[:, rows]
+        # Only corrections read the running sum, of the sources not folded.
+        self.total += torch.einsum("kn,knx->kx", (~fold).to(diff.dtype), diff)
+        if not fold.any():
+            return None
+        add = torch.einsum("kn,knx->kx", fold.to(diff.dtype), diff)
+        return add.reshape(self.K * self.B, self.T, self.d)
 
-    def _write_actual(self, first: int, actual: Tensor) -> None:
-        """``actual``: ``[K, n, B, T, d]`` outputs of sources ``first .. first + n`` in this run."""
+    def _write_actual(self, first: int, actual: Tensor) -> Tensor | None:
+        """``actual``: ``[K, n, B, T, d]`` outputs of sources ``first .. first + n`` in this run; returns
+        what folding them adds to the residual stream (``_write``)."""
         n = actual.shape[1]
         if not self.keep_diff:
             self.written = first + n
-            return
-        abl = self.ablated[first:first + n]  # [n, B or 1, T or 1, d]
-        self._write(first, (abl.unsqueeze(0) - actual).reshape(self.K, n, -1))
-
-    def _folded(self, first: int, n: int) -> Tensor | None:
-        """``[K*B, T, d]``: what folding sources ``first .. first + n`` (just written) adds to the
-        residual stream, Σ_u folded[k, u] · diff[k, u]; None when none of them is folded."""
-        fold = self.fold[:, first:first + n]
-        if self.removed is None or not fold.any():
             return None
-        diff = self.diff[:, first - self.n_base:first - self.n_base + n]  # [K, n, B*T*d]
-        add = torch.einsum("kn,knx->kx", fold.to(diff.dtype), diff)
-        return add.reshape(self.K * self.B, self.T, self.d)
+        abl = self.ablated[first:first + n]  # [n, B or 1, T or 1, d]
+        return self._write(first, (abl.unsqueeze(0) - actual).reshape(self.K, n, -1))
 
     def _delta(self, dsts: slice | int, cols: Tensor | None = None) -> Tensor | None:
         """``[K, C, B*T*d]`` correction for destinations ``dsts`` (all with the same upstream set), or
@@ -237,7 +245,7 @@ class _Pass:
         if self.keep_prefix:
             return need  # a base run records every source's actual output, for passes that unfold it
         # A destination of a node folded in every variant: its output is replaced whatever it reads.
-        owners = torch.as_tensor(self.g.dst_node, device=need.device)[dsts].reshape(-1)
+        owners = self.owner[dsts].reshape(-1)
         layer = self.g.dst_layer(dsts.start if isinstance(dsts, slice) else dsts)
         heads = self.g.n_layers > layer and not isinstance(dsts, int)
         if not (heads and self.post_norm[layer]):
@@ -287,8 +295,7 @@ class _Pass:
             if self.grad is not None:
                 # The graph must reach back to the embeddings; parameters are frozen meanwhile.
                 x = x.detach().requires_grad_(True)
-            self._write_actual(0, x.reshape(self.K, 1, self.B, self.T, self.d))
-            fold = self._folded(0, 1)
+            fold = self._write_actual(0, x.reshape(self.K, 1, self.B, self.T, self.d))
             if fold is not None:
                 x = x + fold
         self.resid[layer] = x
@@ -372,11 +379,11 @@ class _Pass:
         post = post_attention_norm(self.model, layer)
         if post is not None:  # Gemma: the residual sees post_norm(Σ heads), linear once its scale is fixed
             heads = heads * rms_offset_factor(post, out).reshape(self.K, 1, self.B, self.T, self.d)
-        self._write_actual(self.g.head_src(layer, 0), heads)
+        self.attn_fold[layer] = self._write_actual(self.g.head_src(layer, 0), heads)
 
     def attn_out_post(self, layer: int, out: Tensor) -> Tensor:
         """Attention's write into the residual stream, with its folded heads' ablated values."""
-        fold = self._folded(self.g.head_src(layer, 0), self.g.n_heads)
+        fold = self.attn_fold.pop(layer, None)
         return out if fold is None else out + fold
 
     def mlp_norm_pre(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -402,8 +409,7 @@ class _Pass:
         if layer < self.start:
             return out
         src = self.g.mlp_src(layer)
-        self._write_actual(src, out.reshape(self.K, 1, self.B, self.T, self.d))
-        fold = self._folded(src, 1)
+        fold = self._write_actual(src, out.reshape(self.K, 1, self.B, self.T, self.d))
         return out if fold is None else out + fold
 
     def final_norm_pre(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
