@@ -101,6 +101,8 @@ def test_screening_targets_removes_their_edges_in_one_test(planted):
     assert _names(c) == WANT
     assert c.info["screen_targets"] and c.info["edges_screened"] > 0
     assert c.info["tests"] < plain.info["tests"]
+    for e in c.edges:  # a kept edge was tested alone at the end of its bisection
+        assert abs(e["effect"]) >= TAU
 
 
 @pytest.mark.parametrize("options,match", [({"method": "eap", "within": torch.ones(1)}, "within="),

@@ -28,7 +28,8 @@ What makes it fast, without changing that decision rule:
   plain forward passes.
 - Prompt chunks (``z``): a test stops reading prompt chunks once the per-prompt effects decide
   it (``circuits.discovery.heads.chunked``, shared with node ACDC).
-- Screening (optional): all the untested edges into one input are first tried at once.
+- Screening (optional): group testing, all the untested edges into one input at once, then
+  halves of a group that matters, down to single edges.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             on one side of tau (``circuits.discovery.heads.chunked``); None reads every prompt for every
             test. With one prompt chunk (``patcher.batch_size`` ≥ the prompts), or a metric that is
             not a mean over prompts, every test reads every prompt whatever ``z``.
-        screen_targets: before testing a node's incoming edges one by one, try removing all the untested
-            edges into each of its inputs (q, k, v apart) at once; if the metric moves by less than ``tau``
-            they all go in one test. Coarser than ACDC (effects can cancel), so off by default; the
-            circuit records which rule ran.
+        screen_targets: group testing instead of one test per edge: all the untested edges into one input
+            (q, k, v apart) are removed at once; if the metric moves by less than ``tau`` they all go,
+            else each half is tried the same way, down to single edges (ACDC's own test). With few
+            edges that matter per input this needs far fewer tests, but it is coarser than ACDC
+            (effects can cancel inside a group), so off by default; the circuit records which rule ran.
+            Its tests run one edge set at a time (``batch`` does not apply).
     """
     if batch is None:
         batch = 4 if patcher.model.device.type == "cuda" else 1
@@ -116,17 +119,11 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             todo.sort(key=lambda e: (float(scores[e].abs()), -e[0], e[1]))  # type: ignore[index]
         else:
             todo.sort(key=lambda e: (-e[0], e[1]))  # later sources first, as ACDC
-        if screen_targets:  # per input (q, k, v apart): all of its untested edges in one test
+        if screen_targets:  # group tests per input (q, k, v apart), bisected down to single edges
             for d in dsts.tolist():
-                mine = [e for e in todo if e[1] == d]
-                if len(mine) < 2:
-                    continue
-                trial = state.removed.clone()
-                trial[[e[0] for e in mine], d] = True
-                n_evaluations += 1
-                if state.test(trial[None], layer)[0][1]:
-                    n_screened += len(mine)
-                    todo = [e for e in todo if e[1] != d]
+                n_tested, n_evaluations, n_screened = _bisect(
+                    state, [e for e in todo if e[1] == d], layer, effects, (n_tested, n_evaluations, n_screened))
+            todo = []
         i = 0
         while i < len(todo):
             chunk = todo[i:i + batch]
@@ -161,3 +158,25 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
                          "z": -1.0 if z is None else z, "tests": state.tests, "tests_decided_early": state.early,
                          "passes": state.passes, "work": state.work, "screen_targets": screen_targets,
                          "edges_screened": n_screened, "seconds": time.perf_counter() - t0})
+
+
+def _bisect(state: ChunkedSearch, edges: list[tuple[int, int]], layer: int, effects: Tensor,
+            counts: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Group testing: remove ``edges`` at once; if that moves the metric by ``tau`` or more, do the same
+    for each half, down to single edges, which are ACDC's own tests (their effects recorded in
+    ``effects``). Returns the counts (edges tested alone, tests, edges removed in groups) updated."""
+    tested, tests, screened = counts
+    if not edges:
+        return counts
+    trial = state.removed.clone()
+    trial[[s for s, _ in edges], [d for _, d in edges]] = True
+    effect, small = state.test(trial[None], layer)[0]
+    tests += 1
+    if len(edges) == 1:
+        effects[edges[0]] = effect
+        return tested + 1, tests, screened
+    if small:
+        return tested, tests, screened + len(edges)
+    half = len(edges) // 2
+    counts = _bisect(state, edges[:half], layer, effects, (tested, tests, screened))
+    return _bisect(state, edges[half:], layer, effects, counts)

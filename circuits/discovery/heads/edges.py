@@ -53,7 +53,8 @@ def discover_edges(model: Model, task: Task, *, method: EdgeMethod = "acdc", tau
         z: ACDC: decide a test on the first prompt chunks (``batch_size`` prompts each) once ``mean ± z × SE``
             of the per-prompt effects lies on one side of tau (default 3.0); None reads every prompt for
             every test (see ``acdc``).
-        screen_targets: ACDC: first try removing all the untested edges into each input at once (default False).
+        screen_targets: ACDC: group testing, all the untested edges into an input at once, then halves of a
+            group that matters, down to single edges (default False; see ``acdc``).
         ablation: ``"resample"`` (default; the paired corrupted prompt; with ``within=`` a ``NodeCircuit``, the
             ablation it was found with), ``"mean"`` or ``"zero"``.
         metric: ``"task"`` (default; the task's metric), ``"kl"`` (to the clean output) or ``"prob"``.
