@@ -75,8 +75,9 @@ def main() -> None:
     ap.add_argument("--edge-tau", type=float, default=0.01,
                     help="edges-from-nodes: edge ACDC threshold, fraction of m(M) - m(∅)")
     ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
-    ap.add_argument("--screen-targets", action="store_true",
-                    help="edges-from-nodes: first try removing all untested edges into an input at once")
+    ap.add_argument("--edge-screen", default="no",
+                    help="edges-from-nodes: comma-separated no (one test per edge, ACDC) and/or yes (screen_targets: "
+                         "group tests per input, bisected); each a row from the same node circuit")
     ap.add_argument("--memory-gb", type=float, default=2.0, help="edges-from-nodes: EdgePatcher's buffer bound")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (on a shared, oversubscribed CPU 1 is faster than 2)")
@@ -177,8 +178,9 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
 def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
     """Issue #19's route to edge ACDC: node ACDC as ``node_rows`` runs it (z = the first ``--node-z``), then
     edge ACDC among the node circuit's nodes (``discover_edges(within=...)``) under the same mean ablation,
-    tests decided on chunks of ``--node-batch`` prompts; MIB's CPR and CMD of the result (its kept edges by
-    measured effect, then every other edge by |EAP score|: one EAP pass, timed apart)."""
+    tests decided on chunks of ``--node-batch`` prompts, once per ``--edge-screen`` value; MIB's CPR and CMD
+    of each result (its kept edges by measured effect, then every other edge by |EAP score|: one EAP pass,
+    timed apart)."""
     from circuits.discovery import discover_edges, discover_nodes
 
     z_nodes = args.node_z.split(",")[0]
@@ -193,35 +195,46 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
 
     clock = Clock()
     patcher = EdgePatcher(model, task, ablation="mean", batch_size=args.node_batch, memory_gb=args.memory_gb)
+    t_setup = clock()
     g = patcher.graph
     start = nodes.as_edge_circuit().kept
-    z = None if args.edge_z == "none" else float(args.edge_z)
-    c = discover_edges(model, task, within=nodes, patcher=patcher, z=z, screen_targets=args.screen_targets or None,
-                       tau=args.edge_tau * abs(patcher.m_full - patcher.m_empty), progress=False)
-    t_edges = clock()
-    i = c.info
-    f_start = patcher.faithfulness(start)  # every prompt (the search read the start state on fewer)
-    total = (t_nodes[0] + t_edges[0], t_nodes[1] + t_edges[1])
-    print(f"# edge ACDC among {int(start.sum())} edges ({int(start.sum()) / g.n_edges:.1%} of {g.n_edges}): "
-          f"{c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({clock}, setup {i['seconds_setup']:.0f} s); "
-          f"{i['tests']} tests, {i['tests_decided_early']} decided early, {i['edges_screened']} edges screened; "
-          f"work {i['work']:.1f} full passes in {i['passes']} passes", flush=True)
+    f_start = patcher.faithfulness(start)  # every prompt (the search reads the start state on fewer)
+    print(f"# edge patcher setup {clock}; the node circuit's {int(start.sum())} edges ({int(start.sum()) / g.n_edges:.1%} "
+          f"of {g.n_edges}) have f {f_start:.3f}", flush=True)
     rows = [("node ACDC (edges-from-nodes)", t_nodes, int(start.sum()), len(nodes.heads), nodes.faithfulness,
-             f"{nodes.info['tests']} tests, {nodes.info['tests_decided_early']} decided early"),
-            ("edge ACDC within the node circuit", t_edges, c.n_edges, len(c.heads), c.faithfulness,
-             f"tau {args.edge_tau:g} x |m(M) - m(∅)|, z {args.edge_z}; f {f_start:.3f} at the start; {i['tests']} "
-             f"tests, {i['tests_decided_early']} decided early, {i['edges_screened']} screened; work "
-             f"{i['work']:.1f} full passes"),
-            ("edges-from-nodes, total", total, c.n_edges, len(c.heads), c.faithfulness, "node + edge ACDC")]
+             f"{nodes.info['tests']} tests, {nodes.info['tests_decided_early']} decided early; its edges: f "
+             f"{f_start:.3f} under edge patching")]
+    z = None if args.edge_z == "none" else float(args.edge_z)
+    circuits = []
+    for screen in args.edge_screen.split(","):
+        clock = Clock()
+        c = discover_edges(model, task, within=nodes, patcher=patcher, z=z, screen_targets=screen == "yes",
+                           tau=args.edge_tau * abs(patcher.m_full - patcher.m_empty), progress=False)
+        t_edges = clock()
+        i = c.info
+        name = f"edge ACDC within the node circuit{', screened' if screen == 'yes' else ''}"
+        print(f"# {name}: {c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({clock}; patcher setup "
+              f"{t_setup[0]:.0f} s more); {i['edges_tested']} edges tested alone, {i['edges_screened']} removed in "
+              f"groups, {i['tests']} tests, {i['tests_decided_early']} decided early; work {i['work']:.1f} full "
+              f"passes in {i['passes']} passes", flush=True)
+        total = (t_nodes[0] + t_setup[0] + t_edges[0], t_nodes[1] + t_setup[1] + t_edges[1])
+        rows.append((name, t_edges, c.n_edges, len(c.heads), c.faithfulness,
+                     f"tau {args.edge_tau:g} x |m(M) - m(∅)|, z {args.edge_z}; {i['tests']} tests, "
+                     f"{i['tests_decided_early']} decided early, {i['edges_screened']} edges removed in groups; "
+                     f"work {i['work']:.1f} full passes; total with node ACDC and setup {total[0]:.0f} s wall, "
+                     f"{total[1]:.0f} s CPU"))
+        circuits.append((len(rows) - 1, c))
     clock = Clock()
-    c.scores = torch.where(g.valid, patcher.edge_scores("eap"), torch.tensor(float("nan")))
+    eap = torch.where(g.valid, patcher.edge_scores("eap"), torch.tensor(float("nan")))
     t_scores = str(clock)
-    clock = Clock()
-    mib = mib_scores(patcher, c)
-    print(f"# edges-from-nodes at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
-          f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (EAP ranking scores {t_scores}; curve {clock})",
-          flush=True)
-    rows[-1] = rows[-1][:5] + (f"node + edge ACDC; CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f}",)
+    for row, c in circuits:
+        clock = Clock()
+        c.scores = eap  # the ranking of the edges the circuit does not keep
+        mib = mib_scores(patcher, c)
+        print(f"# {rows[row][0]} at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
+              f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (EAP ranking scores {t_scores}; "
+              f"curve {clock})", flush=True)
+        rows[row] = rows[row][:5] + (rows[row][5] + f"; CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f}",)
     return rows
 
 
