@@ -95,3 +95,13 @@ def test_resuming_a_folded_base_is_exact(family_model, layer):
     resumed = patched_forward(model, g, ids, abl, keeps, POS, prefix=prefix, start_layer=layer).logits
     general = patched_forward(model, g, ids, abl, keeps, POS, fast=False).logits
     torch.testing.assert_close(resumed, general, rtol=tol, atol=tol)
+    # The full model, resumed from a base run that folded the MLP below ``layer`` (all its edges are
+    # into later layers, so the base run agrees with the full model below ``layer``).
+    mlp = g.mlp_src(layer - 1)
+    only = g.empty()
+    only[mlp] = g.valid[mlp]
+    prefix = patched_forward(model, g, ids, abl, only, POS, keep_prefix=True).prefix
+    assert prefix.folded[mlp]
+    full = patched_forward(model, g, ids, abl, None, POS, prefix=prefix, start_layer=layer).logits
+    plain = patched_forward(model, g, ids, abl, None, POS).logits
+    torch.testing.assert_close(full, plain, rtol=tol, atol=tol)

@@ -144,7 +144,9 @@ class _Pass:
         if fast and removed is not None:
             whole = (removed.to(dev) | ~graph.valid.to(dev)).all(-1)  # [K, n_src]
             self.fold[:, self.n_base:] = whole[:, self.n_base:]
-        self.removed = None if removed is None or not removed.any() else removed.to(dev)
+        if self.fold.any() and removed is None:  # the full model resumed from a base that folded sources
+            removed = torch.zeros(1, graph.n_src, graph.n_dst, dtype=torch.bool)
+        self.removed = None if removed is None or not (removed.any() or self.fold.any()) else removed.to(dev)
         # Heads whose output sets a shared post-attention norm's scale (Gemma) cannot skip their inputs.
         self.post_norm = [post_attention_norm(model, l) is not None for l in range(graph.n_layers)]
         self.owner = torch.as_tensor(graph.dst_node, device=dev)  # [n_dst] the source of each input's node
