@@ -5,6 +5,7 @@ ablation (ABC corruption) with the logit-difference metric, and with ``--curves`
 and CMD over edge budgets for the attribution methods. Run:
 
     .venv/bin/python -m benchmarks.discovery [--n 64] [--candidates 100] [--curves] [--threads 1]
+    .venv/bin/python -m benchmarks.discovery --methods edges-from-nodes --edge-runs yes:0.01,no:0.01 --threads 1
 
 CPU contention matters on a shared machine: the script prints the load average before and
 after, and beside each wall time the CPU time the process itself used (user + system, all
@@ -72,12 +73,11 @@ def main() -> None:
     ap.add_argument("--node-tau", type=float, default=0.02, help="node ACDC threshold, fraction of m(M) - m(∅)")
     ap.add_argument("--node-z", default="3", help="comma-separated z values for node ACDC (none: every prompt)")
     ap.add_argument("--node-batch", type=int, default=16, help="prompts a chunk for node ACDC with z")
-    ap.add_argument("--edge-tau", type=float, default=0.01,
-                    help="edges-from-nodes: edge ACDC threshold, fraction of m(M) - m(∅)")
     ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
-    ap.add_argument("--edge-screen", default="no",
-                    help="edges-from-nodes: comma-separated no (one test per edge, ACDC) and/or yes (screen_targets: "
-                         "group tests per input, bisected); each a row from the same node circuit")
+    ap.add_argument("--edge-runs", default="no:0.01",
+                    help="edges-from-nodes: comma-separated SCREEN:TAU edge ACDC runs from the same node circuit, "
+                         "each a row: SCREEN no (one test per edge, ACDC) or yes (screen_targets: group tests per "
+                         "input, bisected), TAU the threshold as a fraction of m(M) - m(∅)")
     ap.add_argument("--memory-gb", type=float, default=2.0, help="edges-from-nodes: EdgePatcher's buffer bound")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (on a shared, oversubscribed CPU 1 is faster than 2)")
@@ -178,7 +178,7 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
 def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
     """Issue #19's route to edge ACDC: node ACDC as ``node_rows`` runs it (z = the first ``--node-z``), then
     edge ACDC among the node circuit's nodes (``discover_edges(within=...)``) under the same mean ablation,
-    tests decided on chunks of ``--node-batch`` prompts, once per ``--edge-screen`` value; MIB's CPR and CMD
+    tests decided on chunks of ``--node-batch`` prompts, once per ``--edge-runs`` entry; MIB's CPR and CMD
     of each result (its kept edges by measured effect, then every other edge by |EAP score|: one EAP pass,
     timed apart)."""
     from circuits.discovery import discover_edges, discover_nodes
@@ -206,20 +206,21 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
              f"{f_start:.3f} under edge patching")]
     z = None if args.edge_z == "none" else float(args.edge_z)
     circuits = []
-    for screen in args.edge_screen.split(","):
+    for run in args.edge_runs.split(","):
+        screen, tau = run.split(":")
         clock = Clock()
         c = discover_edges(model, task, within=nodes, patcher=patcher, z=z, screen_targets=screen == "yes",
-                           tau=args.edge_tau * abs(patcher.m_full - patcher.m_empty), progress=False)
+                           tau=float(tau) * abs(patcher.m_full - patcher.m_empty), progress=False)
         t_edges = clock()
         i = c.info
-        name = f"edge ACDC within the node circuit{', screened' if screen == 'yes' else ''}"
+        name = f"edge ACDC within the node circuit, tau {tau}{', screened' if screen == 'yes' else ''}"
         print(f"# {name}: {c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({clock}; patcher setup "
               f"{t_setup[0]:.0f} s more); {i['edges_tested']} edges tested alone, {i['edges_screened']} removed in "
               f"groups, {i['tests']} tests, {i['tests_decided_early']} decided early; work {i['work']:.1f} full "
               f"passes in {i['passes']} passes", flush=True)
         total = (t_nodes[0] + t_setup[0] + t_edges[0], t_nodes[1] + t_setup[1] + t_edges[1])
         rows.append((name, t_edges, c.n_edges, len(c.heads), c.faithfulness,
-                     f"tau {args.edge_tau:g} x |m(M) - m(∅)|, z {args.edge_z}; {i['tests']} tests, "
+                     f"tau {tau} x |m(M) - m(∅)|, z {args.edge_z}; {i['tests']} tests, "
                      f"{i['tests_decided_early']} decided early, {i['edges_screened']} edges removed in groups; "
                      f"work {i['work']:.1f} full passes; total with node ACDC and setup {total[0]:.0f} s wall, "
                      f"{total[1]:.0f} s CPU"))
