@@ -205,7 +205,7 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
              f"{nodes.info['tests']} tests, {nodes.info['tests_decided_early']} decided early; its edges: f "
              f"{f_start:.3f} under edge patching")]
     z = None if args.edge_z == "none" else float(args.edge_z)
-    circuits = []
+    eap, t_scores = None, ""
     for run in args.edge_runs.split(","):
         screen, tau = run.split(":")
         clock = Clock()
@@ -219,23 +219,21 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
               f"groups, {i['tests']} tests, {i['tests_decided_early']} decided early; work {i['work']:.1f} full "
               f"passes in {i['passes']} passes", flush=True)
         total = (t_nodes[0] + t_setup[0] + t_edges[0], t_nodes[1] + t_setup[1] + t_edges[1])
+        if eap is None:  # the ranking of the edges a circuit does not keep, for MIB's curve (scored once)
+            clock = Clock()
+            eap = torch.where(g.valid, patcher.edge_scores("eap"), torch.tensor(float("nan")))
+            t_scores = str(clock)
+        clock = Clock()
+        c.scores = eap
+        mib = mib_scores(patcher, c)
+        print(f"# {name} at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
+              f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (EAP ranking scores {t_scores}; "
+              f"curve {clock})", flush=True)
         rows.append((name, t_edges, c.n_edges, len(c.heads), c.faithfulness,
                      f"tau {tau} x |m(M) - m(∅)|, z {args.edge_z}; {i['tests']} tests, "
                      f"{i['tests_decided_early']} decided early, {i['edges_screened']} edges removed in groups; "
                      f"work {i['work']:.1f} full passes; total with node ACDC and setup {total[0]:.0f} s wall, "
-                     f"{total[1]:.0f} s CPU"))
-        circuits.append((len(rows) - 1, c))
-    clock = Clock()
-    eap = torch.where(g.valid, patcher.edge_scores("eap"), torch.tensor(float("nan")))
-    t_scores = str(clock)
-    for row, c in circuits:
-        clock = Clock()
-        c.scores = eap  # the ranking of the edges the circuit does not keep
-        mib = mib_scores(patcher, c)
-        print(f"# {rows[row][0]} at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
-              f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (EAP ranking scores {t_scores}; "
-              f"curve {clock})", flush=True)
-        rows[row] = rows[row][:5] + (rows[row][5] + f"; CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f}",)
+                     f"{total[1]:.0f} s CPU; CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f}"))
     return rows
 
 
