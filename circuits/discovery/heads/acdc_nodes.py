@@ -79,11 +79,14 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
     state = ChunkedSearch(patcher, removed, tau, z)
     sweeps = 0
     effects = torch.full((g.n_src,), float("nan"), dtype=torch.float64)
+    kept_under: dict[int, tuple[Tensor, float]] = {}  # node -> (the set it was last kept under, its effect)
+    skipped = 0
     while sweeps < max_sweeps:
         sweeps += 1
         before = int(state.removed.sum())
         state.new_sweep()
-        effects = _sweep(state, testable, screen_layers, progress and sweeps == 1)
+        effects, n = _sweep(state, testable, screen_layers, progress and sweeps == 1, kept_under)
+        skipped += n
         if int(state.removed.sum()) == before:  # a sweep that removed nothing: the circuit is stable
             break
 
@@ -101,14 +104,22 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
                              "nodes_tested": int(testable.sum()), "passes": state.passes,
                              "work": state.work, "z": -1.0 if z is None else z,
                              "tests": state.tests, "tests_decided_early": state.early, "sweeps": sweeps,
+                             "tests_skipped": skipped,
                              "seconds": time.perf_counter() - t0})
 
 
-def _sweep(state: ChunkedSearch, testable: Tensor, screen_layers: bool, progress: bool) -> Tensor:
+def _sweep(state: ChunkedSearch, testable: Tensor, screen_layers: bool, progress: bool,
+           kept_under: dict[int, tuple[Tensor, float]]) -> tuple[Tensor, int]:
     """One top-down ACDC sweep over the testable nodes not yet removed; returns the effects ``[n_src]``
-    of the nodes kept (NaN elsewhere) and updates ``state``."""
+    of the nodes kept (NaN elsewhere) and how many tests were skipped, and updates ``state``.
+
+    A node kept under exactly the current set is not tested again (``kept_under``): the test would
+    repeat the same passes and reach the same decision. This is what makes the last sweep, which
+    usually only confirms, cheap: only nodes tested before the previous sweep's last removal run.
+    """
     g = state.p.graph
     effects = torch.full((g.n_src,), float("nan"), dtype=torch.float64)
+    skipped = 0
     bar = tqdm(range(g.n_layers - 1, -1, -1), desc=f"ACDC nodes tau={state.tau:.3g}", file=sys.stderr,
                disable=not progress)
     for layer in bar:
@@ -122,10 +133,16 @@ def _sweep(state: ChunkedSearch, testable: Tensor, screen_layers: bool, progress
             if state.test(trial[None], layer)[0][1]:
                 continue
         for node in todo:
+            last = kept_under.get(node)
+            if last is not None and torch.equal(last[0], state.removed):
+                effects[node] = last[1]
+                skipped += 1
+                continue
             trial = state.removed.clone()
             trial[node] = True
             effect, small = state.test(trial[None], layer)[0]
             if not small:
                 effects[node] = effect
+                kept_under[node] = (state.removed.clone(), effect)
         bar.set_postfix(kept=int((testable & ~state.removed).sum()), refresh=False)
-    return effects
+    return effects, skipped
