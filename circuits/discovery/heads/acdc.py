@@ -161,22 +161,28 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
 
 
 def _bisect(state: ChunkedSearch, edges: list[tuple[int, int]], layer: int, effects: Tensor,
-            counts: tuple[int, int, int]) -> tuple[int, int, int]:
+            counts: tuple[int, int, int], matters: bool = False) -> tuple[int, int, int]:
     """Group testing: remove ``edges`` at once; if that moves the metric by ``tau`` or more, do the same
     for each half, down to single edges, which are ACDC's own tests (their effects recorded in
-    ``effects``). Returns the counts (edges tested alone, tests, edges removed in groups) updated."""
+    ``effects``). ``matters``: the group is known to matter (its parent did and the other half
+    went), so its own group test is skipped; skipping never removes an edge untested. Returns the
+    counts (edges tested alone, tests, edges removed in groups) updated."""
     tested, tests, screened = counts
     if not edges:
         return counts
-    trial = state.removed.clone()
-    trial[[s for s, _ in edges], [d for _, d in edges]] = True
-    effect, small = state.test(trial[None], layer)[0]
-    tests += 1
-    if len(edges) == 1:
-        effects[edges[0]] = effect
-        return tested + 1, tests, screened
-    if small:
-        return tested, tests, screened + len(edges)
+    if len(edges) > 1 and matters:
+        small = False
+    else:
+        trial = state.removed.clone()
+        trial[[s for s, _ in edges], [d for _, d in edges]] = True
+        effect, small = state.test(trial[None], layer)[0]
+        tests += 1
+        if len(edges) == 1:
+            effects[edges[0]] = effect
+            return tested + 1, tests, screened
+        if small:
+            return tested, tests, screened + len(edges)
     half = len(edges) // 2
     counts = _bisect(state, edges[:half], layer, effects, (tested, tests, screened))
-    return _bisect(state, edges[half:], layer, effects, counts)
+    first_went = all(bool(state.removed[e]) for e in edges[:half])  # so the rest holds what mattered
+    return _bisect(state, edges[half:], layer, effects, counts, matters=first_went)
