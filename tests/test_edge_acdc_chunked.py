@@ -120,3 +120,24 @@ def test_within_a_node_circuit_needs_split_qkv(planted):
     nodes = acdc_nodes(NodePatcher(model, task, ablation="resample"), include_mlps=True, progress=False)
     with pytest.raises(ValueError, match="split_qkv"):
         discover_edges(model, task, within=nodes, split_qkv=False, progress=False)
+
+
+def test_candidates_within_a_set_are_its_strongest_edges(planted):
+    model, task = planted
+    p = EdgePatcher(model, task, batch_size=6)
+    g = p.graph
+    scores = p.edge_scores("eap")
+    nodes = acdc_nodes(NodePatcher(model, task, ablation="resample"), include_mlps=True, progress=False)
+    within = nodes.as_edge_circuit().kept
+    c = acdc(p, tau=TAU, scores=scores, candidates=7, within=within, progress=False)
+    assert _names(c) == WANT  # the seven planted edges are the strongest inside the node circuit
+    assert c.info["edges_tested"] <= 7
+    strongest = torch.where(within, scores.abs(), torch.zeros(())).flatten().topk(7).indices
+    assert set(strongest.tolist()) == set(c.kept.flatten().nonzero().flatten().tolist())
+    # The candidates are the strongest inside, however strong the edges outside.
+    loud = torch.where(within, scores, torch.full((), 1e6))
+    assert _names(acdc(p, tau=TAU, scores=loud, candidates=7, within=within, progress=False)) == WANT
+    # With fewer candidates inside, a planted edge is removed untested.
+    fewer = acdc(p, tau=TAU, scores=scores, candidates=3, within=within, progress=False)
+    assert fewer.info["edges_tested"] <= 3 and fewer.n_edges < len(WANT)
+    assert not (fewer.kept & ~within).any() and g.n_edges > int(within.sum())

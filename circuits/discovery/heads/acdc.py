@@ -59,7 +59,7 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
         tau: threshold in units of the metric; default 1% of |m(M) − m(∅)|.
         scores: ``[n_src, n_dst]`` attribution scores, needed for ``candidates`` and ``order="scores"``
             (and, when given, the circuit's ``scores``: MIB's ranking of the edges it did not keep).
-        candidates: test only this many edges (largest |score|); None tests every edge.
+        candidates: test only this many edges (largest |score|, of those ``within``); None tests every edge.
         within: ``[n_src, n_dst]`` bool: test only these edges (e.g. ``NodeCircuit.as_edge_circuit().kept``,
             every edge among a node circuit's nodes); every other edge is removed up front.
         batch: edge sets per forward pass (speculative; 1 is plain sequential ACDC). Default 4 on a
@@ -88,9 +88,10 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
     if tau is None:
         tau = 0.01 * abs(patcher.m_full - patcher.m_empty)
     t0 = time.perf_counter()
-    testable = g.valid.clone() if candidates is None else top_edges(g, scores, candidates)  # type: ignore[arg-type]
-    if within is not None:
-        testable &= within.to(torch.bool)
+    inside = g.valid if within is None else g.valid & within.to(torch.bool)
+    testable = inside.clone()
+    if candidates is not None:  # the strongest candidates inside ``within``
+        testable &= top_edges(g, torch.where(inside, scores.abs(), torch.zeros(())), candidates)  # type: ignore[union-attr]
     z = z if z is not None and len(patcher.chunks) > 1 and patcher.per_prompt_mean else None
     state = ChunkedSearch(patcher, g.valid & ~testable, tau, z)
     effects = nan_matrix(g)
