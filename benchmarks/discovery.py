@@ -75,9 +75,10 @@ def main() -> None:
     ap.add_argument("--node-batch", type=int, default=16, help="prompts a chunk for node ACDC with z")
     ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
     ap.add_argument("--edge-runs", default="no:0.01",
-                    help="edges-from-nodes: comma-separated SCREEN:TAU edge ACDC runs from the same node circuit, "
-                         "each a row: SCREEN no (one test per edge, ACDC) or yes (screen_targets: group tests per "
-                         "input, bisected), TAU the threshold as a fraction of m(M) - m(∅)")
+                    help="edges-from-nodes: comma-separated SCREEN:TAU[:CANDIDATES] edge ACDC runs from the same node "
+                         "circuit, each a row: SCREEN no (one test per edge, ACDC) or yes (screen_targets: group tests "
+                         "per input, bisected), TAU the threshold as a fraction of m(M) - m(∅), CANDIDATES test only "
+                         "that many edges of the node circuit (largest |EAP score|)")
     ap.add_argument("--memory-gb", type=float, default=2.0, help="edges-from-nodes: EdgePatcher's buffer bound")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (on a shared, oversubscribed CPU 1 is faster than 2)")
@@ -177,11 +178,12 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
 
 def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
     """Issue #19's route to edge ACDC: node ACDC as ``node_rows`` runs it (z = the first ``--node-z``), then
-    edge ACDC among the node circuit's nodes (``discover_edges(within=...)``) under the same mean ablation,
-    tests decided on chunks of ``--node-batch`` prompts, once per ``--edge-runs`` entry; MIB's CPR and CMD
-    of each result (its kept edges by measured effect, then every other edge by |EAP score|: one EAP pass,
-    timed apart)."""
-    from circuits.discovery import discover_edges, discover_nodes
+    edge ACDC among the node circuit's nodes (``acdc(within=...)``, as ``discover_edges(within=nodes)``) under
+    the same mean ablation, tests decided on chunks of ``--node-batch`` prompts, once per ``--edge-runs`` entry
+    (with CANDIDATES, only that many edges of largest |EAP score| among them are tested; the EAP pass is then
+    counted in the run's time); MIB's CPR and CMD of each result (its kept edges by measured effect, then
+    every other edge by |EAP score|: one EAP pass, timed apart unless candidates used it)."""
+    from circuits.discovery import discover_nodes
 
     z_nodes = args.node_z.split(",")[0]
     clock = Clock()
@@ -205,30 +207,41 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
              f"{nodes.info['tests']} tests, {nodes.info['tests_decided_early']} decided early; its edges: f "
              f"{f_start:.3f} under edge patching")]
     z = None if args.edge_z == "none" else float(args.edge_z)
-    eap, t_scores = None, ""
+    eap, t_scores = None, (0.0, 0.0)
+
+    def eap_scores() -> torch.Tensor:  # scored once: the ranking for MIB's curve, and candidates
+        nonlocal eap, t_scores
+        if eap is None:
+            clock = Clock()
+            eap = torch.where(g.valid, patcher.edge_scores("eap"), torch.tensor(float("nan")))
+            t_scores = clock()
+            print(f"# EAP scores of every edge ({clock})", flush=True)
+        return eap
+
     for run in args.edge_runs.split(","):
-        screen, tau = run.split(":")
+        screen, tau, *cand = run.split(":")
+        candidates = int(cand[0]) if cand else None
+        scores = torch.nan_to_num(eap_scores()) if candidates is not None else None
         clock = Clock()
-        c = discover_edges(model, task, within=nodes, patcher=patcher, z=z, screen_targets=screen == "yes",
-                           tau=float(tau) * abs(patcher.m_full - patcher.m_empty), progress=False)
+        c = acdc(patcher, float(tau) * abs(patcher.m_full - patcher.m_empty), scores=scores, candidates=candidates,
+                 within=start, z=z, screen_targets=screen == "yes", progress=False)
         t_edges = clock()
+        if candidates is not None:  # the EAP pass is part of this route
+            t_edges = (t_edges[0] + t_scores[0], t_edges[1] + t_scores[1])
         i = c.info
-        name = f"edge ACDC within the node circuit, tau {tau}{', screened' if screen == 'yes' else ''}"
-        print(f"# {name}: {c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({clock}; patcher setup "
+        name = (f"edge ACDC within the node circuit, tau {tau}{', screened' if screen == 'yes' else ''}"
+                f"{f', {candidates} EAP candidates' if candidates else ''}")
+        print(f"# {name}: {c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({t_edges[0]:.0f} s wall, "
+              f"{t_edges[1]:.0f} s CPU; patcher setup "
               f"{t_setup[0]:.0f} s more); {i['edges_tested']} edges tested alone, {i['edges_screened']} removed in "
               f"groups, {i['tests']} tests, {i['tests_decided_early']} decided early; work {i['work']:.1f} full "
               f"passes in {i['passes']} passes", flush=True)
         total = (t_nodes[0] + t_setup[0] + t_edges[0], t_nodes[1] + t_setup[1] + t_edges[1])
-        if eap is None:  # the ranking of the edges a circuit does not keep, for MIB's curve (scored once)
-            clock = Clock()
-            eap = torch.where(g.valid, patcher.edge_scores("eap"), torch.tensor(float("nan")))
-            t_scores = str(clock)
+        c.scores = eap_scores()  # the ranking of the edges the circuit does not keep
         clock = Clock()
-        c.scores = eap
         mib = mib_scores(patcher, c)
         print(f"# {name} at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
-              f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (EAP ranking scores {t_scores}; "
-              f"curve {clock})", flush=True)
+              f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (curve {clock})", flush=True)
         rows.append((name, t_edges, c.n_edges, len(c.heads), c.faithfulness,
                      f"tau {tau} x |m(M) - m(∅)|, z {args.edge_z}; {i['tests']} tests, "
                      f"{i['tests_decided_early']} decided early, {i['edges_screened']} edges removed in groups; "
