@@ -39,6 +39,7 @@ from circuits.hooks import (
     with_first,
 )
 from circuits.models.adapter import Model
+from circuits.patching.columns import answer_columns, unembed_only
 from circuits.patching.graph import HeadGraph
 from circuits.ablation import group_counts, group_sums, rows_of
 from circuits.patching.metrics import faithfulness, kl_to_clean
@@ -185,11 +186,13 @@ class _NodePass:
 
 def node_forward(model: Model, graph: HeadGraph, ids: Tensor, positions: Tensor, *, removed: Tensor | None = None,
                  ablated: NodeValues | None = None, record: bool = False, base: list[Any] | None = None,
-                 start_layer: int = 0, keep_base: bool = False) -> tuple[Tensor, NodeValues | None, list[Any]]:
+                 start_layer: int = 0, keep_base: bool = False,
+                 vocab: Tensor | None = None) -> tuple[Tensor, NodeValues | None, list[Any]]:
     """One pass of ``ids`` ``[B, T]`` under K node sets ``removed`` ``[K, n_src]`` (True = ablated).
 
-    Returns next-token logits at ``positions`` ``[K, B, P, d_vocab]``, every node's output when
-    ``record`` (the unpatched model only), and each layer's output when ``keep_base`` (K = 1).
+    Returns next-token logits at ``positions`` ``[K, B, P, d_vocab]`` (``[K, B, P, c]``: only the
+    columns ``vocab`` ``[c]`` when given), every node's output when ``record`` (the unpatched model
+    only), and each layer's output when ``keep_base`` (K = 1).
     """
     if removed is not None and removed.ndim == 1:
         removed = removed.unsqueeze(0)
@@ -198,7 +201,7 @@ def node_forward(model: Model, graph: HeadGraph, ids: Tensor, positions: Tensor,
     state = _NodePass(model, graph, removed, ablated, record, base, start_layer, keep_base)
     B = ids.shape[0]
     run_ids = ids.repeat(state.K, 1) if state.K > 1 else ids
-    with torch.no_grad(), state.installed():
+    with torch.no_grad(), state.installed(), unembed_only(model, vocab):
         logits = model.hf(run_ids.to(model.device), logits_to_keep=positions.to(model.device), use_cache=False).logits
     return logits.reshape(state.K, B, len(positions), -1), state.record, state.layer_outputs
 
@@ -226,7 +229,7 @@ class _Chunk:
     ids: Tensor  # [b, T]
     rows: slice
     ablated: NodeValues
-    clean_logits: Tensor  # [b, P, d_vocab]
+    clean_logits: Tensor  # [b, P, d_vocab], or [b, P, c] for the patcher's ``vocab`` columns
 
 
 class NodePatcher:
@@ -255,6 +258,9 @@ class NodePatcher:
             raise ValueError(f"unknown metric {metric!r}: use 'task' or 'kl'")
         task.check_fits(model)
         self.model, self.task, self.ablation, self.metric_name = model, task, ablation, metric
+        # A metric that reads only the answers' logits: passes unembed those columns alone.
+        self.columns = answer_columns(task) if metric == "task" else None
+        self.vocab = None if self.columns is None else self.columns.vocab
         self.graph = HeadGraph.for_model(model, split_qkv=False)
         self.positions = task.positions
         self.bf16 = use_bf16(model.device, precision)
@@ -275,7 +281,8 @@ class NodePatcher:
             rows = slice(start, min(start + self.batch_size, task.n))
             ids = task.clean[rows]
             with self._precision():
-                logits, rec, _ = node_forward(model, self.graph, ids, self.positions, record=ablation == "zero")
+                logits, rec, _ = node_forward(model, self.graph, ids, self.positions, record=ablation == "zero",
+                                              vocab=self.vocab)
             if ablation == "resample":
                 abl = self._record(task.corrupted[rows])
             elif ablation == "mean":
@@ -301,7 +308,7 @@ class NodePatcher:
         for s in range(0, ids.shape[0], self.batch_size):
             with self._precision():
                 _, rec, _ = node_forward(self.model, self.graph, ids[s:s + self.batch_size], self.positions,
-                                         record=True)
+                                         record=True, vocab=self.vocab)
             parts.append(rec)
         dt = self.model.dtype  # the model's own precision, even when the passes ran in bf16
         return NodeValues(*([torch.cat([getattr(p, kind)[i] for p in parts]).to(dt)  # type: ignore[union-attr]
@@ -311,8 +318,13 @@ class NodePatcher:
         """``logits`` ``[b, P, d_vocab]`` for the prompts of ``chunk`` → scalar (mean over them)."""
         if self.metric_name == "kl":
             return kl_to_clean(logits, chunk.clean_logits)
-        t = self.task
-        return t.metric_fn(logits, t.answers[chunk.rows].to(logits.device), t.wrong[chunk.rows].to(logits.device))
+        answers, wrong = self._answers()
+        return self.task.metric_fn(logits, answers[chunk.rows].to(logits.device), wrong[chunk.rows].to(logits.device))
+
+    def _answers(self) -> tuple[Tensor, Tensor]:
+        """``(answers, wrong)`` as ids into the logits the passes return (renumbered under ``vocab``)."""
+        c = self.columns
+        return (self.task.answers, self.task.wrong) if c is None else (c.answers, c.wrong)
 
     def _mean_over_chunks(self, fn: Any) -> float:
         return sum(fn(c) * (c.rows.stop - c.rows.start) / self.task.n for c in self.chunks)
@@ -330,7 +342,7 @@ class NodePatcher:
             with self._precision():
                 logits, _, _ = node_forward(self.model, self.graph, c.ids, self.positions, removed=removed,
                                             ablated=c.ablated, base=None if base is None else base[i].layer_outputs,
-                                            start_layer=start_layer)
+                                            start_layer=start_layer, vocab=self.vocab)
             w = (c.rows.stop - c.rows.start) / self.task.n
             for k in range(logits.shape[0]):
                 out[k] += w * float(self._metric(logits[k], c))
@@ -344,7 +356,7 @@ class NodePatcher:
         if self.metric_name == "kl":
             vals = [kl_to_clean(logits[i:i + 1], chunk.clean_logits[i:i + 1]) for i in range(len(rows))]
         else:
-            ans, wrong = t.answers.to(logits.device), t.wrong.to(logits.device)
+            ans, wrong = (x.to(logits.device) for x in self._answers())
             vals = [t.metric_fn(logits[i:i + 1], ans[r:r + 1], wrong[r:r + 1]) for i, r in enumerate(rows)]
         return torch.stack([v.double() for v in vals]).cpu()
 
@@ -358,7 +370,8 @@ class NodePatcher:
         with self._precision():
             logits, _, outs = node_forward(self.model, self.graph, c.ids, self.positions, removed=removed,
                                            ablated=c.ablated, base=None if base is None else base.layer_outputs,
-                                           start_layer=start_layer if base is not None else 0, keep_base=keep_base)
+                                           start_layer=start_layer if base is not None else 0, keep_base=keep_base,
+                                           vocab=self.vocab)
         values = torch.stack([self.prompt_metrics(logits[k], c) for k in range(logits.shape[0])])
         return values, (NodeBase(outs, float(values[0].mean())) if keep_base else None)
 
@@ -379,7 +392,7 @@ class NodePatcher:
         for c in self.chunks:
             with self._precision():
                 logits, _, outs = node_forward(self.model, self.graph, c.ids, self.positions,
-                                               removed=removed, ablated=c.ablated, keep_base=True)
+                                               removed=removed, ablated=c.ablated, keep_base=True, vocab=self.vocab)
             m = float(self._metric(logits[0], c))
             value += m * (c.rows.stop - c.rows.start) / self.task.n
             bases.append(NodeBase(outs, m))
@@ -394,7 +407,7 @@ class NodePatcher:
             for c in self.chunks:
                 state = _NodePass(self.model, g, None, None, True, None, 0, False)
                 state.grad_probes = NodeValues([], [])
-                with torch.enable_grad(), state.installed(), self._precision():
+                with torch.enable_grad(), state.installed(), self._precision(), unembed_only(self.model, self.vocab):
                     logits = self.model.hf(c.ids.to(self.model.device), logits_to_keep=self.positions.to(
                         self.model.device), use_cache=False).logits
                     m = self._metric(logits, c) * (c.rows.stop - c.rows.start) / self.task.n

@@ -110,11 +110,23 @@ class Task:
                     None if self.groups is None else self.groups[idx])
 
 
+def reads_answer_logits(fn: MetricFn) -> MetricFn:
+    """Mark a metric that reads only the logits of its ``answers`` and ``wrong`` tokens (no softmax over
+    the vocabulary): patching then unembeds those columns alone (``circuits.patching.columns``)."""
+    fn.reads_only_answer_logits = True  # type: ignore[attr-defined]
+    return fn
+
+
+def reads_only_answer_logits(fn: MetricFn) -> bool:
+    return bool(getattr(fn, "reads_only_answer_logits", False))
+
+
 def at_least_float32(x: Tensor) -> Tensor:
     """``x`` in float32, or wider if it already is (metrics of float64 test models stay exact)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+@reads_answer_logits
 def logit_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """Mean over prompts of ``logit(answers[:, 0]) − logit(wrong[:, 0])`` at the last metric position.
 
