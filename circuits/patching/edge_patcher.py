@@ -24,6 +24,7 @@ from circuits.patching.edges import (
     Prefix,
     patched_forward,
 )
+from circuits.patching.columns import answer_columns
 from circuits.patching.graph import HeadGraph
 from circuits.ablation import group_counts, group_sums, rows_of
 from circuits.patching.metrics import answer_prob, faithfulness, kl_to_clean
@@ -38,7 +39,7 @@ class _Chunk:
     ids: Tensor          # [b, T]
     rows: slice          # which prompts of the task
     ablated: Tensor      # [n_src, b or 1, T, d]
-    clean_logits: Tensor  # [b, P, d_vocab]
+    clean_logits: Tensor  # [b, P, d_vocab], or [b, P, c] for the patcher's ``vocab`` columns
 
 
 class EdgePatcher:
@@ -66,6 +67,9 @@ class EdgePatcher:
             raise ValueError(f"unknown metric {metric!r}: use 'task', 'kl' or 'prob'")
         task.check_fits(model)
         self.model, self.task, self.ablation, self.metric_name = model, task, ablation, metric
+        # A metric that reads only the answers' logits: passes unembed those columns alone.
+        self.columns = answer_columns(task) if metric == "task" else None
+        self.vocab = None if self.columns is None else self.columns.vocab
         self.graph = HeadGraph.for_model(model, split_qkv)
         self.weights = HeadWeights.of(model)
         self.positions = task.positions
@@ -81,7 +85,7 @@ class EdgePatcher:
             rows = slice(start, min(start + self.batch_size, task.n))
             ids = task.clean[rows]
             clean = patched_forward(model, self.graph, ids, _zeros(self.graph, model), None, self.positions,
-                                    weights=self.weights).logits[0]
+                                    weights=self.weights, vocab=self.vocab).logits[0]
             if ablation == "resample":
                 abl = self.outputs(task.corrupted[rows])
             elif ablation == "mean":
@@ -99,7 +103,7 @@ class EdgePatcher:
     def outputs(self, ids: Tensor) -> Tensor:
         """Every source's output on ``ids`` in the unpatched model: ``[n_src, b, T, d_model]``."""
         return patched_forward(self.model, self.graph, ids, None, None, self.positions[-1:], record=True,
-                               weights=self.weights).outputs
+                               weights=self.weights, vocab=self.vocab).outputs
 
     def _mean_outputs(self, ids: Tensor) -> Tensor:
         """``[n_src, n_groups (1 without groups), T, d_model]``: the sources' mean outputs on ``ids``."""
@@ -122,7 +126,9 @@ class EdgePatcher:
         task = self.task
         if self.metric_name == "kl":
             return kl_to_clean(logits, chunk.clean_logits)
-        answers, wrong = task.answers[chunk.rows].to(logits.device), task.wrong[chunk.rows].to(logits.device)
+        c = self.columns
+        answers, wrong = (task.answers, task.wrong) if c is None else (c.answers, c.wrong)
+        answers, wrong = answers[chunk.rows].to(logits.device), wrong[chunk.rows].to(logits.device)
         if self.metric_name == "prob":
             return answer_prob(logits, answers)
         return task.metric_fn(logits, answers, wrong)
@@ -149,7 +155,8 @@ class EdgePatcher:
             chunk = self.chunks[i]
             logits = patched_forward(self.model, self.graph, chunk.ids, chunk.ablated, removed[k:k + per_pass],
                                      self.positions, start_layer=start_layer,
-                                     prefix=None if prefixes is None else prefixes[i], weights=self.weights).logits
+                                     prefix=None if prefixes is None else prefixes[i], weights=self.weights,
+                                     vocab=self.vocab).logits
             weight = (chunk.rows.stop - chunk.rows.start) / self.task.n
             for j in range(logits.shape[0]):
                 out[k + j] += weight * float(self._metric(logits[j], chunk))
@@ -185,7 +192,7 @@ class EdgePatcher:
         for k in range(0, removed.shape[0], per_pass):
             out = patched_forward(self.model, self.graph, c.ids, c.ablated, removed[k:k + per_pass], self.positions,
                                   start_layer=start_layer if base is not None else 0, prefix=base,
-                                  keep_prefix=keep_base, weights=self.weights)
+                                  keep_prefix=keep_base, weights=self.weights, vocab=self.vocab)
             values += [self.prompt_metrics(logits, c) for logits in out.logits]
             prefix = out.prefix
         return torch.stack(values), prefix
@@ -200,7 +207,7 @@ class EdgePatcher:
         value, prefixes = 0.0, []
         for c in self.chunks:
             out = patched_forward(self.model, self.graph, c.ids, c.ablated, removed, self.positions,
-                                  keep_prefix=True, weights=self.weights)
+                                  keep_prefix=True, weights=self.weights, vocab=self.vocab)
             value += float(self._metric(out.logits[0], c)) * (c.rows.stop - c.rows.start) / self.task.n
             prefixes.append(out.prefix)  # type: ignore[arg-type]
         return value, prefixes
@@ -244,7 +251,7 @@ class EdgePatcher:
                 for alpha in alphas:
                     override = None if alpha == 1.0 else (abl[0] + alpha * (clean[0] - abl[0])).expand(b, -1, -1)
                     logits = patched_forward(model, g, ids, abl, None, self.positions, grad=req,
-                                             input_override=override, weights=self.weights).logits[0]
+                                             input_override=override, weights=self.weights, vocab=self.vocab).logits[0]
                     # The metric is a mean over the chunk; weight it to a mean over the task.
                     (self._metric(logits, sub) * (b / self.task.n) / len(alphas)).backward()
         return scores * g.valid

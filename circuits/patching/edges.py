@@ -58,6 +58,7 @@ from circuits.hooks import (
     write_hook,
 )
 from circuits.models.adapter import Model
+from circuits.patching.columns import unembed_only
 from circuits.patching.graph import HeadGraph
 from circuits.patching.weights import (
     HeadProjection,
@@ -469,7 +470,8 @@ class _Pass:
 def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor, removed: Tensor | None,
                     positions: Tensor, *, grad: GradRequest | None = None, input_override: Tensor | None = None,
                     prefix: Prefix | None = None, start_layer: int = 0, record: bool = False,
-                    keep_prefix: bool = False, weights: HeadWeights | None = None, fast: bool = True) -> PatchOutput:
+                    keep_prefix: bool = False, weights: HeadWeights | None = None, fast: bool = True,
+                    vocab: Tensor | None = None) -> PatchOutput:
     """One forward pass of ``ids`` under K edge sets.
 
     Args:
@@ -487,6 +489,8 @@ def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor
         fast: fold sources whose every edge is removed into the residual stream and give only the
             destinations that need it their own input (module docstring); False corrects every
             destination of a touched layer (the same intervention, for tests).
+        vocab: ``[c]`` unembed only these columns (``circuits.patching.columns``): the logits are then
+            ``[K, B, P, c]``.
     """
     ids = torch.as_tensor(ids, dtype=torch.long, device=model.device)
     B, T = ids.shape
@@ -508,7 +512,7 @@ def patched_forward(model: Model, graph: HeadGraph, ids: Tensor, ablated: Tensor
     run_ids = ids.repeat(K, 1) if K > 1 else ids
     positions = torch.as_tensor(positions, dtype=torch.long, device=model.device)
     ctx = torch.enable_grad() if grad is not None else torch.no_grad()
-    with ctx, state.installed():
+    with ctx, state.installed(), unembed_only(model, vocab):
         logits = model.hf(run_ids, logits_to_keep=positions, use_cache=False).logits
     out = PatchOutput(logits.reshape(K, B, len(positions), -1))
     if record:
