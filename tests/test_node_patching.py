@@ -140,6 +140,21 @@ def test_node_acdc_on_prompt_chunks_recovers_the_planted_heads(z):
         assert circuit.info["work"] < whole.info["work"]
 
 
+
+@pytest.mark.parametrize("z", [None, 3.0])
+def test_speculative_node_acdc_decides_as_one_node_at_a_time(z):
+    # batch=3: a layer's next nodes go in one pass as cumulative removals, judged in order up to the
+    # first kept; the decisions, effects and circuit must be those of testing one node at a time.
+    model = planted_induction_model(second_head=0.5)
+    task = induction.dataset(model.tokenizer, n=24, seq_len=6, bos=None, vocab=torch.arange(1, V), seed=0)
+    p = NodePatcher(model, task, ablation="resample", batch_size=6)
+    one = acdc_nodes(p, include_mlps=True, z=z, progress=False)
+    spec = acdc_nodes(p, include_mlps=True, z=z, batch=3, progress=False)
+    assert spec.heads == one.heads == [(0, 0), (1, 0), (1, 2)] and spec.mlps == one.mlps
+    assert torch.allclose(spec.effects, one.effects, atol=1e-9, equal_nan=True)
+    assert spec.info["tests"] == one.info["tests"] and spec.info["passes"] < one.info["passes"]
+    assert spec.faithfulness == pytest.approx(one.faithfulness, abs=1e-9)
+
 def test_node_acdc_with_candidates_tests_only_those():
     model = planted_induction_model()
     task = induction.dataset(model.tokenizer, n=8, seq_len=6, bos=None, vocab=torch.arange(1, V), seed=0)

@@ -40,7 +40,8 @@ from circuits.patching.nodes import NodePatcher, droppable_nodes, strongest_node
 
 def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor | None = None,
                candidates: int | None = None, include_mlps: bool = True, screen_layers: bool = False,
-               max_sweeps: int = 4, z: float | None = 3.0, progress: bool = True) -> NodeCircuit:
+               max_sweeps: int = 4, z: float | None = 3.0, batch: int | None = None,
+               progress: bool = True) -> NodeCircuit:
     """Run node-level ACDC; see the module docstring.
 
     Args:
@@ -58,8 +59,14 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
             lies on one side of tau (module docstring); None reads every prompt for every test. With a
             single chunk (``batch_size`` ≥ the number of prompts), or a metric that is not a mean over
             prompts, every test reads every prompt whatever ``z``.
+        batch: node sets per pass: a layer's next ``batch`` nodes as cumulative removals, judged in order
+            up to the first kept (the same decisions as one at a time). Default 4 on a GPU, where a
+            wider pass is nearly free, and 1 on a CPU: on IOI, 3 did 22% more work (variants after a
+            kept node are wasted) and took 19% more CPU time on one AVX2 core.
     """
     g = patcher.graph
+    if batch is None:
+        batch = 4 if patcher.model.device.type == "cuda" else 1
     if candidates is not None and scores is None:
         raise ValueError("candidates= needs per-node attribution scores: pass scores=")
     if max_sweeps < 1:
@@ -85,7 +92,7 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
         sweeps += 1
         before = int(state.removed.sum())
         state.new_sweep()
-        effects, n = _sweep(state, testable, screen_layers, progress and sweeps == 1, kept_under)
+        effects, n = _sweep(state, testable, screen_layers, progress and sweeps == 1, kept_under, batch)
         skipped += n
         if int(state.removed.sum()) == before:  # a sweep that removed nothing: the circuit is stable
             break
@@ -104,12 +111,12 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
                              "nodes_tested": int(testable.sum()), "passes": state.passes,
                              "work": state.work, "z": -1.0 if z is None else z,
                              "tests": state.tests, "tests_decided_early": state.early, "sweeps": sweeps,
-                             "tests_skipped": skipped,
+                             "tests_skipped": skipped, "batch": batch,
                              "seconds": time.perf_counter() - t0})
 
 
 def _sweep(state: ChunkedSearch, testable: Tensor, screen_layers: bool, progress: bool,
-           kept_under: dict[int, tuple[Tensor, float]]) -> tuple[Tensor, int]:
+           kept_under: dict[int, tuple[Tensor, float]], batch: int = 1) -> tuple[Tensor, int]:
     """One top-down ACDC sweep over the testable nodes not yet removed; returns the effects ``[n_src]``
     of the nodes kept (NaN elsewhere) and how many tests were skipped, and updates ``state``.
 
@@ -132,17 +139,24 @@ def _sweep(state: ChunkedSearch, testable: Tensor, screen_layers: bool, progress
             trial[todo] = True
             if state.test(trial[None], layer)[0][1]:
                 continue
-        for node in todo:
-            last = kept_under.get(node)
+        i = 0
+        while i < len(todo):
+            last = kept_under.get(todo[i])
             if last is not None and torch.equal(last[0], state.removed):
-                effects[node] = last[1]
+                effects[todo[i]] = last[1]
                 skipped += 1
+                i += 1
                 continue
-            trial = state.removed.clone()
-            trial[node] = True
-            effect, small = state.test(trial[None], layer)[0]
-            if not small:
-                effects[node] = effect
-                kept_under[node] = (state.removed.clone(), effect)
+            # Speculative: the next ``batch`` nodes as cumulative removals in one pass, judged in order up
+            # to the first one kept (the later variants assumed it removed).
+            run = todo[i:i + batch]
+            trials = state.removed.unsqueeze(0).repeat(len(run), 1)
+            for j in range(len(run)):
+                trials[j:, run[j]] = True
+            for node, (effect, small) in zip(run, state.test(trials, layer)):
+                i += 1
+                if not small:
+                    effects[node] = effect
+                    kept_under[node] = (state.removed.clone(), effect)
         bar.set_postfix(kept=int((testable & ~state.removed).sum()), refresh=False)
     return effects, skipped
