@@ -27,7 +27,7 @@ from circuits.patching.edges import (
 from circuits.patching.columns import answer_columns
 from circuits.patching.graph import HeadGraph
 from circuits.ablation import group_counts, group_sums, rows_of
-from circuits.patching.metrics import answer_prob, faithfulness, kl_to_clean
+from circuits.patching.metrics import PerPromptMean, answer_prob, faithfulness, kl_to_clean
 from circuits.tasks.task import Task
 
 Ablation = Literal["zero", "mean", "resample"]
@@ -42,7 +42,7 @@ class _Chunk:
     clean_logits: Tensor  # [b, P, d_vocab], or [b, P, c] for the patcher's ``vocab`` columns
 
 
-class EdgePatcher:
+class EdgePatcher(PerPromptMean):
     """Evaluate edge sets of ``model`` on ``task`` at head granularity.
 
     Args:
@@ -93,7 +93,6 @@ class EdgePatcher:
             else:
                 abl = _zeros(self.graph, model)
             self.chunks.append(_Chunk(ids, rows, abl, clean))
-        self._per_prompt_mean: bool | None = None
         self.m_full = sum(float(self._metric(c.clean_logits, c)) * (c.rows.stop - c.rows.start) / task.n
                           for c in self.chunks)
         self.m_empty = float(self.evaluate(self.graph.valid)[0])
@@ -168,17 +167,6 @@ class EdgePatcher:
         one = [_Chunk(chunk.ids[i:i + 1], slice(r, r + 1), chunk.ablated, chunk.clean_logits[i:i + 1])
                for i, r in enumerate(range(chunk.rows.start, chunk.rows.stop))]
         return torch.stack([self._metric(logits[i:i + 1], c).double() for i, c in enumerate(one)]).cpu()
-
-    @property
-    def per_prompt_mean(self) -> bool:
-        """Whether the metric is the mean of per-prompt metrics (checked on the clean run), which lets
-        ACDC decide a test on part of the prompts (``acdc(z=...)``)."""
-        if self._per_prompt_mean is None:
-            c = self.chunks[0]
-            whole = float(self._metric(c.clean_logits, c))
-            parts = float(self.prompt_metrics(c.clean_logits, c).mean())
-            self._per_prompt_mean = abs(whole - parts) <= 1e-5 * max(1.0, abs(whole))
-        return self._per_prompt_mean
 
     def chunk_metrics(self, i: int, removed: Tensor, *, base: Prefix | None = None, start_layer: int = 0,
                       keep_base: bool = False) -> tuple[Tensor, Prefix | None]:

@@ -65,3 +65,21 @@ def area_under_curve(budgets: Sequence[float], faithfulness: Sequence[float], *,
     g = np.abs(1 - f)
     cmd = float(np.sum(dx * (g[1:] + g[:-1]) / 2))
     return cpr, cmd
+
+
+class PerPromptMean:
+    """Mixed into a patcher whose prompts come in ``chunks`` with ``_metric(logits, chunk)`` (the chunk's
+    metric) and ``prompt_metrics(logits, chunk)`` (``[b]`` one per prompt)."""
+
+    _per_prompt_mean: bool | None = None
+
+    @property
+    def per_prompt_mean(self) -> bool:
+        """Whether the task's metric is the mean of per-prompt metrics (checked once on the clean run),
+        which lets ACDC decide a test on part of the prompts (``circuits.discovery.heads.chunked``)."""
+        if self._per_prompt_mean is None:
+            c = self.chunks[0]  # type: ignore[attr-defined]
+            whole = float(self._metric(c.clean_logits, c))  # type: ignore[attr-defined]
+            parts = float(self.prompt_metrics(c.clean_logits, c).mean())  # type: ignore[attr-defined]
+            self._per_prompt_mean = abs(whole - parts) <= 1e-5 * max(1.0, abs(whole))
+        return self._per_prompt_mean

@@ -42,7 +42,7 @@ from circuits.models.adapter import Model
 from circuits.patching.columns import answer_columns, unembed_only
 from circuits.patching.graph import HeadGraph
 from circuits.ablation import group_counts, group_sums, rows_of
-from circuits.patching.metrics import faithfulness, kl_to_clean
+from circuits.patching.metrics import PerPromptMean, faithfulness, kl_to_clean
 from circuits.tasks.task import Task
 from transcoders.precision import Precision, autocast, use_bf16
 
@@ -232,7 +232,7 @@ class _Chunk:
     clean_logits: Tensor  # [b, P, d_vocab], or [b, P, c] for the patcher's ``vocab`` columns
 
 
-class NodePatcher:
+class NodePatcher(PerPromptMean):
     """Evaluate node sets (which heads and MLPs are ablated) of ``model`` on ``task``.
 
     Nodes are indexed as ``HeadGraph`` sources (``graph.head_src(l, h)``, ``graph.mlp_src(l)``, 0 for
@@ -276,7 +276,6 @@ class NodePatcher:
                                  "ablation is per position, so pass a reference set of the task's length")
             mean = self._record(ref).mean(self.groups)
         self.chunks: list[_Chunk] = []
-        self._per_prompt_mean: bool | None = None
         for start in range(0, task.n, self.batch_size):
             rows = slice(start, min(start + self.batch_size, task.n))
             ids = task.clean[rows]
@@ -374,17 +373,6 @@ class NodePatcher:
                                            vocab=self.vocab)
         values = torch.stack([self.prompt_metrics(logits[k], c) for k in range(logits.shape[0])])
         return values, (NodeBase(outs, float(values[0].mean())) if keep_base else None)
-
-    @property
-    def per_prompt_mean(self) -> bool:
-        """Whether the task's metric is the mean of per-prompt metrics (checked on the clean run), which
-        lets ACDC decide a test on part of the prompts (``acdc_nodes(z=...)``)."""
-        if self._per_prompt_mean is None:
-            c = self.chunks[0]
-            whole = float(self._metric(c.clean_logits, c))
-            parts = float(self.prompt_metrics(c.clean_logits, c).mean())
-            self._per_prompt_mean = abs(whole - parts) <= 1e-5 * max(1.0, abs(whole))
-        return self._per_prompt_mean
 
     def base_run(self, removed: Tensor) -> tuple[float, list[NodeBase]]:
         """The metric under one node set, and that run recorded per prompt chunk to resume from."""
