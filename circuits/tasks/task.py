@@ -10,7 +10,10 @@ import torch
 from torch import Tensor
 
 MetricFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""``(logits [n, n_positions, d_vocab], answers [n, a], wrong [n, w]) → scalar`` (differentiable)."""
+"""``(logits [n, n_positions, d_vocab], answers [n, a], wrong [n, w]) → scalar`` (differentiable). A metric
+that reads only its answers' and wrong tokens' logits (no softmax) may be marked ``@reads_answer_logits``:
+patching then unembeds those columns alone, and passes it logits ``[n, n_positions, c]`` with answers and
+wrong renumbered into them."""
 
 
 @dataclass(frozen=True)
