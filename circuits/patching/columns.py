@@ -29,18 +29,19 @@ from circuits.tasks.task import Task, reads_only_answer_logits
 class AnswerColumns:
     """The vocabulary columns a metric reads, and the task's answer ids renumbered into them."""
 
-    vocab: Tensor
-    """``[c]`` token ids, sorted: the columns a pass unembeds."""
+    vocab: Tensor | None
+    """``[c]`` token ids, sorted: the columns a pass unembeds; None for every column."""
     answers: Tensor
-    """``[n, a]`` positions of ``task.answers`` in ``vocab`` (−1 pads stay −1)."""
+    """``[n, a]`` positions of ``task.answers`` in the logits a pass returns (−1 pads stay −1)."""
     wrong: Tensor
     """``[n, w]`` likewise for ``task.wrong``."""
 
 
-def answer_columns(task: Task) -> AnswerColumns | None:
-    """The columns ``task``'s metric reads, or None when it reads the whole vocabulary (a softmax)."""
-    if not reads_only_answer_logits(task.metric_fn):
-        return None
+def answer_columns(task: Task, *, every: bool = False) -> AnswerColumns:
+    """The columns ``task``'s metric reads, and its answer ids into them; every column (``vocab`` None, the
+    task's own ids) when the metric reads the whole vocabulary (a softmax), or with ``every``."""
+    if every or not reads_only_answer_logits(task.metric_fn):
+        return AnswerColumns(None, task.answers, task.wrong)
     ids = torch.cat([task.answers.flatten(), task.wrong.flatten()])
     vocab = torch.unique(ids[ids >= 0])
 

@@ -68,8 +68,7 @@ class EdgePatcher(PerPromptMean):
         task.check_fits(model)
         self.model, self.task, self.ablation, self.metric_name = model, task, ablation, metric
         # A metric that reads only the answers' logits: passes unembed those columns alone.
-        self.columns = answer_columns(task) if metric == "task" else None
-        self.vocab = None if self.columns is None else self.columns.vocab
+        self.columns = answer_columns(task, every=metric != "task")
         self.graph = HeadGraph.for_model(model, split_qkv)
         self.weights = HeadWeights.of(model)
         self.positions = task.positions
@@ -120,14 +119,18 @@ class EdgePatcher(PerPromptMean):
 
     # --- metrics --------------------------------------------------------------------------
 
+    @property
+    def vocab(self) -> Tensor | None:
+        """``[c]`` the vocabulary columns every pass unembeds (None: all of them)."""
+        return self.columns.vocab
+
     def _metric(self, logits: Tensor, chunk: _Chunk) -> Tensor:
         """``logits``: ``[b, P, d_vocab]`` for the prompts of ``chunk`` → scalar."""
         task = self.task
         if self.metric_name == "kl":
             return kl_to_clean(logits, chunk.clean_logits)
         c = self.columns
-        answers, wrong = (task.answers, task.wrong) if c is None else (c.answers, c.wrong)
-        answers, wrong = answers[chunk.rows].to(logits.device), wrong[chunk.rows].to(logits.device)
+        answers, wrong = c.answers[chunk.rows].to(logits.device), c.wrong[chunk.rows].to(logits.device)
         if self.metric_name == "prob":
             return answer_prob(logits, answers)
         return task.metric_fn(logits, answers, wrong)

@@ -259,8 +259,7 @@ class NodePatcher(PerPromptMean):
         task.check_fits(model)
         self.model, self.task, self.ablation, self.metric_name = model, task, ablation, metric
         # A metric that reads only the answers' logits: passes unembed those columns alone.
-        self.columns = answer_columns(task) if metric == "task" else None
-        self.vocab = None if self.columns is None else self.columns.vocab
+        self.columns = answer_columns(task, every=metric != "task")
         self.graph = HeadGraph.for_model(model, split_qkv=False)
         self.positions = task.positions
         self.bf16 = use_bf16(model.device, precision)
@@ -313,17 +312,17 @@ class NodePatcher(PerPromptMean):
         return NodeValues(*([torch.cat([getattr(p, kind)[i] for p in parts]).to(dt)  # type: ignore[union-attr]
                               for i in range(len(getattr(parts[0], kind)))] for kind in ("z", "mlp", "embed")))
 
+    @property
+    def vocab(self) -> Tensor | None:
+        """``[c]`` the vocabulary columns every pass unembeds (None: all of them)."""
+        return self.columns.vocab
+
     def _metric(self, logits: Tensor, chunk: _Chunk) -> Tensor:
         """``logits`` ``[b, P, d_vocab]`` for the prompts of ``chunk`` → scalar (mean over them)."""
         if self.metric_name == "kl":
             return kl_to_clean(logits, chunk.clean_logits)
-        answers, wrong = self._answers()
-        return self.task.metric_fn(logits, answers[chunk.rows].to(logits.device), wrong[chunk.rows].to(logits.device))
-
-    def _answers(self) -> tuple[Tensor, Tensor]:
-        """``(answers, wrong)`` as ids into the logits the passes return (renumbered under ``vocab``)."""
         c = self.columns
-        return (self.task.answers, self.task.wrong) if c is None else (c.answers, c.wrong)
+        return self.task.metric_fn(logits, c.answers[chunk.rows].to(logits.device), c.wrong[chunk.rows].to(logits.device))
 
     def _mean_over_chunks(self, fn: Any) -> float:
         return sum(fn(c) * (c.rows.stop - c.rows.start) / self.task.n for c in self.chunks)
@@ -355,7 +354,7 @@ class NodePatcher(PerPromptMean):
         if self.metric_name == "kl":
             vals = [kl_to_clean(logits[i:i + 1], chunk.clean_logits[i:i + 1]) for i in range(len(rows))]
         else:
-            ans, wrong = (x.to(logits.device) for x in self._answers())
+            ans, wrong = self.columns.answers.to(logits.device), self.columns.wrong.to(logits.device)
             vals = [t.metric_fn(logits[i:i + 1], ans[r:r + 1], wrong[r:r + 1]) for i, r in enumerate(rows)]
         return torch.stack([v.double() for v in vals]).cpu()
 
