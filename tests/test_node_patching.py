@@ -249,6 +249,41 @@ def test_swept_node_acdc_keeps_only_nodes_that_matter_in_the_result():
         acdc_nodes(p, tau, max_sweeps=0, progress=False)
 
 
+def test_chunk_runs_stay_current_through_removals_and_sweeps():
+    # Node patching records every set of a batched pass, so the search keeps each chunk's run current
+    # through the removals it reads and a new sweep from the top resumes from it instead of recording
+    # again (each chunk runs from the embeddings once). Whatever it holds must equal a fresh pass under
+    # the current set: values, and each run resumed at any layer below where it is current.
+    from circuits.discovery.heads.chunked import ChunkedSearch
+
+    model = tiny_model("llama", dtype=torch.float64, n_layers=3, n_heads=4, n_kv_heads=2, init_scale=3.0, seed=1)
+    task = _task(model, n=12, seq_len=5)
+    p = NodePatcher(model, task, ablation="mean", batch_size=4)
+    g = p.graph
+    from_scratch = []
+    chunk_metrics = p.chunk_metrics
+    p.chunk_metrics = lambda i, removed, base=None, start_layer=0, keep_base=False: (  # type: ignore[method-assign]
+        from_scratch.append(i) if base is None else None, chunk_metrics(
+            i, removed, base=base, start_layer=start_layer, keep_base=keep_base))[1]
+    state = ChunkedSearch(p, torch.zeros(g.n_src, dtype=torch.bool), tau=float("inf"), z=3.0)
+    for sweep, heads in enumerate([(0, 2), (1, 3)]):
+        for layer in range(g.n_layers - 1, -1, -1):
+            for k, h in enumerate(heads):
+                state.z = None if (layer + k + sweep) % 3 == 0 else 3.0  # some tests read every chunk
+                trial = state.removed.clone()
+                trial[g.head_src(layer, h)] = True
+                assert state.test(trial[None], layer)[0][1]  # under an infinite tau: removed
+    assert sorted(from_scratch) == [0, 1, 2]
+    for i in range(len(p.chunks)):
+        fresh = chunk_metrics(i, state.removed)[0][0]
+        if state.values[i] is not None:
+            torch.testing.assert_close(state.values[i], fresh, rtol=1e-10, atol=1e-10)
+        for layer in range(state.below[i] + 1 if state.below[i] < g.n_layers else g.n_layers):
+            resumed = chunk_metrics(i, state.removed, base=state.bases[i], start_layer=layer)[0][0]
+            torch.testing.assert_close(resumed, fresh, rtol=1e-10, atol=1e-10)
+    assert state.current() == pytest.approx(float(p.evaluate(state.removed)[0]), abs=1e-10)
+
+
 def _metric_with_heads_zeroed(model, task, heads: list[tuple[int, int]]) -> float:
     """Direct intervention, no patching engine: zero the heads' rows of GPT-2's output projection."""
     import copy

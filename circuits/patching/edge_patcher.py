@@ -171,11 +171,15 @@ class EdgePatcher(PerPromptMean):
                for i, r in enumerate(range(chunk.rows.start, chunk.rows.stop))]
         return torch.stack([self._metric(logits[i:i + 1], c).double() for i, c in enumerate(one)]).cpu()
 
+    keeps_variants = False
+    """``chunk_metrics(keep_base=True)`` records only a single edge set run from layer 0."""
+
     def chunk_metrics(self, i: int, removed: Tensor, *, base: Prefix | None = None, start_layer: int = 0,
-                      keep_base: bool = False) -> tuple[Tensor, Prefix | None]:
+                      keep_base: bool = False) -> tuple[Tensor, list[Prefix] | None]:
         """Per-prompt metrics ``[K, b]`` of prompt chunk ``i`` under each edge set ``removed`` ``[K, n_src,
         n_dst]`` (or one), resumed at ``start_layer`` from ``base`` (a ``keep_base`` run of this chunk
-        whose edge set agrees below that layer); with ``keep_base`` (K = 1) the run is also recorded."""
+        whose edge set agrees below that layer); with ``keep_base`` (K = 1, from layer 0) the run is also
+        recorded (a list of that one)."""
         c = self.chunks[i]
         removed = (removed.unsqueeze(0) if removed.ndim == 2 else removed) & self.graph.valid
         per_pass = max(1, self.max_rows // (c.rows.stop - c.rows.start))
@@ -186,7 +190,7 @@ class EdgePatcher(PerPromptMean):
                                   keep_prefix=keep_base, weights=self.weights, vocab=self.vocab)
             values += [self.prompt_metrics(logits, c) for logits in out.logits]
             prefix = out.prefix
-        return torch.stack(values), prefix
+        return torch.stack(values), None if prefix is None else [prefix]
 
     def prefix(self, removed: Tensor) -> list[Prefix]:
         """Record a base run (one edge set) per prompt chunk, to resume later passes from."""

@@ -192,7 +192,8 @@ def node_forward(model: Model, graph: HeadGraph, ids: Tensor, positions: Tensor,
 
     Returns next-token logits at ``positions`` ``[K, B, P, d_vocab]`` (``[K, B, P, c]``: only the
     columns ``vocab`` ``[c]`` when given), every node's output when ``record`` (the unpatched model
-    only), and each layer's output when ``keep_base`` (K = 1).
+    only), and the output of each layer from ``start_layer`` on when ``keep_base`` (``[K * B, ...]``,
+    the sets stacked variant-major: ``variant_output`` takes one apart).
     """
     if removed is not None and removed.ndim == 1:
         removed = removed.unsqueeze(0)
@@ -204,6 +205,17 @@ def node_forward(model: Model, graph: HeadGraph, ids: Tensor, positions: Tensor,
     with torch.no_grad(), state.installed(), unembed_only(model, vocab):
         logits = model.hf(run_ids.to(model.device), logits_to_keep=positions.to(model.device), use_cache=False).logits
     return logits.reshape(state.K, B, len(positions), -1), state.record, state.layer_outputs
+
+
+def variant_output(output: Any, k: int, K: int) -> Any:
+    """Of a module output (tensor or tuple of them) for K node sets stacked variant-major along the
+    batch, set ``k``'s part: ``[B, ...]`` of ``[K * B, ...]``."""
+    if isinstance(output, Tensor):
+        B = output.shape[0] // K
+        return output if K == 1 else output[k * B:(k + 1) * B]
+    if isinstance(output, tuple):
+        return tuple(variant_output(o, k, K) for o in output)
+    return output
 
 
 def droppable_nodes(graph: HeadGraph, include_mlps: bool) -> tuple[Tensor, Tensor]:
@@ -358,20 +370,29 @@ class NodePatcher(PerPromptMean):
             vals = [t.metric_fn(logits[i:i + 1], ans[r:r + 1], wrong[r:r + 1]) for i, r in enumerate(rows)]
         return torch.stack([v.double() for v in vals]).cpu()
 
+    keeps_variants = True
+    """``chunk_metrics(keep_base=True)`` records every node set of a batched, resumed pass (ACDC keeps
+    each chunk's run current through its removals instead of recording it again)."""
+
     def chunk_metrics(self, i: int, removed: Tensor, *, base: NodeBase | None = None, start_layer: int = 0,
-                      keep_base: bool = False) -> tuple[Tensor, NodeBase | None]:
+                      keep_base: bool = False) -> tuple[Tensor, list[NodeBase] | None]:
         """Per-prompt metrics ``[K, b]`` of prompt chunk ``i`` under each node set ``removed`` ``[K, n_src]``,
-        resumed at ``start_layer`` from ``base`` (see ``evaluate``); with ``keep_base`` (K = 1) the run
-        is also recorded to resume from later."""
+        resumed at ``start_layer`` from ``base`` (see ``evaluate``); with ``keep_base`` each set's run is
+        also recorded (K of them, the layers below ``start_layer`` taken from ``base``) to resume from later."""
         c = self.chunks[i]
         removed = removed.unsqueeze(0) if removed.ndim == 1 else removed
+        start = start_layer if base is not None else 0
         with self._precision():
             logits, _, outs = node_forward(self.model, self.graph, c.ids, self.positions, removed=removed,
                                            ablated=c.ablated, base=None if base is None else base.layer_outputs,
-                                           start_layer=start_layer if base is not None else 0, keep_base=keep_base,
-                                           vocab=self.vocab)
-        values = torch.stack([self.prompt_metrics(logits[k], c) for k in range(logits.shape[0])])
-        return values, (NodeBase(outs, float(values[0].mean())) if keep_base else None)
+                                           start_layer=start, keep_base=keep_base, vocab=self.vocab)
+        K = logits.shape[0]
+        values = torch.stack([self.prompt_metrics(logits[k], c) for k in range(K)])
+        if not keep_base:
+            return values, None
+        below = [] if base is None else base.layer_outputs[:start]
+        return values, [NodeBase(below + [variant_output(o, k, K) for o in outs], float(values[k].mean()))
+                        for k in range(K)]
 
     def base_run(self, removed: Tensor) -> tuple[float, list[NodeBase]]:
         """The metric under one node set, and that run recorded per prompt chunk to resume from."""

@@ -91,7 +91,6 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
     while sweeps < max_sweeps:
         sweeps += 1
         before = int(state.removed.sum())
-        state.new_sweep()
         effects, n = _sweep(state, testable, screen_layers, progress and sweeps == 1, kept_under, batch)
         skipped += n
         if int(state.removed.sum()) == before:  # a sweep that removed nothing: the circuit is stable

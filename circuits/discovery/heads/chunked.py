@@ -12,8 +12,12 @@ every test (ACDC's own rule).
 
 The prompts of the other chunks are brought up to date lazily: a chunk whose current values
 predate a removal is run under the old set and the new trials in one batched pass when it is
-next needed. Each chunk's run under the current set is recorded once a sweep, and every test
-resumes from it at the layer it changes (decisions go top-down, so the layers below never change).
+next needed. Each chunk keeps a recorded run (``bases``) and the layer below which that run is
+the current set's (``below``): every test resumes from it at the layer it changes, so a test
+costs only the layers from there up. Where the patcher records every set of a batched pass
+(``keeps_variants``: node patching), a chunk's run follows the removals it reads, so it stays
+current across sweeps: a new sweep (node ACDC sweeps again from the top) re-runs a chunk only
+from the lowest layer that changed since it was last read, not from the embeddings.
 
 A test may carry several trials at once (speculative batching): trial j is trial j − 1 with one
 more thing removed, each is judged against the one before it, in order, and the first one kept
@@ -36,9 +40,12 @@ class ChunkedPatcher(Protocol):
     chunks: list[Any]
     task: Any
     graph: Any
+    keeps_variants: bool
+    """Whether ``keep_base`` records every set of a batched pass resumed from ``base`` (else only one
+    set run from layer 0)."""
 
     def chunk_metrics(self, i: int, removed: Tensor, *, base: Any = None, start_layer: int = 0,
-                      keep_base: bool = False) -> tuple[Tensor, Any]: ...
+                      keep_base: bool = False) -> tuple[Tensor, list[Any] | None]: ...
 
 
 class ChunkedSearch:
@@ -48,32 +55,35 @@ class ChunkedSearch:
 
     def __init__(self, patcher: ChunkedPatcher, removed: Tensor, tau: float, z: float | None) -> None:
         self.p, self.removed, self.tau, self.z = patcher, removed, tau, z
-        n = len(patcher.chunks)
+        n, self.L = len(patcher.chunks), patcher.graph.n_layers
         self.values: list[Tensor | None] = [None] * n   # [b] per prompt, under self.removed
-        self.bases: list[Any] = [None] * n  # recorded this sweep; valid below the layer tested now
+        self.bases: list[Any] = [None] * n  # a recorded run per chunk ...
+        self.below = [0] * n  # ... which is the current set's run below this layer
         self._start: list[Tensor] = []  # per-prompt metrics of the start set, chunks read before any removal
         self._changed = False
+        self.steps: list[tuple[Tensor, float]] = []  # each accepted removal: ([n, ndim] what it removed, its effect)
         self.passes = self.tests = self.early = 0
         self.work = 0.0  # layers computed, in full forward passes over every prompt (a load-free cost)
 
-    def new_sweep(self) -> None:
-        self.bases = [None] * len(self.bases)
-
     def _count(self, i: int, k: int = 1, layer: int = 0) -> None:
-        c, L = self.p.chunks[i], self.p.graph.n_layers
+        c, L = self.p.chunks[i], self.L
         self.passes += 1
         self.work += k * (c.rows.stop - c.rows.start) / self.p.task.n * (L - layer) / L
 
-    def _base(self, i: int) -> Any:
-        """Chunk ``i``'s recorded run under the current set (recorded now if this sweep has none)."""
-        base = self.bases[i]
-        if base is None:
-            values, base = self.p.chunk_metrics(i, self.removed, keep_base=True)
-            self._count(i)
-            self.values[i], self.bases[i] = values[0], base
+    def _resume_from(self, i: int, layer: int) -> Any:
+        """Chunk ``i``'s recorded run, made the current set's below ``layer`` (recorded, or run again from
+        the lowest layer that changed since, when it is not)."""
+        if self.bases[i] is None or self.below[i] < layer:
+            if self.bases[i] is not None and self.p.keeps_variants:
+                start, base = self.below[i], self.bases[i]
+            else:
+                start, base = 0, None
+            values, bases = self.p.chunk_metrics(i, self.removed, base=base, start_layer=start, keep_base=True)
+            self._count(i, 1, start)
+            self.values[i], self.bases[i], self.below[i] = values[0], bases[0], self.L  # type: ignore[index]
             if not self._changed:
                 self._start.append(values[0])
-        return base
+        return self.bases[i]
 
     @property
     def start_metric(self) -> float:
@@ -86,11 +96,13 @@ class ChunkedSearch:
         return sum(len(v) for v in self._start)
 
     def current(self) -> float:
-        """The metric under the current set, every prompt (runs the chunks not up to date)."""
+        """The metric under the current set, every prompt (runs the chunks not up to date, each from the
+        lowest layer that changed since it was last read)."""
         for i in range(len(self.values)):
             if self.values[i] is None:
-                values, _ = self.p.chunk_metrics(i, self.removed)
-                self._count(i)
+                start = self.below[i] if self.bases[i] is not None else 0
+                values, _ = self.p.chunk_metrics(i, self.removed, base=self.bases[i], start_layer=start)
+                self._count(i, 1, start)
                 self.values[i] = values[0]
         return sum(float(v.sum()) for v in self.values) / self.p.task.n  # type: ignore[union-attr]
 
@@ -119,6 +131,8 @@ class ChunkedSearch:
         J, N = trials.shape[0], self.p.task.n
         n_chunks = len(self.p.chunks)
         vals: list[Tensor] = []  # per chunk read: [J, b], rows of trials decided before it was read unused
+        runs: list[list[Any] | None] = []  # per chunk read: each trial's recorded run (None: not kept)
+        keep = self.p.keeps_variants
         out: list[tuple[float, bool]] = []
         a = 0  # the trial being decided
         while a < J:
@@ -126,17 +140,18 @@ class ChunkedSearch:
             if decided is None:
                 i = len(vals)
                 assert i < n_chunks, "every prompt read and still undecided"
-                base = self._base(i)
+                base = self._resume_from(i, layer)
                 todo = trials[a:]
-                if self.values[i] is None:   # stale: the current set and the trials in one pass
-                    v, _ = self.p.chunk_metrics(i, torch.cat([self.removed[None], todo]), base=base,
-                                                start_layer=layer)
-                    self._count(i, 1 + len(todo), layer)
+                stale = self.values[i] is None  # then the current set and the trials in one pass
+                sets = torch.cat([self.removed[None], todo]) if stale else todo
+                v, bases = self.p.chunk_metrics(i, sets, base=base, start_layer=layer, keep_base=keep)
+                self._count(i, len(sets), layer)
+                if stale:
                     self.values[i], v = v[0], v[1:]
-                else:
-                    v, _ = self.p.chunk_metrics(i, todo, base=base, start_layer=layer)
-                    self._count(i, len(todo), layer)
+                    if bases is not None:
+                        self.bases[i], self.below[i], bases = bases[0], self.L, bases[1:]
                 vals.append(torch.cat([torch.full((a, v.shape[1]), float("nan"), dtype=v.dtype), v]))
+                runs.append(None if bases is None else [None] * a + bases)
                 continue
             mean, small, n = decided
             self.tests += 1
@@ -145,8 +160,14 @@ class ChunkedSearch:
             out.append((mean, small))
             if not small:
                 break
+            self.steps.append(((trials[a] & ~self.removed).nonzero(), mean))
             self.removed, self._changed = trials[a], True
             for c in range(n_chunks):
-                self.values[c] = vals[c][a] if c < len(vals) else None
+                read = c < len(vals)
+                self.values[c] = vals[c][a] if read else None
+                if read and runs[c] is not None:
+                    self.bases[c], self.below[c] = runs[c][a], self.L  # type: ignore[index]
+                else:
+                    self.below[c] = min(self.below[c], layer)
             a += 1
         return out
