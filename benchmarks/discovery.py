@@ -75,10 +75,11 @@ def main() -> None:
     ap.add_argument("--node-batch", type=int, default=8, help="prompts a chunk for node ACDC with z")
     ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
     ap.add_argument("--edge-runs", default="no:0.01",
-                    help="edges-from-nodes: comma-separated SCREEN:TAU[:CANDIDATES] edge ACDC runs from the same node "
-                         "circuit, each a row: SCREEN no (one test per edge, ACDC) or yes (screen_targets: group tests "
+                    help="edges-from-nodes: comma-separated SCREEN:TAU[:CANDIDATES[:FLOOR]] edge ACDC runs from the same "
+                         "node circuit, each a row: SCREEN no (one test per edge, ACDC) or yes (screen_targets: group tests "
                          "per input, bisected), TAU the threshold as a fraction of m(M) - m(∅), CANDIDATES test only "
-                         "that many edges of the node circuit (largest |EAP score|)")
+                         "that many edges of the node circuit (largest |EAP score|; 0 or empty: all), FLOOR a "
+                         "faithfulness to keep (acdc(floor=))")
     ap.add_argument("--memory-gb", type=float, default=2.0, help="edges-from-nodes: EdgePatcher's buffer bound")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (on a shared, oversubscribed CPU 1 is faster than 2)")
@@ -219,23 +220,26 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
         return eap
 
     for run in args.edge_runs.split(","):
-        screen, tau, *cand = run.split(":")
-        candidates = int(cand[0]) if cand else None
+        screen, tau, *rest = run.split(":")
+        candidates = int(rest[0]) if rest and rest[0] not in ("", "0") else None
+        floor = float(rest[1]) if len(rest) > 1 else None
         scores = torch.nan_to_num(eap_scores()) if candidates is not None else None
         clock = Clock()
         c = acdc(patcher, float(tau) * abs(patcher.m_full - patcher.m_empty), scores=scores, candidates=candidates,
-                 within=start, z=z, screen_targets=screen == "yes", progress=False)
+                 within=start, z=z, screen_targets=screen == "yes", floor=floor, progress=False)
         t_edges = clock()
         if candidates is not None:  # the EAP pass is part of this route
             t_edges = (t_edges[0] + t_scores[0], t_edges[1] + t_scores[1])
         i = c.info
         name = (f"edge ACDC within the node circuit, tau {tau}{', screened' if screen == 'yes' else ''}"
-                f"{f', {candidates} EAP candidates' if candidates else ''}")
+                f"{f', {candidates} EAP candidates' if candidates else ''}{f', floor {floor}' if floor else ''}")
         print(f"# {name}: {c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({t_edges[0]:.0f} s wall, "
               f"{t_edges[1]:.0f} s CPU; patcher setup "
               f"{t_setup[0]:.0f} s more); {i['edges_tested']} edges tested alone, {i['edges_screened']} removed in "
               f"groups, {i['tests']} tests, {i['tests_decided_early']} decided early; work {i['work']:.1f} full "
-              f"passes in {i['passes']} passes", flush=True)
+              f"passes in {i['passes']} passes"
+              + (f"; floor: search f {i['faithfulness_search']:.3f} ({i['edges_search']} edges), {i['steps_undone']} steps "
+                 f"undone in {i['floor_evaluations']} evaluations" if floor else ""), flush=True)
         total = (t_nodes[0] + t_setup[0] + t_edges[0], t_nodes[1] + t_setup[1] + t_edges[1])
         c.scores = eap_scores()  # the ranking of the edges the circuit does not keep
         clock = Clock()

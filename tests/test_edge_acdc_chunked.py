@@ -141,3 +141,48 @@ def test_candidates_within_a_set_are_its_strongest_edges(planted):
     fewer = acdc(p, tau=TAU, scores=scores, candidates=3, within=within, progress=False)
     assert fewer.info["edges_tested"] <= 3 and fewer.n_edges < len(WANT)
     assert not (fewer.kept & ~within).any() and g.n_edges > int(within.sum())
+
+
+def test_a_floor_keeps_the_weaker_head_greedy_acdc_loses(planted):
+    # tau at 30% of the gap: each edge of the weaker induction head a1.h2 moves the metric by about 20%,
+    # so greedy ACDC removes them one by one (f 0.78). A floor of 0.95 rejects a removal whose loss would
+    # take the (estimated) faithfulness under it, which keeps exactly the planted circuit, with or without
+    # screening; a floor the greedy result already meets changes nothing.
+    model, task = planted
+    p = EdgePatcher(model, task, batch_size=6)
+    tau = 0.3 * (p.m_full - p.m_empty)
+    plain = acdc(p, tau=tau, progress=False)
+    assert _names(plain) == set(PLANTED_EDGES) and plain.faithfulness < 0.8
+    for screen in (False, True):
+        c = acdc(p, tau=tau, floor=0.95, screen_targets=screen, progress=False)
+        assert _names(c) == WANT
+        assert c.faithfulness == pytest.approx(1.0, abs=1e-6)
+        assert c.info["floor_reached"] and c.info["steps_undone"] == 0
+    low = acdc(p, tau=tau, floor=0.5, progress=False)
+    assert _names(low) == _names(plain) and low.faithfulness == pytest.approx(plain.faithfulness, abs=1e-9)
+    with pytest.raises(ValueError, match="floor"):
+        acdc(p, tau=tau, floor=1.5, progress=False)
+
+
+def test_restore_to_floor_undoes_the_costliest_steps_first(planted):
+    # The fallback when the estimate drifted: from the circuit without the weaker head, undo removal
+    # steps, the costliest first, until f reaches the floor; a step that helped is never undone.
+    from circuits.discovery.heads.floor import restore_to_floor
+
+    model, task = planted
+    p = EdgePatcher(model, task, batch_size=6)
+    g = p.graph
+    idx = lambda names: torch.tensor([g.parse_edge(n) for n in names])  # noqa: E731
+    removed = g.valid.clone()
+    removed[tuple(idx(PLANTED_EDGES).T)] = False
+    m = float(p.evaluate(removed)[0])
+    gap = p.m_full - p.m_empty
+    noise = idx(["a0.h3->logits"])
+    steps = [(noise, -1e-3 * gap), (idx(SECOND_HEAD_EDGES), -0.2 * gap), (idx(["a0.h2->logits"]), 0.01 * gap)]
+    r = restore_to_floor(p, removed, steps, 0.95, m)
+    assert r.reached and r.steps == 1 and r.faithfulness == pytest.approx(1.0, abs=1e-6)
+    assert set(map(tuple, (g.valid & ~r.removed).nonzero().tolist())) == set(map(tuple, idx(sorted(WANT)).tolist()))
+    # Without the weaker head's step the floor cannot be reached: every harmful step is undone, and it says so.
+    r = restore_to_floor(p, removed, [steps[0], steps[2]], 0.95, m)
+    assert not r.reached and r.steps == 1 and r.faithfulness < 0.95
+    assert restore_to_floor(p, removed, steps, 0.5, m).steps == 0  # already above the floor

@@ -30,6 +30,12 @@ What makes it fast, without changing that decision rule:
   it (``circuits.discovery.heads.chunked``, shared with node ACDC).
 - Screening (optional): group testing, all the untested edges into one input at once, then
   halves of a group that matters, down to single edges.
+- Floor (optional): many removals each under ``tau`` can add up to a large loss of faithfulness.
+  With ``floor`` a removal is also rejected when its loss would take the circuit's faithfulness
+  (estimated: the start's, measured on every prompt, plus the effects accepted since) under the
+  floor (``circuits.discovery.heads.chunked``), and if the result, measured on every prompt, is
+  still under it, the costliest removals are undone until it is not
+  (``circuits.discovery.heads.floor``). Not ACDC's rule: the circuit records it.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from tqdm import tqdm
 
 from circuits.discovery.heads.chunked import ChunkedSearch
 from circuits.discovery.heads.circuit import Circuit, nan_matrix
+from circuits.discovery.heads.floor import restore_to_floor
 from circuits.discovery.heads.prune import prune_dead, top_edges
 from circuits.patching.metrics import faithfulness
 from circuits.patching.edge_patcher import EdgePatcher
@@ -52,7 +59,7 @@ from circuits.patching.edge_patcher import EdgePatcher
 def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | None = None, candidates: int | None = None,
          within: Tensor | None = None, order: Literal["topological", "scores"] = "topological",
          batch: int | None = None, z: float | None = 3.0, screen_targets: bool = False,
-         progress: bool = True) -> Circuit:
+         floor: float | None = None, progress: bool = True) -> Circuit:
     """Run ACDC; see the module docstring.
 
     Args:
@@ -74,6 +81,11 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             edges that matter per input this needs far fewer tests, but it is coarser than ACDC
             (effects can cancel inside a group), so off by default; the circuit records which rule ran.
             Its tests run one edge set at a time (``batch`` does not apply).
+        floor: a faithfulness the circuit must keep (module docstring): a removal is kept out when |effect|
+            reaches tau or when its loss would take the estimated faithfulness under ``floor``; a result still
+            under it, measured on every prompt, has its costliest removal steps undone. A kept edge then
+            moved the metric by tau or more, or by more than the room left above the floor when tested.
+            None: ACDC's rule alone.
     """
     if batch is None:
         batch = 4 if patcher.model.device.type == "cuda" else 1
@@ -85,6 +97,8 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
     if within is not None and tuple(within.shape) != (g.n_src, g.n_dst):
         raise ValueError(f"within= is {tuple(within.shape)} but the patcher's graph is [{g.n_src}, {g.n_dst}]: build "
                          "it on the same graph (split_qkv alike)")
+    if floor is not None and not 0 < floor <= 1:
+        raise ValueError(f"floor is a faithfulness in (0, 1], got {floor}")
     if tau is None:
         tau = 0.01 * abs(patcher.m_full - patcher.m_empty)
     t0 = time.perf_counter()
@@ -93,7 +107,7 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
     if candidates is not None:  # the strongest candidates inside ``within``
         testable &= top_edges(g, torch.where(inside, scores.abs(), torch.zeros(())), candidates)  # type: ignore[union-attr]
     z = z if z is not None and len(patcher.chunks) > 1 and patcher.per_prompt_mean else None
-    state = ChunkedSearch(patcher, g.valid & ~testable, tau, z)
+    state = ChunkedSearch(patcher, g.valid & ~testable, tau, z, floor=floor)
     effects = nan_matrix(g)
     n_tested = n_evaluations = n_screened = 0
     owner = torch.tensor(g.dst_node)
@@ -111,6 +125,7 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
         if node >= 0 and not (g.valid[node] & ~removed[node]).any():
             removed = removed.clone()
             removed[:, dsts] |= g.valid[:, dsts]  # disconnected from the logits: its inputs cannot matter
+            _with_last_step(state.steps, node, (removed & ~state.removed).nonzero())
             state.assume(removed)
             continue
         layer = g.dst_layer(int(dsts[0]))
@@ -141,8 +156,18 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
                 i += 1
         bar.set_postfix(kept=int((g.valid & ~state.removed).sum()) if progress else 0, refresh=False)
 
-    kept = prune_dead(g, g.valid & ~state.removed)
     m = state.current()  # the final state's metric on every prompt; dropping dead edges changes nothing (prune_dead)
+    f_acdc = faithfulness(m, patcher.m_full, patcher.m_empty)
+    removed, floor_info = state.removed, {}
+    if floor is not None:
+        r = restore_to_floor(patcher, state.removed, state.steps, floor, m)
+        removed, m = r.removed, r.metric
+        floor_info = {"floor": floor, "floor_reached": r.reached, "faithfulness_search": f_acdc,
+                      "edges_search": int(prune_dead(g, g.valid & ~state.removed).sum()), "steps_undone": r.steps,
+                      "floor_evaluations": r.evaluations}
+        state.work += r.evaluations  # each a pass over every prompt from the embeddings
+        state.passes += r.evaluations * len(patcher.chunks)
+    kept = prune_dead(g, g.valid & ~removed)
     f = faithfulness(m, patcher.m_full, patcher.m_empty)
     s = nan_matrix(g)
     if scores is not None:
@@ -158,7 +183,16 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
                          "edges_tested": n_tested, "evaluations": n_evaluations, "batch": batch,
                          "z": -1.0 if z is None else z, "tests": state.tests, "tests_decided_early": state.early,
                          "passes": state.passes, "work": state.work, "screen_targets": screen_targets,
-                         "edges_screened": n_screened, "seconds": time.perf_counter() - t0})
+                         "edges_screened": n_screened, **floor_info, "seconds": time.perf_counter() - t0})
+
+
+def _with_last_step(steps: list[tuple[Tensor, float]], node: int, inputs: Tensor) -> None:
+    """The inputs ``[n, 2]`` of ``node``, removed because its last outgoing edge went, go with the step that
+    removed that edge (so the floor, undoing the step, brings them back with it)."""
+    for j in range(len(steps) - 1, -1, -1):
+        if (steps[j][0][:, 0] == node).any():
+            steps[j] = (torch.cat([steps[j][0], inputs]), steps[j][1])
+            return
 
 
 def _bisect(state: ChunkedSearch, edges: list[tuple[int, int]], layer: int, effects: Tensor,

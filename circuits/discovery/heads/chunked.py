@@ -19,6 +19,15 @@ costs only the layers from there up. Where the patcher records every set of a ba
 current across sweeps: a new sweep (node ACDC sweeps again from the top) re-runs a chunk only
 from the lowest layer that changed since it was last read, not from the embeddings.
 
+A floor (optional, ``floor``): many removals each under tau can add up to a large loss. With a floor
+the start set is measured on every prompt and the search keeps an estimate of the current set's
+metric (the start's plus every accepted removal's effect); a removal is then also rejected when its
+effect towards m(∅) exceeds the room left above the floor (the estimate's faithfulness minus the
+floor, in metric units): tau narrowed on the harmful side, decided on prompt chunks the same way.
+The estimate sums effects read on part of the prompts, so the final set's faithfulness, measured
+on every prompt, can still fall a little under the floor; ``circuits.discovery.heads.floor`` then
+undoes the costliest removals.
+
 A test may carry several trials at once (speculative batching): trial j is trial j − 1 with one
 more thing removed, each is judged against the one before it, in order, and the first one kept
 ends the test (the later trials assumed it removed).
@@ -40,6 +49,8 @@ class ChunkedPatcher(Protocol):
     chunks: list[Any]
     task: Any
     graph: Any
+    m_full: float
+    m_empty: float
     keeps_variants: bool
     """Whether ``keep_base`` records every set of a batched pass resumed from ``base`` (else only one
     set run from layer 0)."""
@@ -53,8 +64,9 @@ class ChunkedSearch:
     ``[n_src, n_dst]`` edges), each chunk's per-prompt metric under it (None where a removal made it
     stale), and each chunk's recorded run to resume from."""
 
-    def __init__(self, patcher: ChunkedPatcher, removed: Tensor, tau: float, z: float | None) -> None:
-        self.p, self.removed, self.tau, self.z = patcher, removed, tau, z
+    def __init__(self, patcher: ChunkedPatcher, removed: Tensor, tau: float, z: float | None, *,
+                 floor: float | None = None) -> None:
+        self.p, self.removed, self.tau, self.z, self.floor = patcher, removed, tau, z, floor
         n, self.L = len(patcher.chunks), patcher.graph.n_layers
         self.values: list[Tensor | None] = [None] * n   # [b] per prompt, under self.removed
         self.bases: list[Any] = [None] * n  # a recorded run per chunk ...
@@ -64,6 +76,11 @@ class ChunkedSearch:
         self.steps: list[tuple[Tensor, float]] = []  # each accepted removal: ([n, ndim] what it removed, its effect)
         self.passes = self.tests = self.early = 0
         self.work = 0.0  # layers computed, in full forward passes over every prompt (a load-free cost)
+        self.estimate = float("nan")  # with a floor: the current set's metric, the start's plus every accepted effect
+        if floor is not None:
+            for i in range(n):  # the start set on every prompt (and each chunk's run recorded)
+                self._resume_from(i, self.L)
+            self.estimate = self.start_metric
 
     def _count(self, i: int, k: int = 1, layer: int = 0) -> None:
         c, L = self.p.chunks[i], self.L
@@ -111,8 +128,17 @@ class ChunkedSearch:
         metric (the inputs of a node that no longer reaches the logits)."""
         self.removed = removed
 
+    def room(self) -> float:
+        """How far the metric may still move towards m(∅) before the estimate's faithfulness falls under
+        the floor (metric units, ≥ 0); infinite without a floor."""
+        if self.floor is None:
+            return math.inf
+        gap = self.p.m_full - self.p.m_empty
+        return max(0.0, ((self.estimate - self.p.m_empty) / gap - self.floor) * abs(gap))
+
     def _decide(self, effects: list[Tensor]) -> tuple[float, bool, int] | None:
-        """(mean effect, whether it is under tau, prompts read) once ``effects`` (per chunk read) decide."""
+        """(mean effect, whether the removal stands, prompts read) once ``effects`` (per chunk read) decide:
+        it stands when |effect| < tau and its move towards m(∅) is at most ``room()``."""
         d = torch.cat(effects)
         n, N, mean = len(d), self.p.task.n, float(d.mean())
         half = 0.0
@@ -120,8 +146,12 @@ class ChunkedSearch:
             if self.z is None or n < 2:
                 return None
             half = self.z * float(d.std()) * math.sqrt((N - n) / (N * n))
-        if abs(mean) + half < self.tau or abs(mean) - half >= self.tau:
-            return mean, abs(mean) < self.tau, n
+        room = self.room()
+        harm = mean if self.p.m_full < self.p.m_empty else -mean  # the move towards m(∅)
+        if abs(mean) + half < self.tau and harm + half <= room:
+            return mean, True, n
+        if abs(mean) - half >= self.tau or harm - half > room:
+            return mean, False, n
         return None
 
     def test(self, trials: Tensor, layer: int) -> list[tuple[float, bool]]:
@@ -161,6 +191,7 @@ class ChunkedSearch:
             if not small:
                 break
             self.steps.append(((trials[a] & ~self.removed).nonzero(), mean))
+            self.estimate += mean
             self.removed, self._changed = trials[a], True
             for c in range(n_chunks):
                 read = c < len(vals)
