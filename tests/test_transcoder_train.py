@@ -170,6 +170,42 @@ def test_sparse_decode_is_decode(kind: str, activation: str) -> None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_active_encode_is_the_dense_objective(kind: str) -> None:
+    """TopK training never builds the [N, L, F] activations; its loss, stats and every gradient
+    (encoder included, read only at active entries) equal the dense encode and decode."""
+    from transcoders.sparse import can_encode_active
+    from transcoders.train import Objective, TrainConfig
+
+    torch.manual_seed(0)
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=4, d_model=8, d_features=64, activation="topk",
+                                           k=3, skip=True)).double()
+    with torch.no_grad():
+        tc.b_dec.normal_()
+        tc.b_enc.normal_(mean=-0.8, std=0.3)  # some of a token's top 3 are negative: the ReLU drops them
+        tc.W_skip.normal_(std=0.1)
+        tc.input_scale.uniform_(0.5, 2)
+        tc.output_scale.uniform_(0.5, 2)
+    x, y = torch.randn(40, 4, 8, dtype=torch.float64), torch.randn(40, 4, 8, dtype=torch.float64)
+    cfg = TrainConfig(kind=kind, d_features=64, activation="topk", k=3, skip=True)
+    assert can_encode_active(tc)
+    objective = Objective(tc, cfg)
+    params = [p for p in tc.parameters() if p.requires_grad]
+    active = objective(x, y, torch.tensor(0.0))
+    with torch.no_grad():
+        acts = tc.encode(x).acts
+    per_token = (acts != 0).sum(-1)
+    assert per_token.max() == 3 and per_token.min() < 3  # some tokens lost features to the ReLU
+    out = tc(x)
+    err = (out.recon - y) * tc.output_scale[:, None]
+    dense_loss = err.square().sum(-1).mean() / 8
+    torch.testing.assert_close(active.loss, dense_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(active.l0, (acts != 0).sum(-1).float().mean(0))
+    assert torch.equal(active.fired, (acts != 0).any(0))
+    for a, b in zip(torch.autograd.grad(active.loss, params), torch.autograd.grad(dense_loss, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_lstsq_skip_starts_at_the_best_linear_map() -> None:
     """On a linear MLP the least-squares skip explains everything before any feature trains."""
     from transcoders.train import _fit_skip, _init_normalisation

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ class _Pattern:
 
 
 class _Decode(torch.autograd.Function):
-    """Every source layer's writes ``[N, n_layers, d_model]`` (no bias, no scale) from the active
+    """Every source layer's writes ``[n_layers, N, d_model]`` (no bias, no scale) from the active
     values ``vals [nnz]`` (grouped by source layer, ``sizes`` entries each) and the decoders.
 
     One function for the whole decode, so that autograd never sees a slice of the output or a
@@ -83,14 +84,14 @@ class _Decode(torch.autograd.Function):
                 out[s + t] += F.embedding_bag(pat.feat, W[:, t], pat.tok_offsets, mode="sum", per_sample_weights=v)
         ctx.save_for_backward(vals, *weights)
         ctx.pats, ctx.sizes, ctx.stacked = pats, sizes, stacked
-        return out.transpose(0, 1)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         vals, *weights = ctx.saved_tensors
         decoders = _per_source(weights, ctx.stacked)
         # Layer-major, so each pair's slice of the gradient is one contiguous [N, D] table.
-        go = grad_out.to(decoders[0].dtype).transpose(0, 1).contiguous()  # [L, N, D]
+        go = grad_out.to(decoders[0].dtype).contiguous()  # [L, N, D]
         g_vals, g_dec = [], []
         for s, (pat, v, W) in enumerate(zip(ctx.pats, vals.to(go.dtype).split(ctx.sizes), decoders, strict=True)):
             g_v = torch.zeros_like(v)
@@ -112,6 +113,41 @@ def _per_source(weights: tuple[Tensor, ...], stacked: bool) -> list[Tensor]:
     return [w[:, None, :] for w in weights[0]] if stacked else list(weights)
 
 
+class ActiveEntries(NamedTuple):
+    """A batch's active features, layer by layer: what the sparse kernels read instead of ``acts [N, L, F]``."""
+
+    vals: Tensor
+    """Active values ``[nnz]``, layer-major and sorted by token within a layer."""
+    pats: list[_Pattern]
+    """Which (token, feature) each layer's values sit at."""
+    sizes: list[int]
+    """Entries per layer (``vals.split(sizes)`` gives each layer's)."""
+
+    def l0(self, n_tokens: int) -> Tensor:
+        """Mean active features per token, per layer ``[n_layers]``."""
+        return torch.tensor(self.sizes, dtype=torch.float32) / n_tokens
+
+    def fired(self, d_features: int) -> Tensor:
+        """Whether each feature is active anywhere in the batch, ``[n_layers, d_features]``."""
+        return torch.stack([torch.bincount(p.feat, minlength=d_features) > 0 for p in self.pats])
+
+
+def _entries(layer: Tensor, tok: Tensor, feat: Tensor, vals: Tensor, n_tokens: int, n_layers: int, d_features: int,
+             dtype: torch.dtype) -> ActiveEntries:
+    sizes = torch.bincount(layer, minlength=n_layers).tolist()
+    pats = [_Pattern.of(t, f, n_tokens, d_features, dtype) for t, f in zip(tok.split(sizes), feat.split(sizes), strict=True)]
+    return ActiveEntries(vals, pats, sizes)
+
+
+def decode_normalised(tc: Transcoder, acts: ActiveEntries) -> Tensor:
+    """What the active features and the decoder bias write, in training's normalised units (times
+    ``tc.output_scale``), layer-major: ``[n_layers, N, d_model]``. ``tc.decode`` is this divided by
+    the scale, token-major."""
+    stacked = tc.cfg.kind == "plt"
+    weights = (tc.W_dec,) if stacked else tuple(tc.W_dec)
+    return _Decode.apply(acts.vals, acts.pats, acts.sizes, stacked, *weights) + tc.b_dec[:, None, :]
+
+
 def sparse_decode(tc: Transcoder, acts: Tensor) -> Tensor:
     """Exactly ``tc.decode(acts)`` for ``acts [N, n_layers, d_features]``, in ``O(active features)``."""
     if acts.ndim != 3 or (acts != 0).float().mean() > DENSITY_LIMIT:
@@ -122,11 +158,68 @@ def sparse_decode(tc: Transcoder, acts: Tensor) -> Tensor:
     # full-size zero gradient per layer.
     by_layer = acts.transpose(0, 1)
     layer, tok, feat = by_layer.nonzero(as_tuple=True)
-    vals = by_layer[layer, tok, feat]
-    sizes = torch.bincount(layer, minlength=L).tolist()
-    dtype = tc.b_dec.dtype
-    pats = [_Pattern.of(t, f, N, n_feat, dtype) for t, f in zip(tok.split(sizes), feat.split(sizes), strict=True)]
-    stacked = tc.cfg.kind == "plt"
-    weights = (tc.W_dec,) if stacked else tuple(tc.W_dec)
-    out = _Decode.apply(vals, pats, sizes, stacked, *weights)
-    return (out + tc.b_dec) / tc.output_scale[:, None]
+    acts = _entries(layer, tok, feat, by_layer[layer, tok, feat], N, L, n_feat, tc.b_dec.dtype)
+    return (decode_normalised(tc, acts) / tc.output_scale[:, None, None]).transpose(0, 1)
+
+
+def can_encode_active(tc: Transcoder) -> bool:
+    """Whether ``encode_active`` applies: TopK while training, at a density the sparse kernels win."""
+    return tc.cfg.activation == "topk" and tc.cfg.k / tc.cfg.d_features <= DENSITY_LIMIT
+
+
+def encode_active(tc: Transcoder, xs: Tensor) -> ActiveEntries:
+    """The TopK activations as active entries, never as ``[N, n_layers, d_features]``.
+
+    ``xs [n_layers, N, d_model]``: MLP inputs times ``tc.input_scale``, layer-major
+    (``normalised_inputs``). The same values as ``tc.encode(x).acts`` holds, differentiable with
+    respect to the encoder (not ``xs``, which is data). The encoder's gradient reads only the active
+    entries: a TopK passes nothing to the others, so the dense ``x^T @ grad_pre`` (as costly as the
+    forward product, and 94% zeros at k/F = 6.25%) becomes an ``embedding_bag`` by feature with ``x``
+    as the table, the kernel the decoder's gradient uses.
+    """
+    if not can_encode_active(tc):
+        raise ValueError(f"encode_active needs a TopK transcoder with k/d_features <= {DENSITY_LIMIT}, "
+                         f"not {tc.cfg.activation} with k={tc.cfg.k}, d_features={tc.cfg.d_features}.")
+    L, N, _ = xs.shape
+    with torch.no_grad():
+        pre = torch.baddbmm(tc.b_enc[:, None, :], xs, tc.W_enc)  # [L, N, F]
+        values, idx = pre.topk(tc.cfg.k, dim=-1)  # [L, N, k]
+        del pre
+        keep = values > 0  # the ReLU after the TopK: a non-positive value is not a feature
+        layer, tok, slot = keep.nonzero(as_tuple=True)
+        feat = idx[layer, tok, slot]
+        found = values[keep]
+    acts = _entries(layer, tok, feat, found, N, L, tc.cfg.d_features, tc.b_dec.dtype)
+    vals = _EncodeGrad.apply(found, xs, acts.pats, acts.sizes, tc.W_enc, tc.b_enc)
+    return acts._replace(vals=vals)
+
+
+def normalised_inputs(tc: Transcoder, x: Tensor) -> Tensor:
+    """``x [N, n_layers, d_model]`` times ``tc.input_scale``, layer-major ``[n_layers, N, d_model]``
+    in the encoder's dtype: one copy, and every per-layer product after it reads one contiguous run."""
+    xs = x.transpose(0, 1).to(tc.W_enc.dtype, memory_format=torch.contiguous_format, copy=True)
+    return xs.mul_(tc.input_scale[:, None, None])
+
+
+class _EncodeGrad(torch.autograd.Function):
+    """The identity on the active pre-activations ``vals [nnz]`` (found without autograd), wired to
+    the encoder: ``vals_p = xs[l, tok_p] · W_enc[l, :, feat_p] + b_enc[l, feat_p]``."""
+
+    @staticmethod
+    def forward(ctx, vals: Tensor, xs: Tensor, pats: list[_Pattern], sizes: list[int],  # type: ignore[override]
+                W_enc: Tensor, b_enc: Tensor) -> Tensor:
+        ctx.save_for_backward(xs)
+        ctx.pats, ctx.sizes, ctx.shape, ctx.dtype = pats, sizes, W_enc.shape, W_enc.dtype
+        return vals.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (xs,) = ctx.saved_tensors
+        L, D, n_feat = ctx.shape
+        g_w = torch.empty(L, n_feat, D, dtype=ctx.dtype, device=xs.device)
+        g_b = torch.zeros(L, n_feat, dtype=ctx.dtype, device=xs.device)
+        for layer, (pat, g) in enumerate(zip(ctx.pats, grad.to(ctx.dtype).split(ctx.sizes), strict=True)):
+            g_w[layer] = F.embedding_bag(pat.tok[pat.by_feat], xs[layer].to(ctx.dtype), pat.feat_offsets,
+                                         mode="sum", per_sample_weights=g[pat.by_feat])
+            g_b[layer].index_add_(0, pat.feat, g)
+        return None, None, None, None, g_w.transpose(1, 2).contiguous(), g_b

@@ -35,7 +35,7 @@ from transcoders.harvest import HarvestModel, NonFiniteError
 from transcoders.model import Activation, Kind, Transcoder, TranscoderConfig, TranscoderOutput, build_transcoder
 from transcoders.positions import FEATURE_START
 from transcoders.precision import Precision, autocast, check_precision, use_bf16
-from transcoders.sparse import sparse_decode
+from transcoders.sparse import can_encode_active, decode_normalised, encode_active, normalised_inputs, sparse_decode
 
 Sparsity = Literal["tanh", "l0"]
 log = logging.getLogger("transcoders.train")
@@ -136,30 +136,50 @@ class Objective(nn.Module):
     def forward(self, x: Tensor, y: Tensor, coeff: Tensor) -> StepStats:
         """``x, y``: ``[batch, n_layers, d_model]`` model units; ``coeff``: the sparsity weight."""
         tc, cfg = self.tc, self.cfg
+        if can_encode_active(tc):
+            # TopK: the [N, L, F] activations are never built, forward or backward, and the loss is
+            # taken layer-major in normalised units, the layout the sparse kernels and the skip's
+            # batched product use (transcoders.sparse). The same loss and gradients as below.
+            xs = normalised_inputs(tc, x)  # [L, N, D]
+            entries = encode_active(tc, xs)
+            recon = decode_normalised(tc, entries)  # [L, N, D]
+            if tc.W_skip is not None:
+                recon = torch.baddbmm(recon, xs, tc.W_skip)
+            target = y.transpose(0, 1) * tc.output_scale[:, None, None]
+            return _loss(recon, target, 1, entries.l0(x.shape[0]).to(x.device), entries.fired(tc.d_features))
         pre, acts = tc.encode(x)
         # JumpReLU's threshold learns from inactive features near it, whose gradient only a dense decode gives.
         decoded = tc.decode(acts) if cfg.activation == "jumprelu" else sparse_decode(tc, acts)
         out = TranscoderOutput(acts, pre, decoded + tc.skip(x))
-        s_out = tc.output_scale[:, None]
-        # Errors in normalised units: every layer counts alike whatever its scale.
-        err = (out.recon.float() - y.float()) * s_out
-        target = y.float() * s_out
-        sq = err.square().sum(-1)  # [N, L]
-        var = (target - target.mean(0)).square().sum(-1)
-        loss = sq.mean() / x.shape[-1]  # ≈ FVU: targets have unit mean square per component
         active = out.acts != 0
+        penalty = None
         if cfg.activation == "jumprelu":
             if cfg.sparsity == "l0":
                 penalty = step_l0(out.pre_acts.float(), tc.threshold, tc.cfg.jumprelu_bandwidth).sum(-1).mean()
             else:
                 norms = decoder_norms(tc)  # [L, F]
                 penalty = torch.tanh(cfg.tanh_scale * out.acts.float() * norms).sum(-1).mean()
-            loss = loss + coeff * penalty
         with torch.no_grad():
-            fvu = sq.sum(0) / var.sum(0).clamp_min(1e-12)
-            l0 = active.sum(-1).float().mean(0)
-            fired = active.any(0)
-        return StepStats(loss, fvu, l0, fired)
+            l0, fired = active.sum(-1).float().mean(0), active.any(0)
+        # Errors in normalised units: every layer counts alike whatever its scale.
+        s_out = tc.output_scale[:, None]
+        stats = _loss(out.recon * s_out, y * s_out, 0, l0, fired)
+        return stats if penalty is None else stats._replace(loss=stats.loss + coeff * penalty)
+
+
+def _loss(recon: Tensor, target: Tensor, token_dim: int, l0: Tensor, fired: Tensor) -> StepStats:
+    """The reconstruction loss of ``recon`` against ``target`` (normalised units, ``[N, L, D]`` with
+    ``token_dim`` 0 or ``[L, N, D]`` with 1), with the batch's ``l0 [L]`` and ``fired [L, F]``."""
+    # At least float32: a bf16 error's square would round away the small errors late training sees.
+    dtype = torch.promote_types(recon.dtype, torch.float32)
+    err = recon.to(dtype) - target.to(dtype)
+    sq = err.square().sum(-1)  # [N, L] or [L, N]
+    loss = sq.mean() / recon.shape[-1]  # ≈ FVU: targets have unit mean square per component
+    with torch.no_grad():
+        target = target.to(dtype)
+        var = (target - target.mean(token_dim, keepdim=True)).square().sum(-1)
+        fvu = sq.sum(token_dim) / var.sum(token_dim).clamp_min(1e-12)
+    return StepStats(loss, fvu, l0, fired)
 
 
 def decoder_norms(tc: Transcoder) -> Tensor:
