@@ -46,6 +46,8 @@ def test_node_mean_ablation_averages_within_each_group():
     want = sum(w * p.evaluate(removed) for p, w in parts)
     torch.testing.assert_close(grouped.evaluate(removed), want, rtol=1e-9, atol=1e-9)
     assert grouped.m_empty == pytest.approx(sum(w * p.m_empty for p, w in parts), abs=1e-9)
+    everything = torch.ones(grouped.graph.n_src, dtype=torch.bool)  # m(∅) runs one row per group: every prompt's
+    assert grouped.m_empty == pytest.approx(float(grouped.evaluate(everything)[0]), abs=1e-9)
     assert (grouped.evaluate(removed) - plain.evaluate(removed)).abs().max() > 1e-3  # grouping matters here
 
 

@@ -46,6 +46,9 @@ def test_ablating_a_node_is_removing_all_its_outgoing_edges(family, ablation):
         torch.testing.assert_close(nodes.evaluate(removed), edges.evaluate(as_edges), rtol=1e-9, atol=1e-9)
     assert nodes.m_full == pytest.approx(edges.m_full, abs=1e-9)
     assert nodes.m_empty == pytest.approx(edges.m_empty, abs=1e-9)
+    # m(∅) is run on one row per shared ablated value (mean, zero): it must be every prompt's run.
+    everything = torch.ones(g.n_src, dtype=torch.bool)
+    assert nodes.m_empty == pytest.approx(float(nodes.evaluate(everything)[0]), abs=1e-9)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])

@@ -301,9 +301,23 @@ class NodePatcher(PerPromptMean):
                 abl = rec.zeros()  # type: ignore[union-attr]
             self.chunks.append(_Chunk(ids, rows, abl, logits[0]))
         self.m_full = self._mean_over_chunks(lambda c: float(self._metric(c.clean_logits, c)))
-        # The empty circuit ablates the embeddings too, as the edge-level one does (every edge removed).
+        self.m_empty = self._empty_metric(mean)
+
+    def _empty_metric(self, mean: NodeValues | None) -> float:
+        """m(∅): every node ablated, the embeddings too, as the edge-level empty circuit (every edge removed).
+        A prompt's logits then depend on its ablated values alone, not on its tokens, so under mean or zero
+        ablation, where prompts share them (a template's mean, or zeros), one row per shared value is run."""
         everything = torch.ones(self.graph.n_src, dtype=torch.bool)
-        self.m_empty = float(self.evaluate(everything)[0])
+        if self.ablation == "resample":
+            return float(self.evaluate(everything)[0])
+        shared = mean if mean is not None else self.chunks[0].ablated  # [G, ...]: per group, or one
+        G = shared.z[0].shape[0]
+        with self._precision():
+            logits, _, _ = node_forward(self.model, self.graph, self.task.clean[:G], self.positions,
+                                        removed=everything, ablated=shared, vocab=self.vocab)
+        which = self.groups if G > 1 else torch.zeros(self.task.n, dtype=torch.long)
+        per_prompt = logits[0][which.to(logits.device)]  # type: ignore[union-attr]  # [N, P, c]
+        return self._mean_over_chunks(lambda c: float(self._metric(per_prompt[c.rows], c)))
 
     @property
     def nodes(self) -> list[int]:

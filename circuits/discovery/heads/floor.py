@@ -1,20 +1,21 @@
-"""A faithfulness floor for ACDC: undo the removals that cost the most until f reaches the floor.
+"""A faithfulness floor for ACDC, the fallback: undo the removals that cost the most until f is back at the floor.
 
 Greedy ACDC removes whatever moves the metric by less than ``tau`` on top of the removals so far,
 so many removals, each under tau, can add up to a large loss: on IOI, edge ACDC at tau = 1% of
-m(M) − m(∅) removed edges whose small losses together took f from 0.855 to 0.729. With a floor,
-once the search ends its circuit is measured on every prompt, and if f is under the floor the
-search's accepted removal steps (one edge or node, or a screened group of edges) are undone, the
-step that cost most first (its measured effect when it was made, in the direction of m(∅)), as few
-as bring f to the floor. Each candidate count is measured exactly on every prompt: doubling, then
-bisection (f need not rise with every step undone, so this finds a count at which f ≥ floor
-measured, and one fewer measured under it, not necessarily the fewest overall).
+m(M) − m(∅) removed edges whose small losses together took f from 0.855 to 0.729. With a floor the
+search itself rejects a removal that would take its estimate of f under the floor
+(``circuits.discovery.heads.chunked``), but that estimate sums effects read on part of the
+prompts. So once the search ends its circuit is measured on every prompt, and if f is under the
+floor the search's accepted removal steps (one edge or node, or a screened group of edges, with
+the inputs of a node its removal disconnected) are undone, the step that cost most first (its
+measured effect when it was made, in the direction of m(∅)), as few as bring f to the floor. Each
+candidate count is measured exactly on every prompt: doubling, then bisection (f need not rise
+with every step undone, so this finds a count at which f ≥ floor measured, and one fewer measured
+under it, not necessarily the fewest overall).
 
-Every edge ACDC keeps still moved the metric by tau or more when tested; the steps undone are
-kept on top of them, with their measured effect (a group's edges have none of their own). Steps
-that helped the metric when made (effect towards m(M)) are never undone. If undoing every
-harmful step cannot reach the floor, all of them are undone and the circuit says so
-(``info["floor_reached"]`` False).
+Steps that helped the metric when made (effect towards m(M)) are never undone. If undoing every
+harmful step cannot reach the floor, all of them are undone and the result says so
+(``reached`` False).
 """
 
 from __future__ import annotations
