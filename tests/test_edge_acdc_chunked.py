@@ -93,16 +93,20 @@ def test_chunked_acdc_decides_most_tests_early_and_finds_the_same_edges(planted,
         assert abs(e["effect"]) >= TAU
 
 
-def test_screening_targets_removes_their_edges_in_one_test(planted):
+@pytest.mark.parametrize("screen_chunks", [None, 1])
+def test_screening_targets_removes_their_edges_in_one_test(planted, screen_chunks):
+    # screen_chunks=1: a group the first chunk leaves undecided is split instead of read to the end.
     model, task = planted
     p = EdgePatcher(model, task, batch_size=6)
     plain = acdc(p, tau=TAU, progress=False)
-    c = acdc(p, tau=TAU, screen_targets=True, progress=False)
+    c = acdc(p, tau=TAU, screen_targets=True, screen_chunks=screen_chunks, progress=False)
     assert _names(c) == WANT
     assert c.info["screen_targets"] and c.info["edges_screened"] > 0
     assert c.info["tests"] < plain.info["tests"]
     for e in c.edges:  # a kept edge was tested alone at the end of its bisection
         assert abs(e["effect"]) >= TAU
+    with pytest.raises(ValueError, match="screen_chunks"):
+        acdc(p, tau=TAU, screen_chunks=1, progress=False)
 
 
 @pytest.mark.parametrize("options,match", [({"method": "eap", "within": torch.ones(1)}, "within="),

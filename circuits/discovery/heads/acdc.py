@@ -59,7 +59,7 @@ from circuits.patching.edge_patcher import EdgePatcher
 def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | None = None, candidates: int | None = None,
          within: Tensor | None = None, order: Literal["topological", "scores"] = "topological",
          batch: int | None = None, z: float | None = 3.0, screen_targets: bool = False,
-         floor: float | None = None, progress: bool = True) -> Circuit:
+         screen_chunks: int | None = None, floor: float | None = None, progress: bool = True) -> Circuit:
     """Run ACDC; see the module docstring.
 
     Args:
@@ -81,6 +81,9 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             edges that matter per input this needs far fewer tests, but it is coarser than ACDC
             (effects can cancel inside a group), so off by default; the circuit records which rule ran.
             Its tests run one edge set at a time (``batch`` does not apply).
+        screen_chunks: with ``screen_targets``, a group test reads at most this many prompt chunks; a group
+            they leave undecided (a close call) is split rather than read to the end, so close calls are
+            made on single edges only (None: a group is decided like any test).
         floor: a faithfulness the circuit must keep (module docstring): a removal is kept out when |effect|
             reaches tau or when its loss would take the estimated faithfulness under ``floor``; a result still
             under it, measured on every prompt, has its costliest removal steps undone. A kept edge then
@@ -97,6 +100,9 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
     if within is not None and tuple(within.shape) != (g.n_src, g.n_dst):
         raise ValueError(f"within= is {tuple(within.shape)} but the patcher's graph is [{g.n_src}, {g.n_dst}]: build "
                          "it on the same graph (split_qkv alike)")
+    if screen_chunks is not None and (not screen_targets or screen_chunks < 1):
+        raise ValueError(f"screen_chunks= is how many prompt chunks a group test of screen_targets=True reads (at "
+                         f"least 1); got {screen_chunks} with screen_targets={screen_targets}")
     if floor is not None and not 0 < floor <= 1:
         raise ValueError(f"floor is a faithfulness in (0, 1], got {floor}")
     if tau is None:
@@ -138,7 +144,8 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
         if screen_targets:  # group tests per input (q, k, v apart), bisected down to single edges
             for d in dsts.tolist():
                 n_tested, n_evaluations, n_screened = _bisect(
-                    state, [e for e in todo if e[1] == d], layer, effects, (n_tested, n_evaluations, n_screened))
+                    state, [e for e in todo if e[1] == d], layer, effects, (n_tested, n_evaluations, n_screened),
+                    chunks=screen_chunks)
             todo = []
         i = 0
         while i < len(todo):
@@ -183,7 +190,8 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
                          "edges_tested": n_tested, "evaluations": n_evaluations, "batch": batch,
                          "z": -1.0 if z is None else z, "tests": state.tests, "tests_decided_early": state.early,
                          "passes": state.passes, "work": state.work, "screen_targets": screen_targets,
-                         "edges_screened": n_screened, **floor_info, "seconds": time.perf_counter() - t0})
+                         "edges_screened": n_screened, "screen_chunks": -1 if screen_chunks is None else screen_chunks,
+                         **floor_info, "seconds": time.perf_counter() - t0})
 
 
 def _with_last_step(steps: list[tuple[Tensor, float]], node: int, inputs: Tensor) -> None:
@@ -196,28 +204,30 @@ def _with_last_step(steps: list[tuple[Tensor, float]], node: int, inputs: Tensor
 
 
 def _bisect(state: ChunkedSearch, edges: list[tuple[int, int]], layer: int, effects: Tensor,
-            counts: tuple[int, int, int], matters: bool = False) -> tuple[int, int, int]:
+            counts: tuple[int, int, int], matters: bool = False, chunks: int | None = None) -> tuple[int, int, int]:
     """Group testing: remove ``edges`` at once; if that moves the metric by ``tau`` or more, do the same
     for each half, down to single edges, which are ACDC's own tests (their effects recorded in
     ``effects``). ``matters``: the group is known to matter (its parent did and the other half
-    went), so its own group test is skipped; skipping never removes an edge untested. Returns the
-    counts (edges tested alone, tests, edges removed in groups) updated."""
+    went), so its own group test is skipped; skipping never removes an edge untested. ``chunks``: a
+    group test reads at most this many prompt chunks, and a group they leave undecided is split
+    (both halves tested: it is not known to matter). Returns the counts (edges tested alone, tests,
+    edges removed in groups) updated."""
     tested, tests, screened = counts
     if not edges:
         return counts
-    if len(edges) > 1 and matters:
-        small = False
-    else:
+    known = True  # that the group matters, once it is split
+    if not (len(edges) > 1 and matters):
         trial = state.removed.clone()
         trial[[s for s, _ in edges], [d for _, d in edges]] = True
-        effect, small = state.test(trial[None], layer)[0]
+        effect, small = state.test(trial[None], layer, chunks=chunks if len(edges) > 1 else None)[0]
         tests += 1
         if len(edges) == 1:
             effects[edges[0]] = effect
             return tested + 1, tests, screened
         if small:
             return tested, tests, screened + len(edges)
+        known = small is not None
     half = len(edges) // 2
-    counts = _bisect(state, edges[:half], layer, effects, (tested, tests, screened))
+    counts = _bisect(state, edges[:half], layer, effects, (tested, tests, screened), chunks=chunks)
     first_went = all(bool(state.removed[e]) for e in edges[:half])  # so the rest holds what mattered
-    return _bisect(state, edges[half:], layer, effects, counts, matters=first_went)
+    return _bisect(state, edges[half:], layer, effects, counts, matters=first_went and known, chunks=chunks)

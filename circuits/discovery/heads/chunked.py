@@ -154,21 +154,26 @@ class ChunkedSearch:
             return mean, False, n
         return None
 
-    def test(self, trials: Tensor, layer: int) -> list[tuple[float, bool]]:
+    def test(self, trials: Tensor, layer: int, *, chunks: int | None = None) -> list[tuple[float, bool | None]]:
         """Judge ``trials`` ``[J, *set]`` in order (module docstring), reading prompt chunks until each
         is decided; each decision is (effect against the set before it, whether it is under tau), up
-        to the first kept trial. The current set becomes the last trial under tau."""
+        to the first kept trial. The current set becomes the last trial under tau. ``chunks``: read at
+        most this many prompt chunks; a trial they leave undecided ends the test as (its effect on
+        them, None), and changes nothing."""
         J, N = trials.shape[0], self.p.task.n
-        n_chunks = len(self.p.chunks)
+        n_chunks = len(self.p.chunks) if chunks is None else min(chunks, len(self.p.chunks))
         vals: list[Tensor] = []  # per chunk read: [J, b], rows of trials decided before it was read unused
         runs: list[list[Any] | None] = []  # per chunk read: each trial's recorded run (None: not kept)
         keep = self.p.keeps_variants
-        out: list[tuple[float, bool]] = []
+        out: list[tuple[float, bool | None]] = []
         a = 0  # the trial being decided
         while a < J:
             decided = self._decide([v[a] - self.values[c] for c, v in enumerate(vals)]) if vals else None  # type: ignore[operator]
             if decided is None:
                 i = len(vals)
+                if i == n_chunks and n_chunks < len(self.p.chunks):  # the chunks allowed, and still undecided
+                    out.append((float(torch.cat([v[a] - self.values[c] for c, v in enumerate(vals)]).mean()), None))  # type: ignore[operator]
+                    break
                 assert i < n_chunks, "every prompt read and still undecided"
                 base = self._resume_from(i, layer)
                 todo = trials[a:]
@@ -193,7 +198,7 @@ class ChunkedSearch:
             self.steps.append(((trials[a] & ~self.removed).nonzero(), mean))
             self.estimate += mean
             self.removed, self._changed = trials[a], True
-            for c in range(n_chunks):
+            for c in range(len(self.p.chunks)):
                 read = c < len(vals)
                 self.values[c] = vals[c][a] if read else None
                 if read and runs[c] is not None:
