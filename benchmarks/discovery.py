@@ -76,8 +76,8 @@ def main() -> None:
     ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
     ap.add_argument("--edge-runs", default="no:0.01",
                     help="edges-from-nodes: comma-separated SCREEN:TAU[:CANDIDATES[:FLOOR]] edge ACDC runs from the same "
-                         "node circuit, each a row: SCREEN no (one test per edge, ACDC) or yes (screen_targets: group tests "
-                         "per input, bisected), TAU the threshold as a fraction of m(M) - m(∅), CANDIDATES test only "
+                         "node circuit, each a row: SCREEN no (one test per edge, ACDC), yes (screen_targets: group tests "
+                         "per input, bisected) or yesN (and a group test reads at most N prompt chunks: screen_chunks), TAU the threshold as a fraction of m(M) - m(∅), CANDIDATES test only "
                          "that many edges of the node circuit (largest |EAP score|; 0 or empty: all), FLOOR a "
                          "faithfulness to keep (acdc(floor=))")
     ap.add_argument("--memory-gb", type=float, default=2.0, help="edges-from-nodes: EdgePatcher's buffer bound")
@@ -162,7 +162,7 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
         zv = None if z == "none" else float(z)
         batch = 64 if zv is None else args.node_batch  # one chunk when nothing is decided early
         clock = Clock()
-        patcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=batch)
+        patcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=batch, scores=True)
         c = discover_nodes(model, task, patcher=patcher, candidates=args.node_candidates, include_mlps=False,
                            tau=args.node_tau * abs(patcher.m_full - patcher.m_empty), z=zv, progress=False)
         dt = clock()
@@ -188,7 +188,7 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
 
     z_nodes = args.node_z.split(",")[0]
     clock = Clock()
-    npatcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=args.node_batch)
+    npatcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=args.node_batch, scores=True)
     nodes = discover_nodes(model, task, patcher=npatcher, candidates=args.node_candidates, include_mlps=False,
                            tau=args.node_tau * abs(npatcher.m_full - npatcher.m_empty),
                            z=None if z_nodes == "none" else float(z_nodes), progress=False)
@@ -223,15 +223,18 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
         screen, tau, *rest = run.split(":")
         candidates = int(rest[0]) if rest and rest[0] not in ("", "0") else None
         floor = float(rest[1]) if len(rest) > 1 else None
+        screen_chunks = int(screen[3:]) if screen.startswith("yes") and screen[3:] else None
         scores = torch.nan_to_num(eap_scores()) if candidates is not None else None
         clock = Clock()
         c = acdc(patcher, float(tau) * abs(patcher.m_full - patcher.m_empty), scores=scores, candidates=candidates,
-                 within=start, z=z, screen_targets=screen == "yes", floor=floor, progress=False)
+                 within=start, z=z, screen_targets=screen.startswith("yes"), screen_chunks=screen_chunks, floor=floor,
+                 progress=False)
         t_edges = clock()
         if candidates is not None:  # the EAP pass is part of this route
             t_edges = (t_edges[0] + t_scores[0], t_edges[1] + t_scores[1])
         i = c.info
-        name = (f"edge ACDC within the node circuit, tau {tau}{', screened' if screen == 'yes' else ''}"
+        name = (f"edge ACDC within the node circuit, tau {tau}{', screened' if screen.startswith('yes') else ''}"
+                f"{f' (groups decided on {screen_chunks} chunks)' if screen_chunks else ''}"
                 f"{f', {candidates} EAP candidates' if candidates else ''}{f', floor {floor}' if floor else ''}")
         print(f"# {name}: {c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({t_edges[0]:.0f} s wall, "
               f"{t_edges[1]:.0f} s CPU; patcher setup "

@@ -98,6 +98,19 @@ def test_node_scores_are_the_eap_scores_of_all_outgoing_edges(family):
     assert all(p.requires_grad for p in model.hf.parameters())  # unfrozen again
 
 
+@pytest.mark.parametrize("ablation", ["mean", "zero", "resample"])
+def test_node_scores_taken_in_the_clean_pass_are_node_scores(ablation):
+    # scores=True: the patcher's clean pass is the gradient pass's forward; the same scores, clean
+    # logits and m(M) as a patcher that runs them apart.
+    model = _model("llama")
+    task = _task(model)
+    plain, taken = NodePatcher(model, task, ablation=ablation), NodePatcher(model, task, ablation=ablation, scores=True)
+    torch.testing.assert_close(taken.node_scores(), plain.node_scores(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(taken.chunks[0].clean_logits, plain.chunks[0].clean_logits, rtol=1e-12, atol=1e-12)
+    assert taken.m_full == pytest.approx(plain.m_full, abs=1e-12) and taken.m_empty == pytest.approx(plain.m_empty)
+    assert all(p.requires_grad for p in model.hf.parameters())  # unfrozen again
+
+
 @pytest.mark.parametrize("include_mlps", [True, False])
 @pytest.mark.parametrize("screen_layers", [True, False])
 def test_node_acdc_recovers_exactly_the_planted_heads(include_mlps, screen_layers):

@@ -259,11 +259,13 @@ class NodePatcher(PerPromptMean):
         precision: ``"fp32"`` (default: the model's own dtype), ``"auto"`` (bf16 autocast only where
             the hardware runs it faster: about 2.5x on an AVX-512 BF16 CPU, 50x slower on AVX2) or
             ``"bf16"``; see ``transcoders.precision``. ``self.bf16`` says what was chosen.
+        scores: also take ``node_scores()`` now: the clean pass the patcher runs anyway is their gradient
+            pass's forward, so this saves a forward pass over every prompt.
     """
 
     def __init__(self, model: Model, task: Task, *, ablation: NodeAblation = "mean",
                  metric: Literal["task", "kl"] = "task", reference: Tensor | None = None, batch_size: int = 64,
-                 precision: Precision = "fp32") -> None:
+                 precision: Precision = "fp32", scores: bool = False) -> None:
         if ablation not in ("zero", "mean", "resample"):
             raise ValueError(f"unknown ablation {ablation!r}: use 'zero', 'mean' or 'resample'")
         if metric not in ("task", "kl"):
@@ -287,19 +289,26 @@ class NodePatcher(PerPromptMean):
                                  "ablation is per position, so pass a reference set of the task's length")
             mean = self._record(ref).mean(self.groups)
         self.chunks: list[_Chunk] = []
+        self._scores = torch.zeros(self.graph.n_src, dtype=torch.float64) if scores else None
         for start in range(0, task.n, self.batch_size):
             rows = slice(start, min(start + self.batch_size, task.n))
             ids = task.clean[rows]
-            with self._precision():
-                logits, rec, _ = node_forward(model, self.graph, ids, self.positions, record=ablation == "zero",
-                                              vocab=self.vocab)
+            if scores:
+                logits, rec, probes = self._gradient_pass(ids, rows)
+            else:
+                with self._precision():
+                    out, rec, _ = node_forward(model, self.graph, ids, self.positions, record=ablation == "zero",
+                                               vocab=self.vocab)
+                logits = out[0]
             if ablation == "resample":
                 abl = self._record(task.corrupted[rows])
             elif ablation == "mean":
                 abl = mean.rows(self.groups, rows)  # type: ignore[union-attr]
             else:
                 abl = rec.zeros()  # type: ignore[union-attr]
-            self.chunks.append(_Chunk(ids, rows, abl, logits[0]))
+            self.chunks.append(_Chunk(ids, rows, abl, logits))
+            if scores:
+                self._scores += self._chunk_scores(self.chunks[-1], rec, probes)  # type: ignore[operator, arg-type]
         self.m_full = self._mean_over_chunks(lambda c: float(self._metric(c.clean_logits, c)))
         self.m_empty = self._empty_metric(mean)
 
@@ -423,27 +432,42 @@ class NodePatcher(PerPromptMean):
     def node_scores(self) -> Tensor:
         """EAP per node ``[n_src]``: Σ over prompts and positions of (ablated − clean output) · ∂m/∂output
         at the clean input, a first-order estimate of m(remove the node alone) − m(M)."""
+        if self._scores is not None:  # taken in the clean pass (``scores=True``)
+            return self._scores.clone()
+        scores = torch.zeros(self.graph.n_src, dtype=torch.float64)
+        for c in self.chunks:
+            _, rec, probes = self._gradient_pass(c.ids, c.rows)
+            scores += self._chunk_scores(c, rec, probes)
+        return scores
+
+    def _gradient_pass(self, ids: Tensor, rows: slice) -> tuple[Tensor, NodeValues, NodeValues]:
+        """The clean run of prompts ``rows`` (``ids`` ``[b, T]``), with ∂m/∂(every node's output): (logits
+        ``[b, P, d_vocab]``, every node's output, zero probes on them whose ``.grad`` holds the gradients);
+        m is weighted by the prompts' share of the task."""
+        state = _NodePass(self.model, self.graph, None, None, True, None, 0, False)
+        state.grad_probes = NodeValues([], [])
+        with frozen_parameters(self.model):  # activation gradients only
+            with torch.enable_grad(), state.installed(), self._precision(), unembed_only(self.model, self.vocab):
+                logits = self.model.hf(ids.to(self.model.device), logits_to_keep=self.positions.to(
+                    self.model.device), use_cache=False).logits
+                chunk = _Chunk(ids, rows, None, logits.detach())  # type: ignore[arg-type]  # the metric reads rows
+                m = self._metric(logits, chunk) * (rows.stop - rows.start) / self.task.n
+            m.backward()
+        return logits.detach(), state.record, state.grad_probes  # type: ignore[return-value]
+
+    def _chunk_scores(self, c: _Chunk, rec: NodeValues, probes: NodeValues) -> Tensor:
+        """``[n_src]`` chunk ``c``'s share of the node scores, from its ``_gradient_pass``."""
         g = self.graph
         scores = torch.zeros(g.n_src, dtype=torch.float64)
-        with frozen_parameters(self.model):  # activation gradients only
-            for c in self.chunks:
-                state = _NodePass(self.model, g, None, None, True, None, 0, False)
-                state.grad_probes = NodeValues([], [])
-                with torch.enable_grad(), state.installed(), self._precision(), unembed_only(self.model, self.vocab):
-                    logits = self.model.hf(c.ids.to(self.model.device), logits_to_keep=self.positions.to(
-                        self.model.device), use_cache=False).logits
-                    m = self._metric(logits, c) * (c.rows.stop - c.rows.start) / self.task.n
-                m.backward()
-                rec, probes = state.record, state.grad_probes
-                for l in range(g.n_layers):
-                    dz = (c.ablated.z[l].double() - rec.z[l].double()) * probes.z[l].grad.double()  # type: ignore[union-attr]
-                    per_head = dz.sum(dim=(0, 1, 3))  # [H]
-                    for h in range(g.n_heads):
-                        scores[g.head_src(l, h)] += float(per_head[h])
-                    dm = (c.ablated.mlp[l].double() - rec.mlp[l].double()) * probes.mlp[l].grad.double()  # type: ignore[union-attr]
-                    scores[g.mlp_src(l)] += float(dm.sum())
-                de = (c.ablated.embed[0].double() - rec.embed[0].double()) * probes.embed[0].grad.double()  # type: ignore[union-attr]
-                scores[0] += float(de.sum())
+        for l in range(g.n_layers):
+            dz = (c.ablated.z[l].double() - rec.z[l].double()) * probes.z[l].grad.double()  # type: ignore[union-attr]
+            per_head = dz.sum(dim=(0, 1, 3))  # [H]
+            for h in range(g.n_heads):
+                scores[g.head_src(l, h)] += float(per_head[h])
+            dm = (c.ablated.mlp[l].double() - rec.mlp[l].double()) * probes.mlp[l].grad.double()  # type: ignore[union-attr]
+            scores[g.mlp_src(l)] += float(dm.sum())
+        de = (c.ablated.embed[0].double() - rec.embed[0].double()) * probes.embed[0].grad.double()  # type: ignore[union-attr]
+        scores[0] += float(de.sum())
         return scores
 
     def faithfulness(self, kept: Tensor) -> float:

@@ -9,8 +9,10 @@ every node of the result moves the metric by at least ``tau`` when removed from 
 itself (one sweep leaves nodes that only mattered next to nodes removed after them).
 
 It is fast because a node test is a plain forward pass from the node's layer upwards (no
-per-head q/k/v inputs), resumed from one base run (decisions are made top-down, so the layers
-below the one being tested never change), and because two optional screens cut the passes:
+per-head q/k/v inputs), resumed from a recorded run (decisions are made top-down, so the layers
+below the one being tested never change; each prompt chunk's run follows the removals it reads, so
+a new sweep resumes from it too: ``circuits.discovery.heads.chunked``), and because two optional
+screens cut the passes:
 
 - ``candidates``: test only the n nodes with the largest attribution |score|; the others are
   ablated up front and never tested.

@@ -66,7 +66,8 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
         patcher = NodePatcher(model, task, ablation="mean" if ablation is None else ablation,
                               metric="task" if metric is None else metric,
                               batch_size=8 if batch_size is None else batch_size,
-                              precision="fp32" if precision is None else precision)
+                              precision="fp32" if precision is None else precision,
+                              scores=method == "eap" or candidates is not None)  # taken in its clean pass
     else:
         asked = None if precision is None else ("bf16" if use_bf16(model.device, precision) else "fp32")
         check_patcher("discover_nodes", patcher, NodePatcher, model, task, lambda p: {
