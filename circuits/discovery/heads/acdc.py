@@ -31,10 +31,10 @@ What makes it fast, without changing that decision rule:
 - Screening (optional): group testing, all the untested edges into one input at once, then
   halves of a group that matters, down to single edges.
 - Floor (optional): many removals each under ``tau`` can add up to a large loss of faithfulness.
-  With ``floor`` a removal is also rejected when its loss would take the circuit's faithfulness
-  (estimated: the start's, measured on every prompt, plus the effects accepted since) under the
-  floor (``circuits.discovery.heads.chunked``), and if the result, measured on every prompt, is
-  still under it, the costliest removals are undone until it is not
+  With ``floor`` a removal under tau is also rejected when its loss clearly (by z standard errors)
+  takes the circuit's faithfulness (estimated: the start's, measured on every prompt, plus the
+  effects accepted since) under the floor (``circuits.discovery.heads.chunked``), and if the result,
+  measured on every prompt, is still under it, the costliest removals are undone until it is not
   (``circuits.discovery.heads.floor``). Not ACDC's rule: the circuit records it.
 """
 
@@ -85,10 +85,10 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             they leave undecided (a close call) is split rather than read to the end, so close calls are
             made on single edges only (None: a group is decided like any test).
         floor: a faithfulness the circuit must keep (module docstring): a removal is kept out when |effect|
-            reaches tau or when its loss would take the estimated faithfulness under ``floor``; a result still
-            under it, measured on every prompt, has its costliest removal steps undone. A kept edge then
-            moved the metric by tau or more, or by more than the room left above the floor when tested.
-            None: ACDC's rule alone.
+            reaches tau or when its loss clearly takes the estimated faithfulness under ``floor``; a result
+            still under it, measured on every prompt, has its costliest removal steps undone. A kept edge
+            then moved the metric by tau or more, or by more than the room left above the floor when
+            tested. None: ACDC's rule alone.
     """
     if batch is None:
         batch = 4 if patcher.model.device.type == "cuda" else 1

@@ -21,12 +21,13 @@ from the lowest layer that changed since it was last read, not from the embeddin
 
 A floor (optional, ``floor``): many removals each under tau can add up to a large loss. With a floor
 the start set is measured on every prompt and the search keeps an estimate of the current set's
-metric (the start's plus every accepted removal's effect); a removal is then also rejected when its
-effect towards m(∅) exceeds the room left above the floor (the estimate's faithfulness minus the
-floor, in metric units): tau narrowed on the harmful side, decided on prompt chunks the same way.
-The estimate sums effects read on part of the prompts, so the final set's faithfulness, measured
-on every prompt, can still fall a little under the floor; ``circuits.discovery.heads.floor`` then
-undoes the costliest removals.
+metric (the start's plus every accepted removal's effect); a removal under tau is then also
+rejected when its effect towards m(∅) clearly exceeds the room left above the floor (the estimate's
+faithfulness minus the floor, in metric units): by more than z standard errors on the prompts read
+when tau decided it (on every prompt: by anything). So the floor reads no prompt more than tau does
+(a strict check would make every test a close call once the room is used up), and the estimate can
+end under the floor: the final set's faithfulness is measured on every prompt, and if it is under,
+``circuits.discovery.heads.floor`` undoes the costliest removals.
 
 A test may carry several trials at once (speculative batching): trial j is trial j − 1 with one
 more thing removed, each is judged against the one before it, in order, and the first one kept
@@ -137,8 +138,9 @@ class ChunkedSearch:
         return max(0.0, ((self.estimate - self.p.m_empty) / gap - self.floor) * abs(gap))
 
     def _decide(self, effects: list[Tensor]) -> tuple[float, bool, int] | None:
-        """(mean effect, whether the removal stands, prompts read) once ``effects`` (per chunk read) decide:
-        it stands when |effect| < tau and its move towards m(∅) is at most ``room()``."""
+        """(mean effect, whether the removal stands, prompts read) once ``effects`` (per chunk read) decide
+        |effect| against tau; one under tau stands unless its move towards m(∅) exceeds ``room()`` by more
+        than the interval's half-width (the floor reads no prompt more than tau does)."""
         d = torch.cat(effects)
         n, N, mean = len(d), self.p.task.n, float(d.mean())
         half = 0.0
@@ -146,11 +148,10 @@ class ChunkedSearch:
             if self.z is None or n < 2:
                 return None
             half = self.z * float(d.std()) * math.sqrt((N - n) / (N * n))
-        room = self.room()
-        harm = mean if self.p.m_full < self.p.m_empty else -mean  # the move towards m(∅)
-        if abs(mean) + half < self.tau and harm + half <= room:
-            return mean, True, n
-        if abs(mean) - half >= self.tau or harm - half > room:
+        if abs(mean) + half < self.tau:  # under tau: the removal stands unless clearly beyond the floor's room
+            harm = mean if self.p.m_full < self.p.m_empty else -mean  # the move towards m(∅)
+            return mean, harm - half <= self.room(), n
+        if abs(mean) - half >= self.tau:
             return mean, False, n
         return None
 
