@@ -9,7 +9,8 @@ from its checkpoint, so a curve can be built across several sessions. Each snaps
 - the time its training took: wall seconds and CPU seconds of the training process (on a shared
   machine the CPU seconds are the steadier clock; on two idle cores wall ≈ CPU / 2).
 
-Rows are appended to ``--results`` (CSV, one row per kind and budget; a row already there is not
+``--sets DIR ...`` measures saved sets the same way (``transcoders train --out DIR``), each a row
+with the tokens and training time its metadata records. Rows are appended to ``--results`` (CSV, one row per kind and budget; a row already there is not
 measured again), printed as a table, and plotted to ``--plot`` (PNG, needs matplotlib: ``pip install
 matplotlib``) against tokens and against training time, so "which wins at equal time" can be read off.
 
@@ -73,8 +74,10 @@ def _plot(rows: list[dict[str, str]], path: Path) -> bool:
     from transcoders.writes import write_bytes
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for kind in sorted({r["kind"] for r in rows}):
-        mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: int(r["tokens"]))
+    # One curve per recipe: a run's snapshots share kind, preset and overrides; a saved set is a point.
+    for group in sorted({(r["kind"], r["preset"], r["overrides"]) for r in rows}):
+        mine = sorted((r for r in rows if (r["kind"], r["preset"], r["overrides"]) == group), key=lambda r: int(r["tokens"]))
+        kind = f"{group[0]} {group[1]}"
         tokens = [int(r["tokens"]) / 1e6 for r in mine]
         hours = [float(r["train_cpu_s"]) / 3600 for r in mine]
         rep = [float(r["replacement"]) for r in mine]
@@ -99,6 +102,23 @@ def _plot(rows: list[dict[str, str]], path: Path) -> bool:
     return True
 
 
+def _measure(model, tc, meta: dict, prompts: list, args: argparse.Namespace, cpu: str) -> dict[str, object]:
+    """One row's measures of the set ``tc``: held-out FVU/CE/KL, graph scores, training time from ``meta``."""
+    from circuits.replacement import evaluate
+
+    ev = evaluate(model, tc, n_tokens=args.eval_tokens, precision="fp32").summary()
+    scores = score_prompts(model, tc, prompts, max_features=args.max_features, label=f"{tc.cfg.kind}")
+    return {
+        "train_s": f"{meta.get('train_seconds', float('nan')):.0f}",
+        "train_cpu_s": f"{meta.get('train_cpu_seconds', float('nan')):.0f}",
+        "fvu": f"{ev['fvu']:.3f}", "ce_replaced": f"{ev['ce_replaced']:.3f}", "ce_model": f"{ev['ce_model']:.3f}",
+        "kl": f"{ev['kl']:.3f}",
+        "replacement": f"{statistics.fmean(r[2] for r in scores):.3f}",
+        "completeness": f"{statistics.fmean(r[3] for r in scores):.3f}",
+        "min_replacement": f"{min(r[2] for r in scores):.3f}", "prompts": len(prompts), "cpu": cpu,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", nargs="+", default=["plt", "clt"], choices=["plt", "clt"])
@@ -112,6 +132,9 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="train (and snapshot) only; measure later")
     parser.add_argument("--measure-only", action="store_true",
                         help="measure the snapshots already saved (a run may still be training)")
+    parser.add_argument("--sets", nargs="+", type=Path, default=[],
+                        help="also measure these saved sets (their kind, tokens and training time from the set's "
+                             "own metadata; the row's preset column holds the directory's name)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/quality_budget.csv"))
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/quality_budget.png"))
     args = parser.parse_args()
@@ -120,7 +143,6 @@ def main() -> None:
 
     from benchmarks.machine import print_machine
     from circuits import load_model
-    from circuits.replacement import evaluate
     from transcoders import PRESETS, load_transcoders, train
     from transcoders.cache import cache_dir
     from transcoders.io import read_config
@@ -133,7 +155,17 @@ def main() -> None:
     prompts = [p for p in PROMPTS if not args.prompts or p.name in args.prompts]
     cpu = torch.backends.cpu.get_cpu_capability()
     overrides = {"skip_init": args.skip_init} if args.skip_init else {}
-    for kind in args.kind:
+    done = {(r["kind"], r["preset"], r["overrides"], r["tokens"], r["prompts"]) for r in _read(args.results)}
+    for where in args.sets:
+        meta = read_config(where / "config.yaml").get("circuit_engine", {})
+        recipe = {k: v for k, v in meta.get("train_config", {}).items()
+                  if k in ("batch_tokens", "lr", "decay_fraction", "warmup_steps", "chunk_epochs")}
+        row = {"kind": meta.get("kind", "?"), "preset": where.name, "overrides": str(recipe),
+               "tokens": int(meta.get("tokens", 0))}
+        if (row["kind"], row["preset"], row["overrides"], str(row["tokens"]), str(len(prompts))) in done:
+            continue
+        _append(args.results, {**row, **_measure(model, load_transcoders(model, where), meta, prompts, args, cpu)})
+    for kind in ([] if args.sets and args.kind == parser.get_default("kind") else args.kind):
         cfg = PRESETS[args.preset].train_config(kind=kind, n_tokens=max(args.budgets),
                                                 num_threads=args.threads, **overrides)
         run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg))
@@ -142,26 +174,14 @@ def main() -> None:
             train(model, cfg, run_dir=run_dir, save_at=args.budgets)
         if args.train_only:
             continue
-        done = {(r["kind"], r["preset"], r["overrides"], r["tokens"], r["prompts"]) for r in _read(args.results)}
         for budget in sorted(args.budgets):
             where = run_dir / f"tokens-{budget}"
             key = (kind, args.preset, str(overrides), str(budget), str(len(prompts)))
             if key in done or not (where / "config.yaml").is_file():
                 continue
             meta = read_config(where / "config.yaml").get("circuit_engine", {})
-            tc = load_transcoders(model, where)
-            ev = evaluate(model, tc, n_tokens=args.eval_tokens, precision="fp32").summary()
-            scores = score_prompts(model, tc, prompts, max_features=args.max_features, label=f"{kind}@{budget}")
-            _append(args.results, {
-                "kind": kind, "preset": args.preset, "overrides": str(overrides), "tokens": budget,
-                "train_s": f"{meta.get('train_seconds', float('nan')):.0f}",
-                "train_cpu_s": f"{meta.get('train_cpu_seconds', float('nan')):.0f}",
-                "fvu": f"{ev['fvu']:.3f}", "ce_replaced": f"{ev['ce_replaced']:.3f}", "ce_model": f"{ev['ce_model']:.3f}",
-                "kl": f"{ev['kl']:.3f}",
-                "replacement": f"{statistics.fmean(r[2] for r in scores):.3f}",
-                "completeness": f"{statistics.fmean(r[3] for r in scores):.3f}",
-                "min_replacement": f"{min(r[2] for r in scores):.3f}", "prompts": len(prompts), "cpu": cpu,
-            })
+            _append(args.results, {"kind": kind, "preset": args.preset, "overrides": str(overrides), "tokens": budget,
+                                   **_measure(model, load_transcoders(model, where), meta, prompts, args, cpu)})
     rows = _read(args.results)
     if rows:
         print("\n| kind | preset | overrides | tokens | train wall s | train CPU s | FVU | CE replaced / model | KL | "

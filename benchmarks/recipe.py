@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["base"])
     parser.add_argument("--heldout-tokens", type=int, default=16_384)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, help="keep the harvested activations in this file (GBs) for the next sweep "
+                        "of the same layers and rows")
     args = parser.parse_args()
 
     from benchmarks.machine import print_machine
@@ -159,11 +161,25 @@ def main() -> None:
     # The preset's own token order (train() reads corpus.batches with these arguments).
     stream = corpus.batches(model.tokenizer, seq_len=base.seq_len, batch_size=base.model_batch, split="train",
                             seed=base.seed, epochs=None)
-    x, y = harvest_rows(model, stream, need, args.layers, sites, "harvest train")
-    held = corpus.batches(model.tokenizer, seq_len=base.seq_len, batch_size=base.model_batch, split="heldout",
-                          seed=base.seed, epochs=None)
-    hx, hy = harvest_rows(model, held, math.ceil(args.heldout_tokens / (base.seq_len - base.skip_first)),
-                          args.layers, sites, "harvest held-out")
+    n_held = math.ceil(args.heldout_tokens / (base.seq_len - base.skip_first))
+    key = {"model": model.name, "layers": args.layers, "seq_len": base.seq_len, "batch": base.model_batch,
+           "seed": base.seed, "sites": sites}
+    saved = torch.load(args.cache, weights_only=True) if args.cache and args.cache.is_file() else None
+    if saved is not None and saved["key"] == repr(key) and len(saved["x"]) >= need and len(saved["hx"]) >= n_held:
+        x, y, hx, hy = saved["x"][:need], saved["y"][:need], saved["hx"][:n_held], saved["hy"][:n_held]
+    else:
+        x, y = harvest_rows(model, stream, need, args.layers, sites, "harvest train")
+        held = corpus.batches(model.tokenizer, seq_len=base.seq_len, batch_size=base.model_batch, split="heldout",
+                              seed=base.seed, epochs=None)
+        hx, hy = harvest_rows(model, held, n_held, args.layers, sites, "harvest held-out")
+        if args.cache:
+            import io
+
+            from transcoders.writes import write_bytes
+
+            buffer = io.BytesIO()
+            torch.save({"key": repr(key), "x": x, "y": y, "hx": hx, "hy": hy}, buffer)
+            write_bytes(args.cache, buffer.getvalue())
     cached = CachedModel(model.name, x, y, sites)
     del model
 

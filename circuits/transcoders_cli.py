@@ -153,10 +153,12 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from transcoders.sets import preset_dir
+    from transcoders.sets import preset_dir, stale_fields
 
     for p in PRESETS.values():
         built = "built" if (preset_dir(p.name) / "config.yaml").is_file() else "not built"
+        if stale := stale_fields(p.name):
+            built += f" (an older recipe: {', '.join(stale)} differ; train it again for the current one)"
         c = p.config
         print(f"{p.name:16} {p.model:24} {c.kind} {c.activation} width {c.d_features} k {c.k} "
               f"{c.n_tokens:,} tokens; {p.cost}; {built}{' (default)' if p.default else ''}")

@@ -84,3 +84,26 @@ def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: p
     meta = yaml.safe_load((tuned / "config.yaml").read_text())["circuit_engine"]
     assert meta["finetune_tokens"] == 256 and meta["kind"] == "clt"
     assert not torch.equal(load_transcoders(load_model(str(tmp_path / "model")), tuned).W_enc, tc.W_enc)
+
+
+def test_a_set_built_with_an_older_recipe_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A preset's recipe can change after a user built it: the cached set is kept (it is theirs to
+    replace), and `presets` says which fields differ and how to train the current one."""
+    from transcoders import PRESETS
+    from transcoders.sets import preset_dir, stale_fields
+    from transcoders.train import config_record
+
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    assert stale_fields("smollm2-quick") == []  # not built
+    recipe = config_record(PRESETS["smollm2-quick"].config)
+    where = preset_dir("smollm2-quick")
+    where.mkdir(parents=True)
+    (where / "config.yaml").write_text(yaml.safe_dump({"circuit_engine": {"train_config": recipe}}))
+    assert stale_fields("smollm2-quick") == []  # current
+    (where / "config.yaml").write_text(yaml.safe_dump(
+        {"circuit_engine": {"train_config": {**recipe, "batch_tokens": 1024, "num_threads": 7}}}))
+    assert stale_fields("smollm2-quick") == ["batch_tokens"]  # threads do not change the result
+    main(["presets"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("smollm2-quick"))
+    assert "older recipe: batch_tokens differ" in line and "(default)" in line
