@@ -67,15 +67,15 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         cost="several hours on 2 CPU cores"),
     Preset(
         "smollm2-long", _SMOLLM2,
-        # The quick recipe as a CLT on 2M tokens. (The least-squares skip start was tried and lost:
+        # smollm2-clt's recipe on 2M tokens. (The least-squares skip start was tried and lost:
         # fitted on one chunk it extrapolates badly on held-out text; BENCHMARKS.md.)
-        # It checkpoints every 50 steps and resumes where it stopped, so it can be built over
+        # It checkpoints every 100 steps and resumes where it stopped, so it can be built over
         # several runs; benchmarks/quality_budget.py --kind clt trains exactly this run (the same
         # run folder) and measures it at 150k, 500k and 2M tokens on the way.
         TrainConfig(kind="clt", d_features=1024, activation="topk", k=64, skip=True,
-                    n_tokens=2_000_000, seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=1024, lr=2e-3,
-                    warmup_steps=10, checkpoint_every=50, num_threads=2),
-        cost="about 7 hours on 2 idle AVX2 CPU cores (resumable across runs; minutes on a GPU)"),
+                    n_tokens=2_000_000, seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=512, lr=2e-3,
+                    warmup_steps=10, decay_fraction=0.5, checkpoint_every=100, num_threads=2),
+        cost="an estimated 5-6 hours on 2 idle AVX2 CPU cores (resumable across runs; minutes on a GPU)"),
 )}
 
 
