@@ -1,6 +1,7 @@
 """Quality against training budget: ``python benchmarks/quality_budget.py --kind plt clt``.
 
-For each kind, one training run of the quick preset's recipe (``--preset``, with that kind) to the
+For each kind, one training run of its preset's recipe (the PLT: ``smollm2-quick``'s; the CLT:
+``smollm2-long``'s, the same run folder as that preset; or ``--preset``, with that kind) to the
 largest budget, saving the set at every budget on the way (``train(save_at=...)``); the run resumes
 from its checkpoint, so a curve can be built across several sessions. Each snapshot then gets:
 
@@ -122,7 +123,8 @@ def _measure(model, tc, meta: dict, prompts: list, args: argparse.Namespace, cpu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", nargs="+", default=["plt", "clt"], choices=["plt", "clt"])
-    parser.add_argument("--preset", default="smollm2-quick", help="the recipe; its kind is replaced by --kind")
+    parser.add_argument("--preset", help="the recipe, its kind replaced by --kind (default: smollm2-quick for the "
+                        "PLT, smollm2-long for the CLT, so that the CLT run is that preset's own)")
     parser.add_argument("--budgets", nargs="+", type=int, default=[150_000, 500_000, 2_000_000])
     parser.add_argument("--skip-init", choices=["zero", "lstsq"], help="override the preset's skip_init")
     parser.add_argument("--eval-tokens", type=int, default=16_384)
@@ -166,7 +168,8 @@ def main() -> None:
             continue
         _append(args.results, {**row, **_measure(model, load_transcoders(model, where), meta, prompts, args, cpu)})
     for kind in ([] if args.sets and args.kind == parser.get_default("kind") else args.kind):
-        cfg = PRESETS[args.preset].train_config(kind=kind, n_tokens=max(args.budgets),
+        preset = args.preset or {"plt": "smollm2-quick", "clt": "smollm2-long"}[kind]
+        cfg = PRESETS[preset].train_config(kind=kind, n_tokens=max(args.budgets),
                                                 num_threads=args.threads, **overrides)
         run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg))
         print(f"# {kind}: {cfg.n_tokens:,} tokens in {run_dir}, snapshots at {args.budgets}", file=sys.stderr)
@@ -176,11 +179,11 @@ def main() -> None:
             continue
         for budget in sorted(args.budgets):
             where = run_dir / f"tokens-{budget}"
-            key = (kind, args.preset, str(overrides), str(budget), str(len(prompts)))
+            key = (kind, preset, str(overrides), str(budget), str(len(prompts)))
             if key in done or not (where / "config.yaml").is_file():
                 continue
             meta = read_config(where / "config.yaml").get("circuit_engine", {})
-            _append(args.results, {"kind": kind, "preset": args.preset, "overrides": str(overrides), "tokens": budget,
+            _append(args.results, {"kind": kind, "preset": preset, "overrides": str(overrides), "tokens": budget,
                                    **_measure(model, load_transcoders(model, where), meta, prompts, args, cpu)})
     rows = _read(args.results)
     if rows:
