@@ -83,7 +83,9 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             Its tests run one edge set at a time (``batch`` does not apply).
         screen_chunks: with ``screen_targets``, a group test reads at most this many prompt chunks; a group
             they leave undecided (a close call) is split rather than read to the end, so close calls are
-            made on single edges only (None: a group is decided like any test).
+            made on single edges only (None: a group is decided like any test). Measured on IOI (tau 1%,
+            floor 0.8): 1 left 969 groups undecided, split them, and tested 1,024 edges alone, more work in
+            all (270 full passes), since most such groups would have gone whole on a second chunk.
         floor: a faithfulness the circuit must keep (module docstring): a removal is kept out when |effect|
             reaches tau or when its loss clearly takes the estimated faithfulness under ``floor``; a result
             still under it, measured on every prompt, has its costliest removal steps undone. A kept edge
