@@ -27,7 +27,9 @@ faithfulness minus the floor, in metric units): by more than z standard errors o
 when tau decided it (on every prompt: by anything). So the floor reads no prompt more than tau does
 (a strict check would make every test a close call once the room is used up), and the estimate can
 end under the floor: the final set's faithfulness is measured on every prompt, and if it is under,
-``circuits.discovery.heads.floor`` undoes the costliest removals.
+``circuits.discovery.heads.floor`` undoes the costliest removals. The estimate errs on the safe
+side as much as the other: most effects are read on the first chunk alone, so it follows those
+prompts (on IOI, tau 1%, floor 0.8, it reached the floor while f on every prompt stayed 0.850).
 
 A test may carry several trials at once (speculative batching): trial j is trial j − 1 with one
 more thing removed, each is judged against the one before it, in order, and the first one kept
