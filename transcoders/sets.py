@@ -53,7 +53,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         TrainConfig(kind="plt", d_features=1024, activation="topk", k=64, skip=True, n_tokens=150_000,
                     seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
                     warmup_steps=10, decay_fraction=0.5, checkpoint_every=50, num_threads=2),
-        cost="about 10 min on 2 idle AVX-512 CPU cores, about 20 on AVX2", default=True),
+        cost="about 15 min on 2 idle AVX2 CPU cores (estimated from the idle rates; BENCHMARKS.md)", default=True),
     Preset(
         "smollm2-clt", _SMOLLM2,
         # The quick preset's recipe and budget, with cross-layer decoders: same width, same k
@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         TrainConfig(kind="clt", d_features=1024, activation="topk", k=64, skip=True, n_tokens=150_000,
                     seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=512, lr=2e-3,
                     warmup_steps=10, decay_fraction=0.5, checkpoint_every=20, num_threads=2),
-        cost="several hours on 2 CPU cores"),
+        cost="about 30 min on 2 idle AVX2 CPU cores (estimated)"),
     Preset(
         "smollm2-long", _SMOLLM2,
         # smollm2-clt's recipe on 2M tokens. (The least-squares skip start was tried and lost:
@@ -75,7 +75,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         TrainConfig(kind="clt", d_features=1024, activation="topk", k=64, skip=True,
                     n_tokens=2_000_000, seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=512, lr=2e-3,
                     warmup_steps=10, decay_fraction=0.5, checkpoint_every=100, num_threads=2),
-        cost="an estimated 5-6 hours on 2 idle AVX2 CPU cores (resumable across runs; minutes on a GPU)"),
+        cost="an estimated 6.5 hours on 2 idle AVX2 CPU cores (resumable across runs; minutes on a GPU)"),
 )}
 
 
