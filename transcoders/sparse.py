@@ -1,4 +1,4 @@
-"""Decoding that touches only the active features: what makes training on a CPU affordable.
+"""Training kernels that touch only the active features: what makes training on a CPU affordable.
 
 A dense decode costs ``d_features · d_model`` per token and target layer; with k active
 features it is ``k · d_model``. A CLT's features write to every later layer, so its decode is
@@ -17,6 +17,11 @@ Per pair, with ``p`` running over the active (token, feature) entries of the sou
 All three are exact. The values' gradient comes out only at active features. That is exact for
 TopK, BatchTopK and ReLU, whose own backward passes nothing to inactive features, but not for
 JumpReLU, whose threshold learns from features just *below* it: train those densely.
+
+A TopK set's encoder needs the same care (``encode_active``): its pre-activations ``[N, L, F]`` are
+found with one batched product and ``topk``, without autograd, and never turned into a dense
+activation tensor; the encoder's gradient ``dW_enc[:, f] = Σ_{p: feat_p = f} dval_p · x[tok_p]`` is
+the decoder gradient's ``embedding_bag`` again, with the MLP inputs as the table.
 """
 
 from __future__ import annotations
