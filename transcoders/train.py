@@ -172,11 +172,10 @@ def _loss(recon: Tensor, target: Tensor, token_dim: int, l0: Tensor, fired: Tens
     ``token_dim`` 0 or ``[L, N, D]`` with 1), with the batch's ``l0 [L]`` and ``fired [L, F]``."""
     # At least float32: a bf16 error's square would round away the small errors late training sees.
     dtype = torch.promote_types(recon.dtype, torch.float32)
-    err = recon.to(dtype) - target.to(dtype)
-    sq = err.square().sum(-1)  # [N, L] or [L, N]
+    target = target.to(dtype)
+    sq = (recon.to(dtype) - target).square().sum(-1)  # [N, L] or [L, N]
     loss = sq.mean() / recon.shape[-1]  # ≈ FVU: targets have unit mean square per component
     with torch.no_grad():
-        target = target.to(dtype)
         var = (target - target.mean(token_dim, keepdim=True)).square().sum(-1)
         fvu = sq.sum(token_dim) / var.sum(token_dim).clamp_min(1e-12)
     return StepStats(loss, fvu, l0, fired)

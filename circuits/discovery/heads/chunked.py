@@ -171,11 +171,12 @@ class ChunkedSearch:
         out: list[tuple[float, bool | None]] = []
         a = 0  # the trial being decided
         while a < J:
-            decided = self._decide([v[a] - self.values[c] for c, v in enumerate(vals)]) if vals else None  # type: ignore[operator]
+            effects = [v[a] - self.values[c] for c, v in enumerate(vals)]  # type: ignore[operator]  # per chunk read
+            decided = self._decide(effects) if effects else None
             if decided is None:
                 i = len(vals)
                 if i == n_chunks and n_chunks < len(self.p.chunks):  # the chunks allowed, and still undecided
-                    out.append((float(torch.cat([v[a] - self.values[c] for c, v in enumerate(vals)]).mean()), None))  # type: ignore[operator]
+                    out.append((float(torch.cat(effects).mean()), None))
                     break
                 assert i < n_chunks, "every prompt read and still undecided"
                 base = self._resume_from(i, layer)
