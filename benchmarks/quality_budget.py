@@ -38,7 +38,7 @@ from benchmarks.graph_quality import MAX_FEATURES, score_prompts  # noqa: E402
 from benchmarks.prompts import PROMPTS  # noqa: E402
 
 FIELDS = ["kind", "preset", "overrides", "tokens", "train_s", "train_cpu_s", "fvu", "ce_replaced", "ce_model", "kl",
-          "replacement", "completeness", "min_replacement", "prompts", "cpu"]
+          "replacement", "completeness", "min_replacement", "prompts", "cpu", "l0", "dead_fraction"]
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -117,6 +117,7 @@ def _measure(model, tc, meta: dict, prompts: list, args: argparse.Namespace, cpu
         "replacement": f"{statistics.fmean(r[2] for r in scores):.3f}",
         "completeness": f"{statistics.fmean(r[3] for r in scores):.3f}",
         "min_replacement": f"{min(r[2] for r in scores):.3f}", "prompts": len(prompts), "cpu": cpu,
+        "l0": f"{ev['l0']:.1f}", "dead_fraction": f"{ev['dead_fraction']:.3f}",  # is there capacity left unused?
     }
 
 
@@ -188,12 +189,13 @@ def main() -> None:
     rows = _read(args.results)
     if rows:
         print("\n| kind | preset | overrides | tokens | train wall s | train CPU s | FVU | CE replaced / model | KL | "
-              "replacement | completeness | min replacement | prompts | CPU |")
-        print("|---" * 14 + "|")
+              "replacement | completeness | min replacement | prompts | CPU | L0 | dead |")
+        print("|---" * 16 + "|")
         for r in rows:
             print(f"| {r['kind']} | {r['preset']} | {r['overrides']} | {int(r['tokens']):,} | {r['train_s']} | "
                   f"{r['train_cpu_s']} | {r['fvu']} | {r['ce_replaced']} / {r['ce_model']} | {r['kl']} | "
-                  f"{r['replacement']} | {r['completeness']} | {r['min_replacement']} | {r['prompts']} | {r['cpu']} |")
+                  f"{r['replacement']} | {r['completeness']} | {r['min_replacement']} | {r['prompts']} | {r['cpu']} | "
+                  f"{r.get('l0', '')} | {r.get('dead_fraction', '')} |")
         if _plot(rows, args.plot):
             print(f"\nplot: {args.plot}")
 

@@ -251,6 +251,19 @@ def test_save_at_snapshots_the_set_on_the_way(tmp_path: Path) -> None:
     torch.testing.assert_close(recon[44 * 10], done(x).recon, rtol=1e-5, atol=1e-5)  # the last is the finished set
 
 
+def test_save_at_the_budget_a_run_ends_short_of(tmp_path: Path) -> None:
+    """A budget that whole batches stop just short of (10.5 batches' tokens) is still snapshotted, at the end."""
+    from transcoders.io import read_config
+
+    model, cfg = _model(), _cfg(n_tokens=44 * 10 + 22)
+    done = train(model, cfg, run_dir=tmp_path / "run", token_batches=_rows(), progress=False, save_at=[44 * 10 + 22])
+    meta = read_config(tmp_path / "run" / f"tokens-{44 * 10 + 22}" / "config.yaml")["circuit_engine"]
+    assert meta["tokens"] == 44 * 10  # what it trained on, under the budget's name
+    x = torch.randn(5, 3, 16)
+    torch.testing.assert_close(load_transcoders(model, tmp_path / "run" / f"tokens-{44 * 10 + 22}")(x).recon,
+                               done(x).recon, rtol=1e-5, atol=1e-5)
+
+
 def test_a_new_field_at_its_old_behaviour_keeps_run_names() -> None:
     """Runs started before skip_init existed keep their folder (and so resume); lstsq gets its own."""
     from transcoders.train import run_name

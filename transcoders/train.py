@@ -382,7 +382,10 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         if cfg.l0 is not None:
             # An integral controller: raise the penalty while L0 is above target, lower it below.
             log_coeff = log_coeff + 0.05 * ((l0.mean() / cfg.l0) - 1).clamp(-1, 1)
-        crossed = [m for m in milestones if tokens - per_step < m <= tokens]
+        # The last step reaches every budget up to n_tokens: a run of whole batches can end just short
+        # of it (150k tokens in batches of 512 stop at 149,504), and its snapshot must not be lost.
+        reach = max(tokens, cfg.n_tokens) if step + 1 == total else tokens
+        crossed = [m for m in milestones if tokens - per_step < m <= reach]
         # A snapshot's step is checkpointed first (which also makes the run folder the engine's).
         if crossed or (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             if dctx.is_main:
