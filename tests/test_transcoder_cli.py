@@ -107,3 +107,15 @@ def test_a_set_built_with_an_older_recipe_is_named(tmp_path: Path, monkeypatch: 
     main(["presets"])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("smollm2-quick"))
     assert "older recipe: batch_tokens differ" in line and "(default)" in line
+
+
+def test_the_long_preset_is_the_quick_recipe_on_more_tokens() -> None:
+    """benchmarks/quality_budget.py builds the PLT curve from the quick recipe; to 1.5M tokens that run
+    must be the long preset's own run folder, so the curve and the preset share one (resumable) run."""
+    from transcoders import PRESETS
+    from transcoders.train import run_name
+
+    quick, long = PRESETS["smollm2-quick"], PRESETS["smollm2-long"]
+    extended = quick.train_config(n_tokens=long.config.n_tokens)
+    assert run_name(quick.model, extended) == run_name(long.model, long.config)
+    assert long.config.n_tokens > 5 * quick.config.n_tokens

@@ -6,7 +6,7 @@ directory, or ``hf://org/repo[/subfolder][@revision]``.
 
 ``transcoders train --preset NAME`` trains a preset and saves it to ``preset_dir(NAME)``
 (``cache_dir("transcoders", NAME)``), where ``load_transcoders(model)`` finds the default one.
-The figures in each ``cost`` were measured on a shared 2-core CPU (see BENCHMARKS.md).
+The figures in each ``cost`` were measured on an idle 2-core AVX2 CPU in float32 (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         TrainConfig(kind="plt", d_features=1024, activation="topk", k=64, skip=True, n_tokens=150_000,
                     seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
                     warmup_steps=10, decay_fraction=0.5, checkpoint_every=50, num_threads=2),
-        cost="about 15 min on 2 idle AVX2 CPU cores (estimated from the idle rates; BENCHMARKS.md)", default=True),
+        cost="about 14 min on 2 idle AVX2 CPU cores (585 steps in 813 s measured, harvest included; BENCHMARKS.md)",
+        default=True),
     Preset(
         "smollm2-clt", _SMOLLM2,
         # The quick preset's recipe and budget, with cross-layer decoders: same width, same k
@@ -64,18 +65,21 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         TrainConfig(kind="clt", d_features=1024, activation="topk", k=64, skip=True, n_tokens=150_000,
                     seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=512, lr=2e-3,
                     warmup_steps=10, decay_fraction=0.5, checkpoint_every=20, num_threads=2),
-        cost="about 30 min on 2 idle AVX2 CPU cores (estimated)"),
+        cost="about 29 min on 2 idle AVX2 CPU cores (1,726 s measured, harvest included)"),
     Preset(
         "smollm2-long", _SMOLLM2,
-        # smollm2-clt's recipe on 2M tokens. (The least-squares skip start was tried and lost:
-        # fitted on one chunk it extrapolates badly on held-out text; BENCHMARKS.md.)
-        # It checkpoints every 100 steps and resumes where it stopped, so it can be built over
-        # several runs; benchmarks/quality_budget.py --kind clt trains exactly this run (the same
-        # run folder) and measures it at 150k, 500k and 2M tokens on the way.
-        TrainConfig(kind="clt", d_features=1024, activation="topk", k=64, skip=True,
-                    n_tokens=2_000_000, seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=512, lr=2e-3,
-                    warmup_steps=10, decay_fraction=0.5, checkpoint_every=100, num_threads=2),
-        cost="an estimated 6.5 hours on 2 idle AVX2 CPU cores (resumable across runs; minutes on a GPU)"),
+        # The quick recipe on 10x the tokens, sized to the 2.5-hour budget: 1.5M tokens at the 189
+        # tokens/s this recipe ran end to end on 2 idle AVX2 cores (harvest included; BENCHMARKS.md).
+        # A PLT, because at equal training time the CLT lost: 30 min gave the CLT 150k tokens and the
+        # PLT 300k, and the PLT's graphs scored higher (benchmarks/quality_budget.py). (The least-squares
+        # skip start also lost: fitted on one chunk it extrapolates badly on held-out text.)
+        # It checkpoints every 200 steps and resumes where it stopped, so it can be built over several
+        # runs; benchmarks/quality_budget.py --kind plt trains exactly this run (the same run folder).
+        TrainConfig(kind="plt", d_features=1024, activation="topk", k=64, skip=True, n_tokens=1_500_000,
+                    seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
+                    warmup_steps=10, decay_fraction=0.5, checkpoint_every=200, num_threads=2),
+        cost="about 2.2 hours on 2 idle AVX2 CPU cores (189 tokens/s measured for this recipe; resumable "
+             "across runs; minutes on a GPU)"),
 )}
 
 
