@@ -16,8 +16,9 @@ with the tokens and training time its metadata records. Rows are appended to ``-
 measured again), printed as a table, and plotted to ``--plot`` (PNG, needs matplotlib: ``pip install
 matplotlib``) against tokens and against training time, so "which wins at equal time" can be read off.
 
-A snapshot is taken at the learning rate of its moment (the run decays only at its end), so the
-small budgets are a little pessimistic against runs trained to that budget alone.
+A snapshot is taken at the learning rate of its moment (the run decays over the second half of the
+largest budget only), so the small budgets are a little pessimistic against runs trained to that
+budget alone (on the quick recipe at 150k: replacement 0.459 against 0.473, BENCHMARKS.md).
 
     python benchmarks/quality_budget.py --kind plt clt --budgets 150000 500000 1500000 --threads 2
 """
