@@ -1,7 +1,7 @@
 """Quality against training budget: ``python benchmarks/quality_budget.py --kind plt clt``.
 
 For each kind, one training run of its preset's recipe (the PLT: ``smollm2-quick``'s, which is also
-``smollm2-long``'s, so that to 1.5M tokens this is the long preset's own run folder; the CLT:
+``smollm2-long``'s, so that to 1.3M tokens this is the long preset's own run folder; the CLT:
 ``smollm2-clt``'s; or ``--preset``, with that kind) to the largest budget, saving the set at every
 budget on the way (``train(save_at=...)``); the run resumes from its checkpoint, so a curve can be
 built across several sessions. Each snapshot then gets:
@@ -20,7 +20,7 @@ A snapshot is taken at the learning rate of its moment (the run decays over the 
 largest budget only), so the small budgets are a little pessimistic against runs trained to that
 budget alone (on the quick recipe at 150k: replacement 0.459 against 0.473, BENCHMARKS.md).
 
-    python benchmarks/quality_budget.py --kind plt clt --budgets 150000 500000 1500000 --threads 2
+    python benchmarks/quality_budget.py --kind plt clt --budgets 150000 500000 1300000 --threads 2
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", nargs="+", default=["plt", "clt"], choices=["plt", "clt"])
     parser.add_argument("--preset", help="the recipe, its kind replaced by --kind (default: smollm2-quick for the "
-                        "PLT, whose run to 1.5M tokens is smollm2-long's own, and smollm2-clt for the CLT)")
-    parser.add_argument("--budgets", nargs="+", type=int, default=[150_000, 500_000, 1_500_000])
+                        "PLT, whose run to 1.3M tokens is smollm2-long's own, and smollm2-clt for the CLT)")
+    parser.add_argument("--budgets", nargs="+", type=int, default=[150_000, 500_000, 1_300_000])
     parser.add_argument("--skip-init", choices=["zero", "lstsq"], help="override the preset's skip_init")
     parser.add_argument("--eval-tokens", type=int, default=16_384)
     parser.add_argument("--prompts", nargs="+", help="only these prompt names (default: all of benchmarks/prompts.py)")
