@@ -51,13 +51,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         # against 0.404 for batches of 1,024 and a decay over the last fifth, at the same tokens
         # (benchmarks/recipe.py, BENCHMARKS.md). Width 2,048 or k = 128 gained little or nothing here.
         # No skip: without it the graphs are more features and less error (replacement 0.557 against
-        # 0.473, completeness 0.884 against 0.849 on the 24 prompts), in the same time, though the
+        # 0.473, completeness 0.884 against 0.849 on the 24 prompts), in about the same time, though the
         # replaced model's KL is worse (2.07 against 1.59): the skip's share of an MLP's output is
         # attributed upstream, errors included, while a feature's is its own (BENCHMARKS.md).
         TrainConfig(kind="plt", d_features=1024, activation="topk", k=64, skip=False, n_tokens=150_000,
                     seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
                     warmup_steps=10, decay_fraction=0.5, checkpoint_every=50, num_threads=2),
-        cost="about 14–15 min on 2 idle AVX2 CPU cores (585 steps in 813–920 s measured, harvest included; BENCHMARKS.md)",
+        cost="about 14–16 min on 2 idle AVX2 CPU cores (585 steps in 813–920 s measured, harvest included; BENCHMARKS.md)",
         default=True),
     Preset(
         "smollm2-clt", _SMOLLM2,
