@@ -73,13 +73,17 @@ def main() -> None:
     ap.add_argument("--node-tau", type=float, default=0.02, help="node ACDC threshold, fraction of m(M) - m(∅)")
     ap.add_argument("--node-z", default="3", help="comma-separated z values for node ACDC (none: every prompt)")
     ap.add_argument("--node-batch", type=int, default=8, help="prompts a chunk for node ACDC with z")
+    ap.add_argument("--node-controls", default="yes",
+                    help="comma-separated yes/no: node EAP scores as control variates for z's early decisions")
     ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
     ap.add_argument("--edge-runs", default="no:0.01",
-                    help="edges-from-nodes: comma-separated SCREEN:TAU[:CANDIDATES[:FLOOR]] edge ACDC runs from the same "
+                    help="edges-from-nodes: comma-separated SCREEN:TAU[:CANDIDATES[:FLOOR[:CONTROLS]]] edge ACDC runs from the same "
                          "node circuit, each a row: SCREEN no (one test per edge, ACDC), yes (screen_targets: group tests "
                          "per input, bisected) or yesN (and a group test reads at most N prompt chunks: screen_chunks), TAU the threshold as a fraction of m(M) - m(∅), CANDIDATES test only "
                          "that many edges of the node circuit (largest |EAP score|; 0 or empty: all), FLOOR a "
-                         "faithfulness to keep (acdc(floor=))")
+                         "faithfulness to keep (acdc(floor=)), CONTROLS yes to decide tests with each prompt's EAP scores as "
+                         "control variates (acdc(controls=); their gradient pass is counted in the run's time)")
+    ap.add_argument("--edge-curves", default="yes", help="edges-from-nodes: no skips MIB's curve (CPR, CMD) of each run")
     ap.add_argument("--memory-gb", type=float, default=2.0, help="edges-from-nodes: EdgePatcher's buffer bound")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (on a shared, oversubscribed CPU 1 is faster than 2)")
@@ -158,20 +162,23 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
     from circuits.discovery import discover_nodes
 
     rows = []
-    for z in args.node_z.split(","):
+    # Controls steer early decisions only: z = none runs once, without.
+    runs = dict.fromkeys((z, "no" if z == "none" else c) for z in args.node_z.split(",") for c in args.node_controls.split(","))
+    for z, controls in runs:
         zv = None if z == "none" else float(z)
         batch = 64 if zv is None else args.node_batch  # one chunk when nothing is decided early
         clock = Clock()
         patcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=batch, scores=True)
         c = discover_nodes(model, task, patcher=patcher, candidates=args.node_candidates, include_mlps=False,
-                           tau=args.node_tau * abs(patcher.m_full - patcher.m_empty), z=zv, progress=False)
+                           tau=args.node_tau * abs(patcher.m_full - patcher.m_empty), z=zv,
+                           controls=controls == "yes" if zv is not None else None, progress=False)
         dt = clock()
         i = c.info
-        name = f"ACDC nodes, z={z}, {batch} prompts a chunk"
+        name = f"ACDC nodes, z={z}, {batch} prompts a chunk, controls {controls if zv is not None else 'no'}"
         rows.append((name, dt, "", len(c.heads), c.faithfulness,
                      f"setup+scores {i['seconds_setup_and_scores']:.0f} s; {i['tests']} tests, {i['tests_decided_early']} "
-                     f"decided early; work {i['work']:.1f} full passes; {i['passes']} passes in {i['sweeps']} sweeps; "
-                     f"searched in {i['searched_in']}"))
+                     f"decided early ({i.get('tests_decided_by_control', 0)} by the control); work {i['work']:.1f} "
+                     f"full passes; {i['passes']} passes in {i['sweeps']} sweeps; searched in {i['searched_in']}"))
         print(rows[-1], flush=True)
         print(f"# heads ({name}): {c.heads}", flush=True)
     return rows
@@ -208,52 +215,71 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
              f"{nodes.info['tests']} tests, {nodes.info['tests_decided_early']} decided early; its edges: f "
              f"{f_start:.3f} under edge patching")]
     z = None if args.edge_z == "none" else float(args.edge_z)
-    eap, t_scores = None, (0.0, 0.0)
+    eap, t_scores, per_prompt, t_prompts = None, (0.0, 0.0), None, (0.0, 0.0)
 
     def eap_scores() -> torch.Tensor:  # scored once: the ranking for MIB's curve, and candidates
         nonlocal eap, t_scores
         if eap is None:
             clock = Clock()
-            eap = torch.where(g.valid, patcher.edge_scores("eap"), torch.tensor(float("nan")))
+            mean = per_prompt.mean(0) if per_prompt is not None else patcher.edge_scores("eap")
+            eap = torch.where(g.valid, mean, torch.tensor(float("nan")))
             t_scores = clock()
             print(f"# EAP scores of every edge ({clock})", flush=True)
         return eap
 
+    def prompt_scores() -> torch.Tensor:  # each prompt's EAP scores, once: the control variates
+        nonlocal per_prompt, t_prompts
+        if per_prompt is None:
+            clock = Clock()
+            per_prompt = patcher.edge_scores("eap", per_prompt=True)
+            t_prompts = clock()
+            print(f"# EAP scores of every edge on each prompt ({clock})", flush=True)
+        return per_prompt
+
     for run in args.edge_runs.split(","):
         screen, tau, *rest = run.split(":")
         candidates = int(rest[0]) if rest and rest[0] not in ("", "0") else None
-        floor = float(rest[1]) if len(rest) > 1 else None
+        floor = float(rest[1]) if len(rest) > 1 and rest[1] else None
+        controls = prompt_scores() if len(rest) > 2 and rest[2] == "yes" else None
         screen_chunks = int(screen[3:]) if screen.startswith("yes") and screen[3:] else None
         scores = torch.nan_to_num(eap_scores()) if candidates is not None else None
         clock = Clock()
         c = acdc(patcher, float(tau) * abs(patcher.m_full - patcher.m_empty), scores=scores, candidates=candidates,
                  within=start, z=z, screen_targets=screen.startswith("yes"), screen_chunks=screen_chunks, floor=floor,
-                 progress=False)
+                 controls=controls, progress=False)
         t_edges = clock()
         if candidates is not None:  # the EAP pass is part of this route
             t_edges = (t_edges[0] + t_scores[0], t_edges[1] + t_scores[1])
+        if controls is not None:  # and so is the per-prompt one
+            t_edges = (t_edges[0] + t_prompts[0], t_edges[1] + t_prompts[1])
         i = c.info
         name = (f"edge ACDC within the node circuit, tau {tau}{', screened' if screen.startswith('yes') else ''}"
                 f"{f' (groups decided on {screen_chunks} chunks)' if screen_chunks else ''}"
-                f"{f', {candidates} EAP candidates' if candidates else ''}{f', floor {floor}' if floor else ''}")
+                f"{f', {candidates} EAP candidates' if candidates else ''}{f', floor {floor}' if floor else ''}"
+                f"{', EAP controls' if controls is not None else ''}")
         print(f"# {name}: {c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({t_edges[0]:.0f} s wall, "
               f"{t_edges[1]:.0f} s CPU; patcher setup "
               f"{t_setup[0]:.0f} s more); {i['edges_tested']} edges tested alone, {i['edges_screened']} removed in "
-              f"groups, {i['tests']} tests, {i['tests_decided_early']} decided early; work {i['work']:.1f} full "
+              f"groups, {i['tests']} tests, {i['tests_decided_early']} decided early "
+              f"({i['tests_decided_by_control']} by the control); work {i['work']:.1f} full "
               f"passes in {i['passes']} passes"
               + (f"; floor: search f {i['faithfulness_search']:.3f} ({i['edges_search']} edges), {i['steps_undone']} steps "
                  f"undone in {i['floor_evaluations']} evaluations" if floor else ""), flush=True)
         total = (t_nodes[0] + t_setup[0] + t_edges[0], t_nodes[1] + t_setup[1] + t_edges[1])
         c.scores = eap_scores()  # the ranking of the edges the circuit does not keep
-        clock = Clock()
-        mib = mib_scores(patcher, c)
-        print(f"# {name} at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
-              f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (curve {clock})", flush=True)
+        if args.edge_curves == "yes":
+            clock = Clock()
+            mib = mib_scores(patcher, c)
+            cpr, cmd = mib.cpr, mib.cmd
+            print(f"# {name} at MIB budgets {MIB_BUDGETS}: {[round(f, 3) for f in mib.faithfulness]} "
+                  f"(edges {mib.n_edges}); CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f} (curve {clock})", flush=True)
+        else:
+            cpr = cmd = float("nan")
         rows.append((name, t_edges, c.n_edges, len(c.heads), c.faithfulness,
                      f"tau {tau} x |m(M) - m(∅)|, z {args.edge_z}; {i['tests']} tests, "
                      f"{i['tests_decided_early']} decided early, {i['edges_screened']} edges removed in groups; "
                      f"work {i['work']:.1f} full passes; total with node ACDC and setup {total[0]:.0f} s wall, "
-                     f"{total[1]:.0f} s CPU; CPR {mib.cpr:.3f}, CMD {mib.cmd:.3f}"))
+                     f"{total[1]:.0f} s CPU; CPR {cpr:.3f}, CMD {cmd:.3f}"))
     return rows
 
 

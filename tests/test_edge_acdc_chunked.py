@@ -93,6 +93,22 @@ def test_chunked_acdc_decides_most_tests_early_and_finds_the_same_edges(planted,
         assert abs(e["effect"]) >= TAU
 
 
+@pytest.mark.parametrize("screen", [False, True])
+def test_acdc_with_eap_controls_finds_the_same_edges(planted, screen):
+    # Each prompt's EAP scores as control variates (through discover_edges, as a user asks for them): the
+    # planted edges, each kept one measured at tau or more, the result measured on every prompt.
+    model, task = planted
+    p = EdgePatcher(model, task, batch_size=6)
+    c = discover_edges(model, task, tau=TAU, patcher=p, controls=True, screen_targets=screen, progress=False)
+    assert _names(c) == WANT and c.info["controls"]
+    assert c.info["tests_decided_early"] > c.info["tests"] // 2
+    assert c.metric_circuit == pytest.approx(float(p.evaluate(p.graph.valid & ~c.kept)[0]), abs=1e-9)
+    for e in c.edges:
+        assert abs(e["effect"]) >= TAU
+    with pytest.raises(ValueError, match="controls=True"):
+        discover_edges(model, task, tau=TAU, patcher=p, controls=True, z=None, progress=False)
+
+
 @pytest.mark.parametrize("screen_chunks", [None, 1])
 def test_screening_targets_removes_their_edges_in_one_test(planted, screen_chunks):
     # screen_chunks=1: a group the first chunk leaves undecided is split instead of read to the end.
@@ -112,6 +128,7 @@ def test_screening_targets_removes_their_edges_in_one_test(planted, screen_chunk
 @pytest.mark.parametrize("options,match", [({"method": "eap", "within": torch.ones(1)}, "within="),
                                            ({"method": "eap-ig", "z": 2.0}, "z="),
                                            ({"method": "eap", "screen_targets": True}, "screen_targets="),
+                                           ({"method": "eap", "controls": True}, "controls="),
                                            ({"z": -1.0}, "z must be")])
 def test_discover_edges_rejects_acdc_keywords_elsewhere(planted, options, match):
     model, task = planted

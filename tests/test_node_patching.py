@@ -133,17 +133,18 @@ def test_node_acdc_recovers_exactly_the_planted_heads(include_mlps, screen_layer
     assert G.nodes["a1.h0"]["effect"] < 0  # removing the induction head lowers log p(correct)
 
 
-@pytest.mark.parametrize("z", [None, 3.0])
-def test_node_acdc_on_prompt_chunks_recovers_the_planted_heads(z):
+@pytest.mark.parametrize("z,controls", [(None, False), (3.0, False), (3.0, True)])
+def test_node_acdc_on_prompt_chunks_recovers_the_planted_heads(z, controls):
     # 24 prompts in chunks of 6: with z=None every test reads every chunk and decides exactly as one
     # chunk of all the prompts; with z=3 most tests stop after the first chunk, and the planted circuit
     # (whose effects are far from tau) comes out the same, its faithfulness measured on every prompt.
     model = planted_induction_model(second_head=0.5)
     task = induction.dataset(model.tokenizer, n=24, seq_len=6, bos=None, vocab=torch.arange(1, V), seed=0)
     whole = acdc_nodes(NodePatcher(model, task, ablation="resample"), include_mlps=True, progress=False)
-    p = NodePatcher(model, task, ablation="resample", batch_size=6)
+    p = NodePatcher(model, task, ablation="resample", batch_size=6, scores=controls)
     assert p.per_prompt_mean and len(p.chunks) == 4
-    circuit = acdc_nodes(p, include_mlps=True, z=z, progress=False)
+    # controls: each prompt's node EAP scores, as discover_nodes passes them
+    circuit = acdc_nodes(p, include_mlps=True, z=z, controls=p.prompt_scores() if controls else None, progress=False)
     assert circuit.heads == whole.heads == [(0, 0), (1, 0), (1, 2)] and circuit.mlps == whole.mlps == []
     assert circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
     assert circuit.metric_circuit == pytest.approx(p.evaluate(~circuit.kept)[0].item(), abs=1e-9)
@@ -195,6 +196,7 @@ def test_discover_at_node_level():
                            include_mlps=False, progress=False)
     assert acdc_circuit.heads == eap_circuit.heads == [(0, 0), (1, 0)]
     assert acdc_circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
+    assert acdc_circuit.info["controls"]  # the node EAP scores steer the early decisions by default
     assert eap_circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
     bf16 = discover(model, task, level="nodes", ablation="resample", include_mlps=False, precision="bf16", progress=False)
     assert bf16.heads == [(0, 0), (1, 0)]
@@ -203,6 +205,10 @@ def test_discover_at_node_level():
         discover(model, task, level="nodes", method="eap-ig", progress=False)
     with pytest.raises(ValueError, match="level"):
         discover(model, task, level="layers", progress=False)
+    with pytest.raises(ValueError, match="controls=True"):
+        discover(model, task, level="nodes", z=None, controls=True, progress=False)
+    with pytest.raises(ValueError, match="controls"):
+        discover(model, task, level="nodes", method="eap", top_n=2, controls=True, progress=False)
 
 
 def test_node_circuit_golden_round_trip(tmp_path, monkeypatch):
@@ -263,6 +269,41 @@ def test_swept_node_acdc_keeps_only_nodes_that_matter_in_the_result():
     assert swept.kept.sum() < one.kept.sum()
     with pytest.raises(ValueError, match="max_sweeps"):
         acdc_nodes(p, tau, max_sweeps=0, progress=False)
+
+
+def test_a_control_variate_decides_a_close_call_on_the_first_chunk():
+    # A close call (|mean effect| within 2% of tau) read on its effects alone needs every prompt. With a
+    # control equal to the true per-prompt effects, the regression estimate on the first chunk is the
+    # mean over every prompt exactly and its residuals are zero: decided there, the same way, the same
+    # effect. Any other item's control must not enter the trial's.
+    from circuits.discovery.heads.chunked import ChunkedSearch
+
+    model = tiny_model("llama", dtype=torch.float64, n_layers=3, n_heads=4, n_kv_heads=2, init_scale=3.0, seed=1)
+    task = _task(model, n=12, seq_len=5)
+    p = NodePatcher(model, task, ablation="mean", batch_size=4)
+    g = p.graph
+    node, layer = g.head_src(1, 0), 1
+    none = torch.zeros(g.n_src, dtype=torch.bool)
+    trial = none.clone()
+    trial[node] = True
+    per_chunk = [p.chunk_metrics(i, torch.stack([none, trial]))[0] for i in range(len(p.chunks))]
+    effect = torch.cat([v[1] - v[0] for v in per_chunk])  # [N] removing the node alone, per prompt
+    mean = float(effect.mean())
+    assert float(effect.std()) > 0.1 * abs(mean) > 0  # the prompts disagree: the first chunk alone cannot decide
+    controls = torch.randn(task.n, g.n_src, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    controls[:, node] = effect
+    for tau, kept in ((1.02 * abs(mean), False), (0.98 * abs(mean), True)):
+        plain = ChunkedSearch(p, none.clone(), tau, z=3.0)
+        [(e_plain, small_plain)] = plain.test(trial[None], layer)
+        assert plain.early == 0 and e_plain == pytest.approx(mean, abs=1e-12)  # every prompt read
+        ctl = ChunkedSearch(p, none.clone(), tau, z=3.0, controls=controls)
+        [(e_ctl, small_ctl)] = ctl.test(trial[None], layer)
+        assert ctl.early == ctl.early_by_control == 1  # the first of the three chunks decided it
+        assert ctl.work == pytest.approx(plain.work / 3)
+        assert e_ctl == pytest.approx(mean, abs=1e-10)
+        assert small_ctl == small_plain == (not kept)
+    with pytest.raises(ValueError, match="controls must be"):
+        ChunkedSearch(p, none, 1.0, z=3.0, controls=controls[:, :-1])
 
 
 def test_chunk_runs_stay_current_through_removals_and_sweeps():

@@ -208,6 +208,23 @@ def test_eap_scores_are_first_order_effects(family):
     assert all(p.requires_grad for p in model.hf.parameters())  # unfrozen again
 
 
+@pytest.mark.parametrize("split_qkv", [True, False])
+def test_per_prompt_edge_scores_are_each_prompts_own(split_qkv):
+    # Resample ablation pairs each prompt with its own corrupted partner, so a prompt's scores alone are
+    # those of a task of that one prompt; their mean over the prompts is the task's scores.
+    model = tiny_model("llama", dtype=torch.float64, n_layers=2, n_heads=4, n_kv_heads=2, init_scale=2.0)
+    task = induction.dataset(model.tokenizer, n=5, seq_len=4, bos=None)
+    p = EdgePatcher(model, task, split_qkv=split_qkv, batch_size=3)
+    for method in ("eap", "eap-ig"):
+        each = p.edge_scores(method, steps=2, batch_size=2, per_prompt=True)
+        assert each.shape == (task.n, p.graph.n_src, p.graph.n_dst)
+        torch.testing.assert_close(each.mean(0), p.edge_scores(method, steps=2), rtol=1e-5, atol=1e-6)
+        for i in (0, 3):
+            alone = EdgePatcher(model, task.subset([i]), split_qkv=split_qkv).edge_scores(method, steps=2)
+            torch.testing.assert_close(each[i], alone, rtol=1e-5, atol=1e-6)
+        assert each.std(0).max() > 0  # the prompts differ
+
+
 def test_resuming_from_a_prefix_is_exact():
     model = tiny_model("qwen3", dtype=torch.float64, n_layers=3, n_heads=4, n_kv_heads=2, init_scale=3.0)
     task = induction.dataset(model.tokenizer, n=4, seq_len=4, bos=None)

@@ -215,18 +215,20 @@ class EdgePatcher(PerPromptMean):
     # --- gradients ------------------------------------------------------------------------
 
     def edge_scores(self, method: Literal["eap", "eap-ig"] = "eap", *, steps: int = 5, batch_size: int = 16,
-                    progress: bool = False) -> Tensor:
+                    per_prompt: bool = False, progress: bool = False) -> Tensor:
         """Attribution scores ``[n_src, n_dst]`` (0 off the graph) estimating m(remove e) − m(M).
 
         EAP: ``(ablated_u − clean_u) · ∂m/∂x_v`` at the clean input, summed over positions and
         averaged over prompts (the metric is a mean, so its gradient already divides by n).
         EAP-IG: the same with ∂m/∂x_v averaged over ``steps`` inputs interpolated between the
         ablated and the clean embeddings (midpoint rule, α = (i + ½) / steps).
+        ``per_prompt``: ``[n_prompts, n_src, n_dst]``, each prompt's own estimate of what removing the
+        edge does to its metric (their mean is the scores; ACDC's control variates).
         """
         if method not in ("eap", "eap-ig"):
             raise ValueError(f"unknown method {method!r}: use 'eap' or 'eap-ig'")
         g, model = self.graph, self.model
-        scores = torch.zeros(g.n_src, g.n_dst, dtype=torch.float32)
+        scores = torch.zeros(*((self.task.n,) if per_prompt else ()), g.n_src, g.n_dst, dtype=torch.float32)
         alphas = [1.0] if method == "eap" else [(i + 0.5) / steps for i in range(steps)]
         jobs = []
         for ci, chunk in enumerate(self.chunks):
@@ -240,8 +242,8 @@ class EdgePatcher(PerPromptMean):
                 abl = chunk.ablated if chunk.ablated.shape[1] == 1 else chunk.ablated[:, s:s + batch_size]
                 clean = self.outputs(ids)
                 diff = (abl - clean).detach()
-                req = GradRequest(diff, scores)
                 sub_rows = slice(chunk.rows.start + s, chunk.rows.start + s + b)
+                req = GradRequest(diff, scores[sub_rows], per_prompt=True) if per_prompt else GradRequest(diff, scores)
                 sub = _Chunk(ids, sub_rows, abl, chunk.clean_logits[s:s + batch_size])
                 for alpha in alphas:
                     override = None if alpha == 1.0 else (abl[0] + alpha * (clean[0] - abl[0])).expand(b, -1, -1)
@@ -249,7 +251,8 @@ class EdgePatcher(PerPromptMean):
                                              input_override=override, weights=self.weights, vocab=self.vocab).logits[0]
                     # The metric is a mean over the chunk; weight it to a mean over the task.
                     (self._metric(logits, sub) * (b / self.task.n) / len(alphas)).backward()
-        return scores * g.valid
+        # Each prompt's metric entered as 1/n of the task's: n × its share is its own.
+        return scores * self.task.n * g.valid if per_prompt else scores * g.valid
 
 
 def _zeros(graph: HeadGraph, model: Model) -> Tensor:

@@ -92,7 +92,10 @@ class GradRequest:
     diff: Tensor
     """``[n_src, batch, n_pos, d_model]``: ablated minus clean output of every source."""
     scores: Tensor
-    """``[n_src, n_dst]`` float32 accumulator, updated in place during backward."""
+    """``[n_src, n_dst]`` float32 accumulator, updated in place during backward; ``[batch, n_src, n_dst]``
+    with ``per_prompt``."""
+    per_prompt: bool = False
+    """Each prompt's sum apart (over its positions only)."""
 
 
 @dataclass
@@ -284,7 +287,16 @@ class _Pass:
                 gc = g.permute(2, 0, 1, 3).reshape(g.shape[2], -1).to(diff.dtype)
                 scores[:n_up, dsts] += (diff @ gc.T).float()
 
-        x.register_hook(hook)
+        def per_prompt(g: Tensor) -> None:
+            B = g.shape[0]
+            d = diff.view(n_up, B, -1).transpose(0, 1)  # [B, n_up, T*d]
+            if g.ndim == 3:  # one destination
+                scores[:, :n_up, dsts] += torch.bmm(d, g.reshape(B, -1, 1).to(d.dtype))[:, :, 0].float()
+            else:  # [B, T, C, d] → [B, T*d, C]
+                gc = g.permute(0, 1, 3, 2).reshape(B, -1, g.shape[2]).to(d.dtype)
+                scores[:, :n_up, dsts] += torch.bmm(d, gc).float()
+
+        x.register_hook(per_prompt if self.grad.per_prompt else hook)
 
     # --- hooks ----------------------------------------------------------------------------
 

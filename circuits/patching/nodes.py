@@ -289,7 +289,7 @@ class NodePatcher(PerPromptMean):
                                  "ablation is per position, so pass a reference set of the task's length")
             mean = self._record(ref).mean(self.groups)
         self.chunks: list[_Chunk] = []
-        self._scores = torch.zeros(self.graph.n_src, dtype=torch.float64) if scores else None
+        parts: list[Tensor] = []  # [b, n_src] per chunk: the per-prompt node scores, with ``scores``
         for start in range(0, task.n, self.batch_size):
             rows = slice(start, min(start + self.batch_size, task.n))
             ids = task.clean[rows]
@@ -308,7 +308,8 @@ class NodePatcher(PerPromptMean):
                 abl = rec.zeros()  # type: ignore[union-attr]
             self.chunks.append(_Chunk(ids, rows, abl, logits))
             if scores:
-                self._scores += self._chunk_scores(self.chunks[-1], rec, probes)  # type: ignore[operator, arg-type]
+                parts.append(self._chunk_scores(self.chunks[-1], rec, probes))  # type: ignore[arg-type]
+        self._prompt_scores = torch.cat(parts) if scores else None
         self.m_full = self._mean_over_chunks(lambda c: float(self._metric(c.clean_logits, c)))
         self.m_empty = self._empty_metric(mean)
 
@@ -430,15 +431,21 @@ class NodePatcher(PerPromptMean):
         return value, bases
 
     def node_scores(self) -> Tensor:
-        """EAP per node ``[n_src]``: Σ over prompts and positions of (ablated − clean output) · ∂m/∂output
-        at the clean input, a first-order estimate of m(remove the node alone) − m(M)."""
-        if self._scores is not None:  # taken in the clean pass (``scores=True``)
-            return self._scores.clone()
-        scores = torch.zeros(self.graph.n_src, dtype=torch.float64)
+        """EAP per node ``[n_src]``: Σ over positions, mean over prompts, of (ablated − clean output) ·
+        ∂m/∂output at the clean input, a first-order estimate of m(remove the node alone) − m(M)."""
+        return self.prompt_scores().mean(0)
+
+    def prompt_scores(self) -> Tensor:
+        """``[n_prompts, n_src]`` float64: each prompt's node EAP scores, the first-order estimate of what
+        removing the node alone does to that prompt's metric (``node_scores`` is their mean; ACDC uses
+        them as control variates, ``circuits.discovery.heads.chunked``)."""
+        if self._prompt_scores is not None:  # taken in the clean pass (``scores=True``)
+            return self._prompt_scores.clone()
+        parts = []
         for c in self.chunks:
             _, rec, probes = self._gradient_pass(c.ids, c.rows)
-            scores += self._chunk_scores(c, rec, probes)
-        return scores
+            parts.append(self._chunk_scores(c, rec, probes))
+        return torch.cat(parts)
 
     def _gradient_pass(self, ids: Tensor, rows: slice) -> tuple[Tensor, NodeValues, NodeValues]:
         """The clean run of prompts ``rows`` (``ids`` ``[b, T]``), with ∂m/∂(every node's output): (logits
@@ -456,18 +463,20 @@ class NodePatcher(PerPromptMean):
         return logits.detach(), state.record, state.grad_probes  # type: ignore[return-value]
 
     def _chunk_scores(self, c: _Chunk, rec: NodeValues, probes: NodeValues) -> Tensor:
-        """``[n_src]`` chunk ``c``'s share of the node scores, from its ``_gradient_pass``."""
+        """``[b, n_src]`` the node scores of chunk ``c``'s prompts, from its ``_gradient_pass``."""
         g = self.graph
-        scores = torch.zeros(g.n_src, dtype=torch.float64)
+        # The pass's m is each prompt's metric / N (``per_prompt_mean``), so N × its gradient is the prompt's own.
+        n = float(self.task.n)
+        scores = torch.zeros(c.ids.shape[0], g.n_src, dtype=torch.float64)
         for l in range(g.n_layers):
             dz = (c.ablated.z[l].double() - rec.z[l].double()) * probes.z[l].grad.double()  # type: ignore[union-attr]
-            per_head = dz.sum(dim=(0, 1, 3))  # [H]
+            per_head = dz.sum(dim=(1, 3)) * n  # [b, H]
             for h in range(g.n_heads):
-                scores[g.head_src(l, h)] += float(per_head[h])
+                scores[:, g.head_src(l, h)] = per_head[:, h]
             dm = (c.ablated.mlp[l].double() - rec.mlp[l].double()) * probes.mlp[l].grad.double()  # type: ignore[union-attr]
-            scores[g.mlp_src(l)] += float(dm.sum())
+            scores[:, g.mlp_src(l)] = dm.sum(dim=(1, 2)) * n
         de = (c.ablated.embed[0].double() - rec.embed[0].double()) * probes.embed[0].grad.double()  # type: ignore[union-attr]
-        scores[0] += float(de.sum())
+        scores[:, 0] = de.sum(dim=(1, 2)) * n
         return scores
 
     def faithfulness(self, kept: Tensor) -> float:

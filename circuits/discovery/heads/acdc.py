@@ -27,7 +27,8 @@ What makes it fast, without changing that decision rule:
   stream at no per-edge cost (``circuits.patching.edges``), so the tests cost little more than
   plain forward passes.
 - Prompt chunks (``z``): a test stops reading prompt chunks once the per-prompt effects decide
-  it (``circuits.discovery.heads.chunked``, shared with node ACDC).
+  it (``circuits.discovery.heads.chunked``, shared with node ACDC); with ``controls`` (each
+  prompt's EAP scores) by regression on them, so that close calls need fewer prompts.
 - Screening (optional): group testing, all the untested edges into one input at once, then
   halves of a group that matters, down to single edges.
 - Floor (optional): many removals each under ``tau`` can add up to a large loss of faithfulness.
@@ -59,7 +60,8 @@ from circuits.patching.edge_patcher import EdgePatcher
 def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | None = None, candidates: int | None = None,
          within: Tensor | None = None, order: Literal["topological", "scores"] = "topological",
          batch: int | None = None, z: float | None = 3.0, screen_targets: bool = False,
-         screen_chunks: int | None = None, floor: float | None = None, progress: bool = True) -> Circuit:
+         screen_chunks: int | None = None, floor: float | None = None, controls: Tensor | None = None,
+         progress: bool = True) -> Circuit:
     """Run ACDC; see the module docstring.
 
     Args:
@@ -91,6 +93,9 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             still under it, measured on every prompt, has its costliest removal steps undone. A kept edge
             then moved the metric by tau or more, or by more than the room left above the floor when
             tested. None: ACDC's rule alone.
+        controls: ``[n_prompts, n_src, n_dst]`` each prompt's first-order estimate of each edge's effect
+            (``patcher.edge_scores("eap", per_prompt=True)``), control variates for ``z``'s early
+            decisions (``circuits.discovery.heads.chunked``); None decides on the effects alone.
     """
     if batch is None:
         batch = 4 if patcher.model.device.type == "cuda" else 1
@@ -115,7 +120,8 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
     if candidates is not None:  # the strongest candidates inside ``within``
         testable &= top_edges(g, torch.where(inside, scores.abs(), torch.zeros(())), candidates)  # type: ignore[union-attr]
     z = z if z is not None and len(patcher.chunks) > 1 and patcher.per_prompt_mean else None
-    state = ChunkedSearch(patcher, g.valid & ~testable, tau, z, floor=floor)
+    state = ChunkedSearch(patcher, g.valid & ~testable, tau, z, floor=floor,
+                          controls=controls if z is not None else None)
     effects = nan_matrix(g)
     n_tested = n_evaluations = n_screened = 0
     owner = torch.tensor(g.dst_node)
@@ -191,6 +197,7 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
                          "faithfulness_candidates_prompts": state.start_prompts,
                          "edges_tested": n_tested, "evaluations": n_evaluations, "batch": batch,
                          "z": -1.0 if z is None else z, "tests": state.tests, "tests_decided_early": state.early,
+                         "tests_decided_by_control": state.early_by_control, "controls": controls is not None,
                          "passes": state.passes, "work": state.work, "screen_targets": screen_targets,
                          "edges_screened": n_screened, "screen_chunks": -1 if screen_chunks is None else screen_chunks,
                          **floor_info, "seconds": time.perf_counter() - t0})

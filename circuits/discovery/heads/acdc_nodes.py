@@ -22,7 +22,9 @@ screens cut the passes:
 
 Deciding on part of the prompts (``z``): a test reads one prompt chunk at a time and stops once
 the per-prompt effects decide it (``circuits.discovery.heads.chunked``, shared with edge ACDC).
-``z=None`` reads every prompt for every test (ACDC's own rule).
+``z=None`` reads every prompt for every test (ACDC's own rule). With ``controls`` (each prompt's node
+EAP scores, ``NodePatcher.prompt_scores``) a close call can be decided on fewer prompts: the effect is
+estimated by regression on its first-order estimate, whose mean over every prompt is known.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from circuits.patching.nodes import NodePatcher, droppable_nodes, strongest_node
 def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor | None = None,
                candidates: int | None = None, include_mlps: bool = True, screen_layers: bool = False,
                max_sweeps: int = 4, z: float | None = 3.0, batch: int | None = None,
-               progress: bool = True) -> NodeCircuit:
+               controls: Tensor | None = None, progress: bool = True) -> NodeCircuit:
     """Run node-level ACDC; see the module docstring.
 
     Args:
@@ -65,6 +67,9 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
             up to the first kept (the same decisions as one at a time). Default 4 on a GPU, where a
             wider pass is nearly free, and 1 on a CPU: on IOI, 3 did 22% more work (variants after a
             kept node are wasted) and took 19% more CPU time on one AVX2 core.
+        controls: ``[n_prompts, n_src]`` per-prompt first-order estimates of each node's effect
+            (``patcher.prompt_scores()``), control variates for ``z``'s early decisions
+            (``circuits.discovery.heads.chunked``); None decides on the effects alone.
     """
     g = patcher.graph
     if batch is None:
@@ -85,7 +90,7 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
     removed = ~testable & (torch.ones_like(is_mlp) if include_mlps else ~is_mlp)
     removed[0] = False
     z = z if z is not None and len(patcher.chunks) > 1 and patcher.per_prompt_mean else None
-    state = ChunkedSearch(patcher, removed, tau, z)
+    state = ChunkedSearch(patcher, removed, tau, z, controls=controls if z is not None else None)
     sweeps = 0
     effects = torch.full((g.n_src,), float("nan"), dtype=torch.float64)
     kept_under: dict[int, tuple[Tensor, float]] = {}  # node -> (the set it was last kept under, its effect)
@@ -111,7 +116,9 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
                              "faithfulness_candidates_prompts": state.start_prompts,
                              "nodes_tested": int(testable.sum()), "passes": state.passes,
                              "work": state.work, "z": -1.0 if z is None else z,
-                             "tests": state.tests, "tests_decided_early": state.early, "sweeps": sweeps,
+                             "tests": state.tests, "tests_decided_early": state.early,
+                             "tests_decided_by_control": state.early_by_control, "controls": controls is not None,
+                             "sweeps": sweeps,
                              "tests_skipped": skipped, "batch": batch,
                              "seconds": time.perf_counter() - t0})
 

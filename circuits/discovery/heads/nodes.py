@@ -22,7 +22,8 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
                    screen_layers: bool | None = None, max_sweeps: int | None = None, z: float | None | str = "default",
                    ablation: NodeAblation | None = None, metric: Literal["task", "kl"] | None = None,
                    precision: Precision | None = None, batch_size: int | None = None,
-                   patcher: NodePatcher | None = None, progress: bool = True) -> NodeCircuit:
+                   patcher: NodePatcher | None = None, controls: bool | None = None,
+                   progress: bool = True) -> NodeCircuit:
     """The node circuit of ``model`` for ``task``: a ``NodeCircuit`` of which heads and MLPs run,
     every other one ablated (as Wang et al.'s IOI circuit).
 
@@ -38,6 +39,8 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
         screen_layers, max_sweeps: ACDC only (defaults False and 4).
         z: ACDC only: decide a test on the first prompt chunks once the per-prompt effects, ``mean ± z × SE``,
             lie on one side of tau (default 3.0); None reads every prompt for every test (see ``acdc_nodes``).
+        controls: ACDC with ``z`` only (default True): each prompt's node EAP scores, taken in the clean pass,
+            serve as control variates for those early decisions (``circuits.discovery.heads.chunked``).
         precision: the search's (see ``NodePatcher``; default ``"fp32"``): when the search ran in bf16,
             the final faithfulness is measured again in the model's own precision.
         batch_size: prompts per forward pass (default 8), also the chunk an ACDC test reads first: 8 reads
@@ -56,18 +59,22 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
     else:
         reject("discover_nodes(method='eap')",
                {"candidates": candidates, "screen_layers": screen_layers, "max_sweeps": max_sweeps,
-                "z": None if z == "default" else z},
+                "z": None if z == "default" else z, "controls": controls},
                "they are ACDC's (method='acdc'); EAP scores every node at once")
         if top_n is not None:
             reject("discover_nodes with top_n=", {"tau": tau},
                    "top_n= keeps the n strongest nodes whatever their score; pass tau= or top_n=, not both")
+    z = 3.0 if z == "default" else z
+    if z is None and controls:
+        raise ValueError("controls=True steers z's early decisions, and z=None reads every prompt: pass z= or drop controls")
+    controls = method == "acdc" and z is not None and controls is not False
     t0 = time.perf_counter()
     if patcher is None:
         patcher = NodePatcher(model, task, ablation="mean" if ablation is None else ablation,
                               metric="task" if metric is None else metric,
                               batch_size=8 if batch_size is None else batch_size,
                               precision="fp32" if precision is None else precision,
-                              scores=method == "eap" or candidates is not None)  # taken in its clean pass
+                              scores=method == "eap" or candidates is not None or controls)  # in its clean pass
     else:
         asked = None if precision is None else ("bf16" if use_bf16(model.device, precision) else "fp32")
         check_patcher("discover_nodes", patcher, NodePatcher, model, task, lambda p: {
@@ -76,11 +83,12 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
     screen_layers = False if screen_layers is None else screen_layers
     max_sweeps = 4 if max_sweeps is None else max_sweeps
     scores = patcher.node_scores() if (method == "eap" or candidates is not None) else None
+    prompt_scores = patcher.prompt_scores() if controls else None
     t_scores = time.perf_counter() - t0
     if method == "acdc":
         circuit = acdc_nodes(patcher, tau, scores=scores, candidates=candidates, include_mlps=include_mlps,
                              screen_layers=screen_layers, max_sweeps=max_sweeps,
-                             z=3.0 if z == "default" else z, progress=progress)  # type: ignore[arg-type]
+                             z=z, controls=prompt_scores, progress=progress)  # type: ignore[arg-type]
     else:
         circuit = eap_nodes(patcher, scores, tau=tau, top_n=top_n, include_mlps=include_mlps)  # type: ignore[arg-type]
     if patcher.bf16:
