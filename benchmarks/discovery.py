@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--node-tau", type=float, default=0.02, help="node ACDC threshold, fraction of m(M) - m(∅)")
     ap.add_argument("--node-z", default="3", help="comma-separated z values for node ACDC (none: every prompt)")
     ap.add_argument("--node-batch", type=int, default=8, help="prompts a chunk for node ACDC with z")
-    ap.add_argument("--node-controls", default="yes",
+    ap.add_argument("--node-controls", default="no",
                     help="comma-separated yes/no: node EAP scores as control variates for z's early decisions")
     ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
     ap.add_argument("--edge-runs", default="no:0.01",

@@ -196,7 +196,9 @@ def test_discover_at_node_level():
                            include_mlps=False, progress=False)
     assert acdc_circuit.heads == eap_circuit.heads == [(0, 0), (1, 0)]
     assert acdc_circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
-    assert acdc_circuit.info["controls"]  # the node EAP scores steer the early decisions by default
+    assert not acdc_circuit.info["controls"]  # the effects alone decide, unless asked
+    steered = discover(model, task, level="nodes", ablation="resample", include_mlps=False, controls=True, progress=False)
+    assert steered.info["controls"] and steered.heads == [(0, 0), (1, 0)]
     assert eap_circuit.faithfulness == pytest.approx(1.0, abs=1e-6)
     bf16 = discover(model, task, level="nodes", ablation="resample", include_mlps=False, precision="bf16", progress=False)
     assert bf16.heads == [(0, 0), (1, 0)]

@@ -212,12 +212,6 @@ class Attributor:
     def __init__(self, rmap: ResidualMap, sources: Sources) -> None:
         self.rmap = rmap
         self.src = sources
-        self._work: Tensor | None = None  # ``attn_back_``'s scratch, kept from batch to batch
-
-    def _scratch(self, like: Tensor, size: int) -> Tensor:
-        if self._work is None or self._work.numel() < size or self._work.dtype != like.dtype:
-            self._work = like.new_empty(size)
-        return self._work
 
     @torch.no_grad()
     def rows(self, targets: Targets) -> tuple[Tensor, Tensor]:
@@ -269,7 +263,7 @@ class Attributor:
             inject(j)
             a = reach[j]
             bias[:a] += g[:a].view(a, n * D) @ rmap.attn_const[j, :n].reshape(n * D)
-            rmap.attn_back_(j, g[:a], self._scratch(g, rmap.attn_work_size(B, n)))
+            rmap.attn_back_(j, g[:a])
             inject_below_attention(j)
         edges[:, src.tok_slot0:src.tok_slot0 + n] = (g * src.embed[:n]).sum(-1)
         if stacked is not None:

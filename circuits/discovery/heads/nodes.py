@@ -39,8 +39,9 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
         screen_layers, max_sweeps: ACDC only (defaults False and 4).
         z: ACDC only: decide a test on the first prompt chunks once the per-prompt effects, ``mean ± z × SE``,
             lie on one side of tau (default 3.0); None reads every prompt for every test (see ``acdc_nodes``).
-        controls: ACDC with ``z`` only (default True): each prompt's node EAP scores, taken in the clean pass,
-            serve as control variates for those early decisions (``circuits.discovery.heads.chunked``).
+        controls: ACDC with ``z`` only (default False): each prompt's node EAP scores, taken in the clean pass,
+            serve as control variates for those early decisions (``circuits.discovery.heads.chunked``). On
+            IOI they did not pay: 25.6 full passes against 25.4, and a different circuit (BENCHMARKS.md).
         precision: the search's (see ``NodePatcher``; default ``"fp32"``): when the search ran in bf16,
             the final faithfulness is measured again in the model's own precision.
         batch_size: prompts per forward pass (default 8), also the chunk an ACDC test reads first: 8 reads
@@ -67,7 +68,7 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
     z = 3.0 if z == "default" else z
     if z is None and controls:
         raise ValueError("controls=True steers z's early decisions, and z=None reads every prompt: pass z= or drop controls")
-    controls = method == "acdc" and z is not None and controls is not False
+    controls = method == "acdc" and z is not None and bool(controls)
     t0 = time.perf_counter()
     if patcher is None:
         patcher = NodePatcher(model, task, ablation="mean" if ablation is None else ablation,
