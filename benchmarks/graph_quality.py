@@ -13,7 +13,8 @@ token, whose MLP output is held as a constant, in each target's bias), ``first-e
 with that output as error nodes), ``everywhere`` (features at every position) and ``bos``
 (circuit-tracer's convention: a BOS prepended, nothing attributed to it); ``--eval-tokens N`` adds the set's held-out FVU,
 CE and KL (``circuits.replacement.evaluate``). Graphs keep the ``--max-features`` most influential
-features (circuit-tracer's greedy selection), the demo's cap by default.
+features (circuit-tracer's greedy selection), the demo's cap by default. ``--error-layers`` splits the
+replacement score's loss by the error nodes' layers (``graphs.metrics.error_share_by_layer``).
 
     python benchmarks/graph_quality.py                                        # the default set and policy
     python benchmarks/graph_quality.py --policies everywhere first-error first-constant bos --threads 2
@@ -26,6 +27,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 # Run as a script, Python puts benchmarks/ first on the path, where benchmarks/transcoders.py
 # would shadow the transcoders package.
@@ -47,9 +50,11 @@ def _spread(values: list[float]) -> str:
 
 
 def score_prompts(model, tc, prompts, *, max_features: int = MAX_FEATURES, policy: str = "first-constant",
-                  label: str = "") -> list[tuple[str, str, float, float, float]]:
-    """(name, kind, replacement, completeness, trace seconds) of each prompt's graph."""
+                  label: str = "") -> list[tuple[str, str, float, float, float, np.ndarray]]:
+    """(name, kind, replacement, completeness, trace seconds, error share by layer ``[n_layers]``) of
+    each prompt's graph."""
     from circuits import trace
+    from graphs.metrics import error_share_by_layer
 
     start, bos, early = POLICIES[policy]
     rows = []
@@ -58,7 +63,7 @@ def score_prompts(model, tc, prompts, *, max_features: int = MAX_FEATURES, polic
         graph = trace(p.text, model, tc, max_feature_nodes=max_features, feature_start=start,
                       prepend_bos=bos, early_mlp=early)
         rep, comp = graph.replacement_score, graph.completeness_score
-        rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0))
+        rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0, error_share_by_layer(graph)))
         print(f"{label or policy:<11} {p.name:<20} {p.kind:<11} tokens {graph.n_pos:>3}  replacement {rep:.3f}  "
               f"completeness {comp:.3f}  ({rows[-1][4]:.1f} s)", file=sys.stderr, flush=True)
     return rows
@@ -73,6 +78,8 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=0, help="also evaluate on this many held-out tokens")
     parser.add_argument("--threads", type=int, help="torch threads; default torch's choice")
     parser.add_argument("--prompts", nargs="+", help="only these prompt names")
+    parser.add_argument("--error-layers", action="store_true",
+                        help="also print which layers' error nodes the replacement score is lost to")
     args = parser.parse_args()
 
     import torch
@@ -109,6 +116,14 @@ def main() -> None:
             mine = [r for r in rows if r[1] == kind]
             cells.append(f"{statistics.fmean(r[2] for r in mine):.3f} / {statistics.fmean(r[3] for r in mine):.3f}")
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    if args.error_layers:
+        print("\nWhere replacement is lost: each layer's error nodes' share of the tokens' and errors' influence "
+              "(mean over prompts; the shares sum to 1 - replacement):\n")
+        print("| policy | " + " | ".join(f"L{i}" for i in range(model.n_layers)) + " |")
+        print("|---|" + "---|" * model.n_layers)
+        for policy, rows in results.items():
+            mean = np.mean([r[5] for r in rows], axis=0)
+            print(f"| {policy} | " + " | ".join(f"{x:.3f}" for x in mean) + " |")
     if args.eval_tokens:
         from circuits.replacement import evaluate
 

@@ -3,7 +3,8 @@
 For each kind, one training run of its preset's recipe (the PLT: ``smollm2-quick``'s, which is also
 ``smollm2-long``'s, so that to 1.3M tokens this is the long preset's own run folder; the CLT:
 ``smollm2-clt``'s; or ``--preset``, with that kind) to the largest budget, saving the set at every
-budget on the way (``train(save_at=...)``); the run resumes from its checkpoint, so a curve can be
+budget on the way (a row's preset column names the preset whose own run it is, else "<recipe> recipe
+to N tokens") (``train(save_at=...)``); the run resumes from its checkpoint, so a curve can be
 built across several sessions. Each snapshot then gets:
 
 - held-out FVU, CE and KL (``circuits.replacement.evaluate``, ``--eval-tokens``);
@@ -21,6 +22,7 @@ largest budget only), so the small budgets are a little pessimistic against runs
 budget alone (on the quick recipe at 150k: replacement 0.459 against 0.473, BENCHMARKS.md).
 
     python benchmarks/quality_budget.py --kind plt clt --budgets 150000 500000 1300000 --threads 2
+    python benchmarks/quality_budget.py --kind plt --budgets 150000 --k 256 --threads 2   # a recipe variant
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def _plot(rows: list[dict[str, str]], path: Path) -> bool:
 
     from transcoders.writes import write_bytes
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
     # One curve per recipe: a run's snapshots share kind, preset and overrides; a saved set is a point.
     for group in sorted({(r["kind"], r["preset"], r["overrides"]) for r in rows}):
         mine = sorted((r for r in rows if (r["kind"], r["preset"], r["overrides"]) == group), key=lambda r: int(r["tokens"]))
@@ -96,12 +98,19 @@ def _plot(rows: list[dict[str, str]], path: Path) -> bool:
     axes[1].set(xlabel="training wall hours", ylabel="mean replacement", title="at equal time")
     axes[2].set(xlabel="training tokens (M)", ylabel="KL nats/token", xscale="log", yscale="log",
                 title="held-out KL(model || replaced)")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for ax in (axes[0], axes[2]):  # plain token counts: log-axis minor labels ran into each other
+        ax.set_xticks([0.15, 0.3, 0.5, 1.0, 2.0])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # Below each panel: inside, the legends hid the points.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.tight_layout()
     png = io.BytesIO()
-    fig.savefig(png, dpi=110, format="png")
+    fig.savefig(png, dpi=110, format="png", bbox_inches="tight")  # the legends below
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, png.getvalue())
     return True
@@ -132,6 +141,8 @@ def main() -> None:
                         "PLT, whose run to 1.3M tokens is smollm2-long's own, and smollm2-clt for the CLT)")
     parser.add_argument("--budgets", nargs="+", type=int, default=[150_000, 500_000, 1_300_000])
     parser.add_argument("--skip-init", choices=["zero", "lstsq"], help="override the preset's skip_init")
+    parser.add_argument("--skip", choices=["yes", "no"], help="override the preset's linear skip")
+    parser.add_argument("--k", type=int, help="override the preset's k (TopK)")
     parser.add_argument("--eval-tokens", type=int, default=16_384)
     parser.add_argument("--prompts", nargs="+", help="only these prompt names (default: all of benchmarks/prompts.py)")
     parser.add_argument("--max-features", type=int, default=MAX_FEATURES)
@@ -161,7 +172,11 @@ def main() -> None:
     model = load_model()
     prompts = [p for p in PROMPTS if not args.prompts or p.name in args.prompts]
     cpu = torch.backends.cpu.get_cpu_capability()
-    overrides = {"skip_init": args.skip_init} if args.skip_init else {}
+    overrides: dict[str, object] = {"skip_init": args.skip_init} if args.skip_init else {}
+    if args.skip:
+        overrides["skip"] = args.skip == "yes"
+    if args.k:
+        overrides["k"] = args.k
     done = {(r["kind"], r["preset"], r["overrides"], r["tokens"], r["prompts"]) for r in _read(args.results)}
     for where in args.sets:
         meta = read_config(where / "config.yaml").get("circuit_engine", {})
@@ -177,6 +192,10 @@ def main() -> None:
         cfg = PRESETS[preset].train_config(kind=kind, n_tokens=max(args.budgets),
                                                 num_threads=args.threads, **overrides)
         run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg))
+        # A row names the preset whose own run this is (to 1.3M tokens the PLT's is smollm2-long's),
+        # so that a snapshot of a long run is not read as the short preset's result.
+        preset = next((name for name, p in PRESETS.items() if run_name(model.name, p.config) == run_dir.name),
+                      f"{preset} recipe to {cfg.n_tokens:,} tokens")
         print(f"# {kind}: {cfg.n_tokens:,} tokens in {run_dir}, snapshots at {args.budgets}", file=sys.stderr)
         if not args.measure_only:
             train(model, cfg, run_dir=run_dir, save_at=args.budgets)

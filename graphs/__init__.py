@@ -10,6 +10,7 @@ from graphs.metrics import (
     PruneResult,
     completeness_score,
     edge_influence,
+    error_share_by_layer,
     graph_scores,
     influence,
     node_influence,
@@ -33,5 +34,5 @@ __all__ = [
     "to_html", "to_viewer_json", "viewer_schema", "write_graphml", "write_html", "write_viewer_json",
     # the graph and its metrics
     "NODE_COLUMNS", "NODE_KINDS", "AttributionGraph", "GraphFileError", "PruneResult", "completeness_score",
-    "edge_influence", "graph_scores", "influence", "node_influence", "normalized", "prune", "replacement_score", "subgraph",
+    "edge_influence", "error_share_by_layer", "graph_scores", "influence", "node_influence", "normalized", "prune", "replacement_score", "subgraph",
 ]

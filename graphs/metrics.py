@@ -11,6 +11,7 @@ Definitions follow circuit-tracer (``circuit_tracer/graph.py``) so numbers compa
 - replacement score: the share of token and error influence that is token influence.
 - completeness score: each node's non-error share of inputs, weighted by its influence plus its
   logit weight.
+- ``error_share_by_layer``: the replacement score's loss, split by the error nodes' layers.
 
 Everything here takes plain scipy/numpy objects or an ``AttributionGraph``; nothing imports ``circuits``.
 """
@@ -209,12 +210,30 @@ def subgraph(graph: AttributionGraph, node_mask: np.ndarray, edge_mask: sp.spmat
     return type(graph)(graph.prompt, graph.tokens, list(graph.token_texts), nodes, adjacency, metadata)
 
 
+def _influence_and_sums(graph: AttributionGraph) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's influence ``[n]`` and its row's absolute sum ``[n]``, in one sweep where the levels allow."""
+    a = sp.csr_matrix(graph.adjacency)
+    swept = _sweep(a, graph.logit_weights, graph.nodes["layer"])
+    return swept if swept is not None else (influence(a, graph.logit_weights), row_abs_sums(a))
+
+
+def error_share_by_layer(graph: AttributionGraph) -> np.ndarray:
+    """``[n_layers]``: each layer's error nodes' share of the influence of tokens and errors on the
+    logits. The shares sum to ``1 − replacement_score``: they say which layers' transcoders the
+    score is lost to."""
+    infl, _ = _influence_and_sums(graph)
+    errors, tokens = graph.span("error"), graph.span("token")
+    total = infl[tokens].sum() + infl[errors].sum()
+    n_layers = int(graph.nodes["layer"].max())  # the logits sit one level above the last layer
+    per_layer = np.bincount(graph.nodes["layer"][errors], weights=infl[errors], minlength=n_layers)
+    return per_layer / total if total > 0 else np.full(n_layers, np.nan)
+
+
 def graph_scores(graph: AttributionGraph) -> tuple[float, float]:
     """``(replacement_score, completeness_score)`` as circuit-tracer's ``compute_graph_scores`` defines them."""
     w = graph.logit_weights
     a = sp.csr_matrix(graph.adjacency)
-    swept = _sweep(a, w, graph.nodes["layer"])
-    infl, sums = swept if swept is not None else (influence(a, w), row_abs_sums(a))
+    infl, sums = _influence_and_sums(graph)
     errors, tokens = graph.span("error"), graph.span("token")
     token_infl, error_infl = infl[tokens].sum(), infl[errors].sum()
     replacement = token_infl / (token_infl + error_infl) if token_infl + error_infl > 0 else float("nan")

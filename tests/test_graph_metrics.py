@@ -12,7 +12,7 @@ from _threads import one_thread  # noqa: F401  (small tensors: one torch thread 
 
 from graphs import AttributionGraph, influence, node_influence, normalized, prune
 from graphs.graph import empty_nodes
-from graphs.metrics import find_threshold, graph_scores
+from graphs.metrics import error_share_by_layer, find_threshold, graph_scores
 
 
 def make_graph(kinds: list[str], layers: list[int], edges: dict[tuple[int, int], float],
@@ -55,6 +55,17 @@ def test_replacement_and_completeness_of_a_chain() -> None:
     # Non-error share per node: logit 0.5, everything else 1; weights influence + logit weight
     # (0.5, 0.5, 0.5, 0.5, 1): (0.5 * 4 + 0.5 * 1) / 3.
     assert completeness == pytest.approx(2.5 / 3)
+
+
+def test_error_shares_by_layer_split_what_replacement_loses() -> None:
+    # logit 4 <- feature 0 (2.0), error 1 at layer 0 (1.0), error 2 at layer 1 (-1.0); token 3 -> feature 0.
+    kinds = ["feature", "error", "error", "token", "logit"]
+    edges = {(4, 0): 2.0, (4, 1): 1.0, (4, 2): -1.0, (0, 3): 1.0}
+    g = make_graph(kinds, [0, 0, 1, -1, 2], edges, {4: 1.0})
+    shares = error_share_by_layer(g)
+    np.testing.assert_allclose(shares, [0.25, 0.25])
+    assert shares.sum() == pytest.approx(1.0 - graph_scores(g)[0])
+    np.testing.assert_allclose(error_share_by_layer(chain_graph()), [0.5, 0.0])
 
 
 def test_a_graph_without_errors_scores_one() -> None:
