@@ -141,3 +141,26 @@ def test_pairs_as_a_graph_render(tmp_path) -> None:
     assert sorted(d["weight"] for *_, d in g.edges(data=True)) == sorted(t for *_, t in qk.pairs(4))
     assert "| query source | key source | term |" in qk.table(4)
     assert "digraph" in render(g, tmp_path / "qk.dot").read_text()
+
+
+def test_top_pairs_are_the_full_sort_ties_included() -> None:
+    """``pairs(top)`` picks the top terms without sorting all n_q * n_k of them: the same pairs, in the
+    same order, as a stable full sort, also when ties straddle the cut."""
+    import dataclasses
+
+    model = _model("llama", n_layers=2, n_heads=2, kv_ratio=1, d_head=4, seed=2)
+    ids = torch.randint(1, 40, (1, 5), generator=torch.Generator().manual_seed(2))
+    tc = _transcoder(model, ids, kind="plt", activation="jumprelu", skip=False, d_features=8,
+                     output_site="mlp_out", seed=2)
+    qk = qk_attribution(ids, model, tc, layer=1, head=0, key=2, dtype="float64", loadings=False)
+    # Rows of q and k in {-1, 0, 1, 2}: many equal |terms|, so ties fall across every cut.
+    rng = np.random.default_rng(0)
+    tied = dataclasses.replace(qk, q=rng.integers(-1, 3, qk.q.shape).astype(float),
+                               k=rng.integers(-1, 3, qk.k.shape).astype(float))
+    for case in (qk, tied):
+        terms = case.terms
+        order = np.argsort(-np.abs(terms), axis=None, kind="stable")
+        for top in (1, 3, 7, terms.size - 1, terms.size, terms.size + 5):
+            i, j = np.unravel_index(order[:top], terms.shape)
+            want = [(case.query_sources[a], case.key_sources[b], float(terms[a, b])) for a, b in zip(i, j)]
+            assert case.pairs(top) == want

@@ -94,7 +94,15 @@ class QKAttribution:
     def pairs(self, top: int = 10) -> list[tuple[str, str, float]]:
         """The ``top`` pairs ``(query source, key source, term)`` of largest |term|."""
         terms = self.terms
-        flat = np.argsort(-np.abs(terms), axis=None, kind="stable")[:top]
+        size = np.abs(terms).ravel()
+        if top < size.size:
+            # Every entry at least as large as the top-th, ties included, then the same stable order as
+            # a full argsort: a full sort of n_q * n_k terms (10^8 with every active feature) took 40 s.
+            cut = np.partition(size, size.size - top)[size.size - top]
+            candidates = np.flatnonzero(size >= cut)
+            flat = candidates[np.argsort(-size[candidates], kind="stable")[:top]]
+        else:
+            flat = np.argsort(-size, kind="stable")
         i, j = np.unravel_index(flat, terms.shape)
         return [(self.query_sources[a], self.key_sources[b], float(terms[a, b])) for a, b in zip(i, j)]
 
