@@ -99,6 +99,7 @@ def main() -> None:
     print(f"\n# plain run: {wall:.1f} s wall, {cpu:.1f} s CPU; {graph.n_features:,} features, "
           f"{graph.adjacency.nnz:,} edges; phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()),
           flush=True)
+    del graph  # a full graph is GBs (597M edges at k = 128): held through the profiled run, both did not fit in 24 GB
 
     from torch.profiler import ProfilerActivity, profile
 
