@@ -3,9 +3,9 @@
 For each kind, one training run of its preset's recipe (the PLT: ``smollm2-quick``'s, which is also
 ``smollm2-long``'s, so that to 1.3M tokens this is the long preset's own run folder; the CLT:
 ``smollm2-clt``'s; or ``--preset``, with that kind) to the largest budget, saving the set at every
-budget on the way (a row's preset column names the preset whose own run it is, else "<recipe> recipe
-to N tokens") (``train(save_at=...)``); the run resumes from its checkpoint, so a curve can be
-built across several sessions. Each snapshot then gets:
+budget on the way (``train(save_at=...)``); the run resumes from its checkpoint, so a curve can be
+built across several sessions. A row's preset column names the preset whose own run it is, else
+"<recipe> recipe to N tokens". Each snapshot then gets:
 
 - held-out FVU, CE and KL (``circuits.replacement.evaluate``, ``--eval-tokens``);
 - mean replacement and completeness over the prompt set (``benchmarks/prompts.py``, or ``--prompts``);
