@@ -50,9 +50,10 @@ def _spread(values: list[float]) -> str:
 
 
 def score_prompts(model, tc, prompts, *, max_features: int = MAX_FEATURES, policy: str = "first-constant",
-                  label: str = "") -> list[tuple[str, str, float, float, float, np.ndarray]]:
+                  label: str = "", error_layers: bool = False
+                  ) -> list[tuple[str, str, float, float, float, np.ndarray | None]]:
     """(name, kind, replacement, completeness, trace seconds, error share by layer ``[n_layers]``) of
-    each prompt's graph."""
+    each prompt's graph; the shares (a second influence sweep) only with ``error_layers``, else None."""
     from circuits import trace
     from graphs.metrics import error_share_by_layer
 
@@ -63,7 +64,8 @@ def score_prompts(model, tc, prompts, *, max_features: int = MAX_FEATURES, polic
         graph = trace(p.text, model, tc, max_feature_nodes=max_features, feature_start=start,
                       prepend_bos=bos, early_mlp=early)
         rep, comp = graph.replacement_score, graph.completeness_score
-        rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0, error_share_by_layer(graph)))
+        rows.append((p.name, p.kind, rep, comp, time.perf_counter() - t0,
+                     error_share_by_layer(graph) if error_layers else None))
         print(f"{label or policy:<11} {p.name:<20} {p.kind:<11} tokens {graph.n_pos:>3}  replacement {rep:.3f}  "
               f"completeness {comp:.3f}  ({rows[-1][4]:.1f} s)", file=sys.stderr, flush=True)
     return rows
@@ -98,7 +100,8 @@ def main() -> None:
           f"{' k=' + str(cfg.k) if getattr(cfg, 'k', None) else ''}); model {model.name}; "
           f"max_feature_nodes {args.max_features}")
     prompts = [p for p in PROMPTS if not args.prompts or p.name in args.prompts]
-    results = {policy: score_prompts(model, tc, prompts, max_features=args.max_features, policy=policy)
+    results = {policy: score_prompts(model, tc, prompts, max_features=args.max_features, policy=policy,
+                                     error_layers=args.error_layers)
                for policy in args.policies}
 
     print("\n| policy | prompts | replacement (mean ± sd, min) | completeness (mean ± sd, min) | trace s (mean) |")

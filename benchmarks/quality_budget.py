@@ -194,8 +194,8 @@ def main() -> None:
         run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg))
         # A row names the preset whose own run this is (to 1.3M tokens the PLT's is smollm2-long's),
         # so that a snapshot of a long run is not read as the short preset's result.
-        preset = next((name for name, p in PRESETS.items() if run_name(model.name, p.config) == run_dir.name),
-                      f"{preset} recipe to {cfg.n_tokens:,} tokens")
+        label = next((name for name, p in PRESETS.items() if run_name(model.name, p.config) == run_dir.name),
+                     f"{preset} recipe to {cfg.n_tokens:,} tokens")
         print(f"# {kind}: {cfg.n_tokens:,} tokens in {run_dir}, snapshots at {args.budgets}", file=sys.stderr)
         if not args.measure_only:
             train(model, cfg, run_dir=run_dir, save_at=args.budgets)
@@ -203,11 +203,11 @@ def main() -> None:
             continue
         for budget in sorted(args.budgets):
             where = run_dir / f"tokens-{budget}"
-            key = (kind, preset, str(overrides), str(budget), str(len(prompts)))
+            key = (kind, label, str(overrides), str(budget), str(len(prompts)))
             if key in done or not (where / "config.yaml").is_file():
                 continue
             meta = read_config(where / "config.yaml").get("circuit_engine", {})
-            _append(args.results, {"kind": kind, "preset": preset, "overrides": str(overrides), "tokens": budget,
+            _append(args.results, {"kind": kind, "preset": label, "overrides": str(overrides), "tokens": budget,
                                    **_measure(model, load_transcoders(model, where), meta, prompts, args, cpu)})
     rows = _read(args.results)
     if rows:

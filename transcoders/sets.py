@@ -44,23 +44,26 @@ class Preset:
 
 _SMOLLM2 = "smollm2-135m-instruct"
 
+# The quick recipe: the default set's, and the long preset's on more tokens.
+# Batches of 256 pairs (585 steps) and a decay over the second half: held-out FVU 0.365
+# against 0.404 for batches of 1,024 and a decay over the last fifth, at the same tokens
+# (benchmarks/recipe.py, BENCHMARKS.md). Width 2,048 or k = 128 gained little there, with the skip.
+# No skip: without it the graphs are more features and less error (replacement 0.557 against
+# 0.473, completeness 0.884 against 0.849 on the 24 prompts), in about the same time, though the
+# replaced model's KL is worse (2.07 against 1.59): the skip's share of an MLP's output is
+# attributed upstream, errors included, while a feature's is its own (BENCHMARKS.md).
+# k = 128: without a skip the features carry the linear part too and filled 62.6 of k = 64's
+# slots; at k = 128 replacement 0.593 against 0.557, completeness 0.895 against 0.884, in the same
+# time (527 s against 587 s in the host's fast hour). k = 256 gave 0.599 / 0.895 with twice the
+# active features again (graphs 1.7x slower to trace), so 128 (BENCHMARKS.md).
+_QUICK = TrainConfig(kind="plt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=150_000,
+                     seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
+                     warmup_steps=10, decay_fraction=0.5, checkpoint_every=50, num_threads=2)
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "smollm2-quick", _SMOLLM2,
-        # Batches of 256 pairs (585 steps) and a decay over the second half: held-out FVU 0.365
-        # against 0.404 for batches of 1,024 and a decay over the last fifth, at the same tokens
-        # (benchmarks/recipe.py, BENCHMARKS.md). Width 2,048 or k = 128 gained little or nothing here.
-        # No skip: without it the graphs are more features and less error (replacement 0.557 against
-        # 0.473, completeness 0.884 against 0.849 on the 24 prompts), in about the same time, though the
-        # replaced model's KL is worse (2.07 against 1.59): the skip's share of an MLP's output is
-        # attributed upstream, errors included, while a feature's is its own (BENCHMARKS.md).
-        # k = 128: without a skip the features carry the linear part too and filled 62.6 of k = 64's
-        # slots; at k = 128 replacement 0.593 against 0.557, completeness 0.895 against 0.884, in the same
-        # time (527 s against 587 s in the host's fast hour). k = 256 gave 0.599 / 0.895 with twice the
-        # active features again (graphs 1.7x slower to trace), so 128 (BENCHMARKS.md).
-        TrainConfig(kind="plt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=150_000,
-                    seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
-                    warmup_steps=10, decay_fraction=0.5, checkpoint_every=50, num_threads=2),
+        _QUICK,
         cost="about 9–15 min on 2 idle AVX2 CPU cores (585 steps in 527 s measured in the host's fast hour; at k = 64 "
              "587–920 s by the hour; harvest included; BENCHMARKS.md)",
         default=True),
@@ -88,9 +91,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         # runs; benchmarks/quality_budget.py --kind plt trains exactly this run (the same run folder).
         # Measured at k = 64 (71 min in the fast hour: 0.615 / 0.909, KL 1.45); it follows the quick
         # recipe to k = 128, not yet measured at this length.
-        TrainConfig(kind="plt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=1_300_000,
-                    seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
-                    warmup_steps=10, decay_fraction=0.5, checkpoint_every=200, num_threads=2),
+        dataclasses.replace(_QUICK, n_tokens=1_300_000, checkpoint_every=200),
         cost="about 1.2-2.2 hours on 2 idle AVX2 CPU cores (4,263 s measured at k = 64 in the host's fast hour, "
              "163-189 tokens/s in its slow one; resumable across runs; minutes on a GPU)"),
 )}
