@@ -58,13 +58,24 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
     return TrainConfig(**given), args.model
 
 
-def _corpus(paths: list[str] | None) -> Any:
-    """``--text`` files/directories as a corpus; None means the packaged one."""
-    if not paths:
+def _corpus(args: argparse.Namespace) -> Any:
+    """``--packaged`` sources and ``--text`` files/directories as one corpus; None (neither given)
+    means the packaged default."""
+    if not args.text and not args.packaged:
         return None
     from transcoders.corpus import Corpus
 
-    return Corpus.from_files(paths)
+    parts = ([Corpus.packaged(args.packaged)] if args.packaged else []) + (
+        [Corpus.from_files(args.text)] if args.text else [])
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+def _add_text_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--text", action="append", help=f"{what} these text files or directories "
+                   "(default: the packaged English text)")
+    p.add_argument("--packaged", nargs="+", metavar="SOURCE",
+                   help="packaged text sources by name: besides the default shakespeare wikipedia seinfeld docutils "
+                        "brown, also code, wikipedia-fr and wikipedia-es (with --text: both)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -81,13 +92,18 @@ def _train(args: argparse.Namespace) -> int:
     device = args.device
     if device is None and dctx.active:
         device = f"cuda:{dctx.local_rank}" if torch.cuda.is_available() else "cpu"
-    corpus = _corpus(args.text)  # a missing or wrong --text fails here, before the model loads
+    corpus = _corpus(args)  # a missing or wrong --text fails here, before the model loads
+    if args.preset and not args.out and corpus is not None and corpus.identity() is not None:
+        # The preset's folder holds the set load_transcoders(model) picks by default: trained on other
+        # text, it would replace that set without saying so.
+        raise SystemExit(f"--preset {args.preset} with --text/--packaged would save a set trained on other text "
+                         f"in the preset's own folder ({preset_dir(args.preset)}). Fix: pass --out DIR.")
     model = _load_model(model_name, device)
     out = Path(args.out) if args.out else (preset_dir(args.preset) if args.preset else None)
     if out is None:
         from transcoders.cache import cache_dir
 
-        out = cache_dir("transcoders") / run_name(model.name, cfg)
+        out = cache_dir("transcoders") / run_name(model.name, cfg, corpus.identity() if corpus else None)
     if dctx.is_main:
         print(f"training {cfg.kind} ({cfg.activation}, width {cfg.d_features}) on {model.name} for "
               f"{cfg.n_tokens:,} tokens; saving to {out}", file=sys.stderr)
@@ -116,7 +132,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model, args.device)
     tc = load_transcoders(model, args.set)
-    ev = evaluate(model, tc, _corpus(args.text), n_tokens=args.n_tokens, seq_len=args.seq_len,
+    ev = evaluate(model, tc, _corpus(args), n_tokens=args.n_tokens, seq_len=args.seq_len,
                   precision=args.precision)
     print(ev.layers.to_string(float_format=lambda v: f"{v:.3f}"))
     print(ev)
@@ -133,7 +149,7 @@ def _finetune(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out)  # before the work: a wrong --out fails in a second
     model = _load_model(args.model, args.device)
     tc = load_transcoders(model, args.set).to(model.dtype)
-    corpus = _corpus(args.text)
+    corpus = _corpus(args)
     def measured() -> Any:
         return evaluate(model, tc, corpus, n_tokens=args.eval_tokens, seq_len=args.seq_len, precision="fp32",
                         progress=False)
@@ -191,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     t.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     t.add_argument("--device")
-    t.add_argument("--text", action="append", help="train on these text files or directories (default: packaged text)")
+    _add_text_options(t, "train on")
     t.add_argument("--out", help="where to save the set (default: the cache)")
     t.add_argument("--run-dir", help="where checkpoints go (default: the cache)")
     t.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate on this many held-out tokens (0: skip)")
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--n-tokens", type=int, default=16_384)
     e.add_argument("--seq-len", type=int, default=128)
     e.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    e.add_argument("--text", action="append", help="evaluate on these files' held-out split (default: packaged text)")
+    _add_text_options(e, "evaluate on the held-out split of")
     e.add_argument("--device")
     e.set_defaults(func=_evaluate)
     f = sub.add_parser("finetune", help="fine-tune a set end to end on the replaced model's next-token KL")
@@ -216,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--recon-weight", type=float, default=1.0, help="weight of the layerwise reconstruction loss")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate before and after (0: skip)")
-    f.add_argument("--text", action="append", help="fine-tune on these text files or directories")
+    _add_text_options(f, "fine-tune on")
     f.add_argument("--device")
     f.set_defaults(func=_finetune)
     p = sub.add_parser("presets", help="list the presets and whether they are built")

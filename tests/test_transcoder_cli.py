@@ -25,6 +25,16 @@ def test_preset_for_another_model() -> None:
         main(["train", "--preset", "smollm2-quick", "--model", "gpt2"])
 
 
+def test_a_preset_on_other_text_needs_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preset's folder holds the model's default set: a set trained on the user's text must not land there."""
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "notes.txt").write_text("some text of the user's own")
+    with pytest.raises(SystemExit, match=r"--preset smollm2-quick with --text/--packaged .* Fix: pass --out DIR"):
+        main(["train", "--preset", "smollm2-quick", "--text", str(tmp_path / "notes.txt")])
+    written = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert written == [] and not (tmp_path / "cache" / "transcoders" / "smollm2-quick").exists()
+
+
 def test_presets_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
     main(["presets"])
     out = capsys.readouterr().out

@@ -96,6 +96,35 @@ def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
         train(model, _cfg(n_tokens=44 * 5, d_features=48), run_dir=tmp_path, token_batches=_rows(), progress=False)
 
 
+def test_the_same_recipe_on_other_text_is_another_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's folder is named by its text as well as its recipe: training on other text must start
+    over, not resume (or, finished, hand back) the set another text trained."""
+    from transcoders.corpus import Corpus
+    from transcoders.train import run_name
+
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    model = _model()
+    texts = {}
+    for name, offset in (("a", 1), ("b", 7)):
+        (tmp_path / name).mkdir()
+        for i in range(40):
+            (tmp_path / name / f"doc{i}.txt").write_text(" ".join(f"t{(i * offset + j) % 60 + 1}" for j in range(40)))
+        texts[name] = Corpus.from_files([tmp_path / name])
+    cfg = _cfg(n_tokens=44 * 3, seq_len=12, model_batch=4)
+    assert texts["a"].identity() != texts["b"].identity() and texts["a"].identity() is not None
+    assert run_name("m", cfg, texts["a"].identity()) != run_name("m", cfg, texts["b"].identity()) != run_name("m", cfg)
+    a = train(model, cfg, corpus=texts["a"], progress=False)
+    steps: list[int] = []
+    b = train(model, cfg, corpus=texts["b"], progress=False, callback=lambda step, _s: steps.append(step))
+    assert steps == [1, 2, 3], "the run on text b trained from the start"
+    assert not torch.equal(a.W_enc, b.W_enc)
+    runs = tmp_path / "cache" / "transcoders" / "runs"
+    run_a = runs / run_name(model.name, cfg, texts["a"].identity())
+    assert {p.name for p in runs.iterdir()} == {run_a.name, run_name(model.name, cfg, texts["b"].identity())}
+    with pytest.raises(CheckpointMismatchError, match="text"):  # an explicit run folder of text a refuses text b
+        train(model, cfg, corpus=texts["b"], run_dir=run_a, progress=False)
+
+
 def test_l0_target_steers_the_penalty(tmp_path: Path) -> None:
     """Far above its target L0, the controller raises the penalty and the thresholds climb."""
     l0: list[float] = []

@@ -214,9 +214,14 @@ def _snapshot(tc: Transcoder, where: Path, metadata: dict[str, Any]) -> None:
     save_transcoders(copy, where, metadata=metadata)
 
 
-def run_name(model_name: str, cfg: TrainConfig) -> str:
-    """A readable run-directory name with a hash of everything that changes the result."""
+def run_name(model_name: str, cfg: TrainConfig, text: str | None = None) -> str:
+    """A readable run-directory name with a hash of everything that changes the result.
+
+    ``text``: the corpus's ``identity()``; None (the packaged default) leaves it out of the hash.
+    """
     keyed = {k: v for k, v in config_record(cfg).items() if k not in RESUMABLE_CHANGES}
+    if text is not None:
+        keyed["text"] = text
     digest = hashlib.sha256(json.dumps([model_name, keyed], sort_keys=True, default=str).encode()).hexdigest()[:10]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_name.split("/")[-1].lower())
     return f"{slug}-{cfg.kind}-{cfg.activation}-w{cfg.d_features}-{digest}"
@@ -271,13 +276,15 @@ def _fit_skip(tc: Transcoder, x: Tensor, y: Tensor, ridge: float = 1e-3) -> Tens
     return fvu
 
 
-def _token_batches(model: HarvestModel, corpus: Any, cfg: TrainConfig) -> Callable[[], Iterator[Tensor]]:
+def _token_batches(model: HarvestModel, corpus: Any, cfg: TrainConfig) -> tuple[Callable[[], Iterator[Tensor]],
+                                                                               str | None]:
+    """The batches factory and the text's identity (``Corpus.identity``: None for the packaged default)."""
     if corpus is None:
         from transcoders.corpus import Corpus
 
         corpus = Corpus.packaged()
-    return lambda: corpus.batches(model.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.model_batch,
-                                  split=cfg.corpus_split, seed=cfg.seed, epochs=None)
+    return (lambda: corpus.batches(model.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.model_batch,
+                                   split=cfg.corpus_split, seed=cfg.seed, epochs=None)), corpus.identity()
 
 
 def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir: str | Path | None = None,
@@ -321,11 +328,15 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
 
     spec = StreamSpec(cfg.chunk_batches, cfg.model_batch * (cfg.seq_len - cfg.skip_first), cfg.batch_tokens,
                       cfg.chunk_epochs)
-    stream = PairStream(model, token_batches or _token_batches(model, corpus, cfg), spec, seed=cfg.seed,
+    # The text is part of a run's identity: the same recipe on other text must not resume this run.
+    text: str | None = None
+    if token_batches is None:
+        token_batches, text = _token_batches(model, corpus, cfg)
+    stream = PairStream(model, token_batches, spec, seed=cfg.seed,
                         rank=dctx.rank, world=dctx.world, input_site=cfg.input_site, output_site=cfg.output_site,
                         precision=cfg.precision, skip_first=cfg.skip_first)
-    run_dir = Path(run_dir) if run_dir is not None else cache_dir("transcoders", "runs", run_name(model.name, cfg))
-    cfg_dict = {**config_record(cfg), "model_name": model.name, "world": dctx.world}
+    run_dir = Path(run_dir) if run_dir is not None else cache_dir("transcoders", "runs", run_name(model.name, cfg, text))
+    cfg_dict = {**config_record(cfg), "model_name": model.name, "world": dctx.world, **({"text": text} if text else {})}
 
     opt = adam([p for p in tc.parameters() if p.requires_grad], lr=cfg.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))

