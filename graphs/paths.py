@@ -42,12 +42,20 @@ def strongest_paths(g: nx.DiGraph, target: Hashable, *, k: int = 5, share: str =
     for v in reversed(list(nx.topological_sort(g.subgraph(ancestors)))):
         if v == target:
             continue
-        candidates = []
+        steps = []  # (share, sign, u) of each successor with paths to the target
         for u in g.successors(v):
             if u not in best or (not direct and u == target and g.nodes[v].get("kind") == "token"):
                 continue
             s, sign = shares[(v, u)]
-            candidates += [(s * strength, sign * sgn, (v, *path)) for strength, sgn, path in best[u]]
+            steps.append((s, sign, u))
+        # A successor whose strongest path, times its share, is under the k-th largest such value
+        # cannot place a path in the top k (the k successors above it each give one at least that
+        # strong), so its paths are never built: on a graph of 547k edges that was most of the work.
+        tops = [s * best[u][0][0] for s, _, u in steps]
+        floor = heapq.nlargest(k, tops)[-1] if len(tops) > k else -1.0
+        candidates = [(s * strength, sign * sgn, (v, *path))
+                      for (s, sign, u), top in zip(steps, tops) if top >= floor
+                      for strength, sgn, path in best[u]]
         if candidates:
             best[v] = heapq.nlargest(k, candidates, key=lambda c: c[0])
     found = [c for v, cs in best.items() if g.nodes[v].get("kind") == "token" for c in cs]

@@ -157,6 +157,27 @@ def test_graphml_keeps_every_attribute_and_type(tmp_path: Path) -> None:
         assert back.edges[s, t] == expected(attrs)
 
 
+def test_graphml_text_reads_as_networkx_own(tmp_path: Path) -> None:
+    """``write_graphml`` streams its own text; networkx's reader (what Gephi-bound users and
+    ``read_graphml`` use) gets from it exactly what it gets from networkx's writer."""
+    g = nx.DiGraph(name="a \"quoted\" <name> & more", weight=0.1, n=2**40, flag=True)
+    g.add_node("F3.7@2", layer=3, score=float(np.float32(0.1)), text=" Mary\n\ttab", ok=False, inf=float("inf"))
+    g.add_node("E'0@1", layer=0, score=-1e-300, text="<&>\"'", ok=True, inf=float("-inf"))
+    g.add_node("logit \"x\"", layer=4)
+    g.add_edge("F3.7@2", "logit \"x\"", weight=-0.25, verified=True)
+    g.add_edge("E'0@1", "F3.7@2", weight=5e-324, note="a\nb")
+    theirs = tmp_path / "nx.graphml"
+    nx.write_graphml(graphml_ready(g), theirs)
+    a, b = nx.read_graphml(theirs), nx.read_graphml(graphs.write_graphml(g, tmp_path / "ours.graphml"))
+    assert a.graph == b.graph and list(a.nodes) == list(b.nodes) and list(a.edges) == list(b.edges)
+    for n in a:
+        assert a.nodes[n] == b.nodes[n] and [type(v) for v in a.nodes[n].values()] == \
+            [type(v) for v in b.nodes[n].values()], n
+    for s, t in a.edges:
+        assert a.edges[s, t] == b.edges[s, t]
+    assert b.nodes["F3.7@2"]["score"] == float(np.float32(0.1)) and b.nodes["F3.7@2"]["text"] == " Mary\n\ttab"
+
+
 def test_graphml_ready_holds_only_scalars() -> None:
     g = graphml_ready(hand_made_graph().to_networkx())
     scalars = (bool, int, float, str)
