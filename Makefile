@@ -54,8 +54,8 @@ chromium:
 
 setup: $(VENV)/.assets graphviz chromium
 
-# The demo traces the IOI prompt. The first run trains the default transcoders (about 9 min on
-# 2 idle AVX-512 cores, about 24 on AVX2; `make transcoders` does only that) and caches them.
+# The demo traces the IOI prompt. The first run trains the default transcoders (about 13 min on
+# 2 idle AVX2 cores; `make transcoders` does only that) and caches them.
 demo: setup
 	$(PY) -m circuits demo $(DEMO_ARGS)
 

@@ -61,3 +61,28 @@ def test_nan_activations_name_the_layer() -> None:
         model.hf.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"mlp_resid activations in harvest contain NaN.*first at layer 1.*Fix"):
         harvest(model, torch.randint(1, 60, (1, 6)), precision="fp32")
+
+
+class _Recorded:
+    """A stand-in model whose every site holds the same given tensor ``[B, T, D]``."""
+
+    def __init__(self, value: torch.Tensor, n_layers: int = 2) -> None:
+        self.value, self.device = value, torch.device("cpu")
+        self.dims = type("Dims", (), {"n_layers": n_layers, "d_model": value.shape[-1]})()
+
+    def record_batch(self, ids, sites, *, stop_early=True):
+        return {key: self.value.clone() for key in sites}
+
+
+def test_huge_finite_activations_are_not_called_non_finite() -> None:
+    # Their sum overflows to infinity, which only sends harvest to the full check; nothing is wrong.
+    value = torch.full((1, 5, 4), 3e38)
+    x, y = harvest(_Recorded(value), torch.ones(1, 5, dtype=torch.long), precision="fp32")
+    assert torch.isinf(x.sum()) and torch.isfinite(x).all() and x.shape == (4, 2, 4)
+
+
+def test_an_infinity_is_named_whatever_the_sum() -> None:
+    value = torch.ones(1, 5, 4)
+    value[0, 3, 1] = float("inf")
+    with pytest.raises(NonFiniteError, match="first at layer 0"):
+        harvest(_Recorded(value), torch.ones(1, 5, dtype=torch.long), precision="fp32")

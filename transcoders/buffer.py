@@ -67,16 +67,28 @@ class PairStream:
         """Harvest chunk ``index`` of this rank: ``x, y [chunk_tokens, n_layers, d_model]`` (unshuffled)."""
         if rows is None:
             rows = self._rows(index)
-        xs, ys = [], []
+        x_chunk = y_chunk = None
+        filled = n_batches = 0
         for ids in itertools.islice(rows, self.spec.chunk_batches):
             x, y = harvest(self.model, ids, input_site=self.sites[0], output_site=self.sites[1],
                            precision=self.precision, skip_first=self.skip_first)
-            xs.append(x.to(self.dtype))
-            ys.append(y.to(self.dtype))
-        if len(xs) < self.spec.chunk_batches:
+            if x_chunk is None:  # written in place, converted on the way: no per-batch copies to concatenate
+                x_chunk = x.new_empty((self.spec.chunk_tokens, *x.shape[1:]), dtype=self.dtype)
+                y_chunk = y.new_empty((self.spec.chunk_tokens, *y.shape[1:]), dtype=self.dtype)
+            if filled + x.shape[0] > self.spec.chunk_tokens:
+                raise ValueError(f"a model batch gave {x.shape[0]} pairs, more than the {self.spec.tokens_per_batch} "
+                                 "the stream was set up for. Fix: pass rows of seq_len tokens, model_batch at a time.")
+            x_chunk[filled:filled + x.shape[0]].copy_(x)
+            y_chunk[filled:filled + y.shape[0]].copy_(y)
+            filled += x.shape[0]
+            n_batches += 1
+        if n_batches < self.spec.chunk_batches:
             raise ValueError(f"the token stream ended inside chunk {index}. Fix: pass a stream that never ends "
                              "(corpus.batches(..., epochs=None)).")
-        return torch.cat(xs), torch.cat(ys)
+        if filled < self.spec.chunk_tokens:
+            raise ValueError(f"chunk {index}'s model batches gave {filled} pairs, not {self.spec.chunk_tokens}. Fix: pass "
+                             "rows of seq_len tokens, model_batch at a time.")
+        return x_chunk, y_chunk
 
     def _rows(self, chunk: int) -> Iterator[Tensor]:
         """This rank's model batches from the start of ``chunk`` on."""

@@ -49,9 +49,15 @@ def harvest(model: HarvestModel, ids: Tensor, *, input_site: str = "mlp_in", out
     sites = [(s, layer) for layer in range(L) for s in (input_site, output_site)]
     with autocast(model.device, precision):
         rec = model.record_batch(ids, sites)
-    x = torch.stack([rec[(input_site, layer)] for layer in range(L)], dim=2)[:, skip_first:]
-    y = torch.stack([rec[(output_site, layer)] for layer in range(L)], dim=2)[:, skip_first:]
+    # Stacking the sliced views gives the token-major layout in one copy (slicing after the stack
+    # made the reshape copy everything again).
+    x = torch.stack([rec[(input_site, layer)][:, skip_first:] for layer in range(L)], dim=2)
+    y = torch.stack([rec[(output_site, layer)][:, skip_first:] for layer in range(L)], dim=2)
     x, y = x.reshape(-1, L, x.shape[-1]), y.reshape(-1, L, y.shape[-1])
+    # A sum is NaN or infinite whenever a term is (or, rarely, when finite terms overflow, which the
+    # full check below then clears): one read of each tensor instead of four passes and two masks.
+    if bool(torch.isfinite(x.sum()) & torch.isfinite(y.sum())):
+        return x, y
     # Outputs first: a NaN born in layer l's MLP output reaches every later input, and the
     # earliest layer is the one worth naming.
     bad_y, bad_x = _bad_layers(y), _bad_layers(x)

@@ -45,7 +45,7 @@ class Preset:
 _SMOLLM2 = "smollm2-135m-instruct"
 
 # The quick recipe: the default set's, and the long preset's on more tokens.
-# Batches of 256 pairs (585 steps) and a decay over the second half: held-out FVU 0.365
+# Batches of 256 pairs (585 steps at 150k tokens) and a decay over the second half: held-out FVU 0.365
 # against 0.404 for batches of 1,024 and a decay over the last fifth, at the same tokens
 # (benchmarks/recipe.py, BENCHMARKS.md). Width 2,048 or k = 128 gained little there, with the skip.
 # No skip: without it the graphs are more features and less error (replacement 0.557 against
@@ -56,7 +56,10 @@ _SMOLLM2 = "smollm2-135m-instruct"
 # slots; at k = 128 replacement 0.593 against 0.557, completeness 0.895 against 0.884, in the same
 # time (527 s against 587 s in the host's fast hour). k = 256 gave 0.599 / 0.895 with twice the
 # active features again (graphs 1.7x slower to trace), so 128 (BENCHMARKS.md).
-_QUICK = TrainConfig(kind="plt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=150_000,
+# 200k tokens (781 steps): once freed memory stayed in the process (transcoders.allocator) a step cost
+# a fifth less, and 200k tokens trained in 780 s, about what 150k had taken, for replacement 0.606
+# and completeness 0.899 against 0.593 / 0.895 (BENCHMARKS.md).
+_QUICK = TrainConfig(kind="plt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=200_000,
                      seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
                      warmup_steps=10, decay_fraction=0.5, checkpoint_every=50, num_threads=2)
 
@@ -64,8 +67,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "smollm2-quick", _SMOLLM2,
         _QUICK,
-        cost="about 9–15 min on 2 idle AVX2 CPU cores (585 steps in 527 s measured in the host's fast hour; at k = 64 "
-             "587–920 s by the hour; harvest included; BENCHMARKS.md)",
+        cost="about 13 min on 2 idle AVX2 CPU cores (781 steps in 780 s measured with the host's GEMMs at 140-155 "
+             "GFLOP/s, between its fast and slow hours; harvest included; BENCHMARKS.md)",
         default=True),
     Preset(
         "smollm2-clt", _SMOLLM2,

@@ -188,7 +188,9 @@ def encode_active(tc: Transcoder, xs: Tensor) -> ActiveEntries:
     L, N, _ = xs.shape
     with torch.no_grad():
         pre = torch.baddbmm(tc.b_enc[:, None, :], xs, tc.W_enc)  # [L, N, F]
-        values, idx = pre.topk(tc.cfg.k, dim=-1)  # [L, N, k]
+        # Unsorted: nothing below needs each token's k values in order, and ordering them was a
+        # third of the topk's time (121 against 86 ms for [30, 256, 1024], k = 128, one thread).
+        values, idx = pre.topk(tc.cfg.k, dim=-1, sorted=False)  # [L, N, k]
         del pre
         keep = values > 0  # the ReLU after the TopK: a non-positive value is not a feature
         layer, tok, slot = keep.nonzero(as_tuple=True)

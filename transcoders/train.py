@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from transcoders.activations import step_l0
+from transcoders.allocator import keep_freed_memory
 from transcoders.buffer import PairStream, StreamSpec
 from transcoders.cache import cache_dir
 from transcoders.checkpoint import load_checkpoint, save_checkpoint
@@ -173,10 +174,13 @@ def _loss(recon: Tensor, target: Tensor, token_dim: int, l0: Tensor, fired: Tens
     # At least float32: a bf16 error's square would round away the small errors late training sees.
     dtype = torch.promote_types(recon.dtype, torch.float32)
     target = target.to(dtype)
-    sq = (recon.to(dtype) - target).square().sum(-1)  # [N, L] or [L, N]
+    # d * d, not d.square(): square() ran 6x slower on a CPU (torch 2.13; 10.6 against 1.7 ms for [30, 256, 576]).
+    diff = recon.to(dtype) - target
+    sq = (diff * diff).sum(-1)  # [N, L] or [L, N]
     loss = sq.mean() / recon.shape[-1]  # ≈ FVU: targets have unit mean square per component
     with torch.no_grad():
-        var = (target - target.mean(token_dim, keepdim=True)).square().sum(-1)
+        centred = target - target.mean(token_dim, keepdim=True)
+        var = (centred * centred).sum(-1)
         fvu = sq.sum(token_dim) / var.sum(token_dim).clamp_min(1e-12)
     return StepStats(loss, fvu, l0, fired)
 
@@ -314,6 +318,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     device = model.device
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    keep_freed_memory()  # every step frees and allocates tens of MB (transcoders.allocator)
     n_layers, d_model = model.dims.n_layers, model.dims.d_model
     per_step = cfg.batch_tokens * dctx.world
     total = cfg.n_tokens // per_step

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from circuits.models.adapter import Model
 from circuits.models.packaged import PACKAGED, find_packaged, float_dir
+from transcoders.allocator import keep_freed_memory
 from transcoders.cache import hub_reachable
 
 
@@ -39,6 +40,9 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
         device: ``"cuda"``/``"cpu"``/...; default CUDA when present, else the CPU.
         dtype: default float32.
     """
+    # Tracing, training and patching free and allocate tens of MB per step; keeping freed blocks in
+    # the heap saved 13% of a trace and a fifth of a training step on a CPU (transcoders.allocator).
+    keep_freed_memory()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     packaged = find_packaged(name)
