@@ -128,6 +128,10 @@ def test_json_is_strict() -> None:
     text = dumps(doc)
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": [1.0, None, None], "c": {"d": None, "e": 2.5}}
+    # Finite numpy floats are written as the floats they are, with or without a NaN beside them.
+    finite = {"f32": np.float32(0.25), "f64": np.float64(1 / 3), "t": (1, 2.0)}
+    assert json.loads(dumps(finite)) == {"f32": 0.25, "f64": 1 / 3, "t": [1, 2.0]}
+    assert json.loads(dumps({**finite, "n": math.nan})) == {"f32": 0.25, "f64": 1 / 3, "t": [1, 2.0], "n": None}
 
 
 def test_every_json_the_repository_ships_is_strict() -> None:

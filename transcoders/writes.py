@@ -126,7 +126,10 @@ def untag_floats(value: Any) -> Any:
 
 def dumps(obj: Any, **kwargs: Any) -> str:
     """Strict JSON: NaN and infinities become null (``json.dumps(..., allow_nan=False)`` never raises on them)."""
-    return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
+    try:  # most objects hold no such value: the C encoder alone, without a Python walk of millions of items first
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except (ValueError, TypeError):  # a NaN or infinity, or a numpy float32, which finite_or_none converts
+        return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
 
 
 def write_json(path: str | Path, obj: Any, **kwargs: Any) -> Path:
