@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # transcoders: plumbing; the transcoder itself; harvesting and text; the file formats; saving and
     # loading a set (and the hub); training; which set to load; the package.
     ("transcoders.writes", "transcoders.cache", "transcoders.precision", "transcoders.distributed",
-     "transcoders.positions"),
+     "transcoders.positions", "transcoders.allocator"),
     ("transcoders.activations", "transcoders.model", "transcoders.sparse", "transcoders.checkpoint"),
     ("transcoders.harvest", "transcoders.buffer", "transcoders.corpus"),
     ("transcoders.formats",),
