@@ -23,4 +23,5 @@ def _run(**env: str) -> str:
 def test_it_applies_on_glibc_and_yields_to_the_users_settings() -> None:
     assert _run() == "True True"
     assert _run(MALLOC_MMAP_THRESHOLD_="65536") == "False False"
+    assert _run(MALLOC_ARENA_MAX="2") == "False False"
     assert _run(GLIBC_TUNABLES="glibc.malloc.trim_threshold=1") == "False False"

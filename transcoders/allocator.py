@@ -3,15 +3,16 @@
 glibc's malloc serves a large request (above a threshold that adapts up to 32 MB) with a fresh
 ``mmap`` and gives it back on ``free``. A training step allocates and frees tensors of tens of MB
 every time (activations, gradients), so every step the kernel maps and zeroes those pages again:
-on the 2-core AVX2 VM this project is measured on, that was a fifth of a PLT training step
-(652 against 808–937 ms a step of 256 pairs on one thread; benchmarks/training_step.py).
+on the 2-core AVX2 VM this project is measured on, that was a sixth of a PLT training step and a
+quarter of a CLT's (498 against 600 ms and 3.3 against 4.4 s on two threads;
+``python benchmarks/training_step.py``).
 Raising the mmap and trim thresholds lets those blocks come from the heap and stay there for
 the next step. It is what PyTorch's CPU tuning guide gets from jemalloc or tcmalloc, without a
 preloaded library.
 
 The cost: up to ``limit`` bytes of freed memory stay with the process instead of going back to
 the system until it exits. It changes nothing on other C libraries or allocators (macOS, musl, a
-preloaded jemalloc), and a user's own ``MALLOC_*`` settings win.
+preloaded jemalloc), and a user's own ``MALLOC_*`` or ``GLIBC_TUNABLES`` settings win.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import sys
 log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 _done = False
 
 
@@ -35,7 +35,7 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     global _done
     if _done:
         return True
-    if not sys.platform.startswith("linux") or any(v in os.environ for v in _USER_SETTINGS):
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
         return False
     if any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")):
         return False

@@ -57,7 +57,7 @@ _SMOLLM2 = "smollm2-135m-instruct"
 # time (527 s against 587 s in the host's fast hour). k = 256 gave 0.599 / 0.895 with twice the
 # active features again (graphs 1.7x slower to trace), so 128 (BENCHMARKS.md).
 # 200k tokens (781 steps): once freed memory stayed in the process (transcoders.allocator) a step cost
-# a fifth less, and 200k tokens trained in 780 s with the host between its fast and slow hours (150k
+# a sixth less, and 200k tokens trained in 780 s with the host between its fast and slow hours (150k
 # had taken 527 s in its fast hour), for replacement 0.606 and completeness 0.899 against 0.593 / 0.895
 # (BENCHMARKS.md).
 _QUICK = TrainConfig(kind="plt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=200_000,

@@ -41,7 +41,7 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
         dtype: default float32.
     """
     # Tracing, training and patching free and allocate tens of MB per step; keeping freed blocks in
-    # the heap saved 13% of a trace and a fifth of a training step on a CPU (transcoders.allocator).
+    # the heap saved 13% of a trace and a sixth of a training step on a CPU (transcoders.allocator).
     keep_freed_memory()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
