@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--node-batch", type=int, default=8, help="prompts a chunk for node ACDC with z")
     ap.add_argument("--node-controls", default="no",
                     help="comma-separated yes/no: node EAP scores as control variates for z's early decisions")
+    ap.add_argument("--node-max-chunks", type=int, default=None,
+                    help="node ACDC: a test reads at most this many chunks, then its mean decides (acdc_nodes max_chunks)")
     ap.add_argument("--edge-z", default="3", help="edges-from-nodes: z for edge ACDC's tests (none: every prompt)")
     ap.add_argument("--edge-runs", default="no:0.01",
                     help="edges-from-nodes: comma-separated SCREEN:TAU[:CANDIDATES[:FLOOR[:CONTROLS]]] edge ACDC runs from the same "
@@ -83,6 +85,8 @@ def main() -> None:
                          "that many edges of the node circuit (largest |EAP score|; 0 or empty: all), FLOOR a "
                          "faithfulness to keep (acdc(floor=)), CONTROLS yes to decide tests with each prompt's EAP scores as "
                          "control variates (acdc(controls=); their gradient pass is counted in the run's time)")
+    ap.add_argument("--edge-max-chunks", type=int, default=None,
+                    help="edges-from-nodes: a test reads at most this many chunks, then its mean decides (acdc max_chunks)")
     ap.add_argument("--edge-curves", default="yes", help="edges-from-nodes: no skips MIB's curve (CPR, CMD) of each run")
     ap.add_argument("--memory-gb", type=float, default=2.0, help="edges-from-nodes: EdgePatcher's buffer bound")
     ap.add_argument("--threads", type=int, default=None,
@@ -171,13 +175,16 @@ def node_rows(model, task, args: argparse.Namespace) -> list[tuple]:
         patcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=batch, scores=True)
         c = discover_nodes(model, task, patcher=patcher, candidates=args.node_candidates, include_mlps=False,
                            tau=args.node_tau * abs(patcher.m_full - patcher.m_empty), z=zv,
-                           controls=controls == "yes" if zv is not None else None, progress=False)
+                           controls=controls == "yes" if zv is not None else None,
+                           max_chunks=args.node_max_chunks if zv is not None else None, progress=False)
         dt = clock()
         i = c.info
-        name = f"ACDC nodes, z={z}, {batch} prompts a chunk, controls {controls if zv is not None else 'no'}"
+        name = (f"ACDC nodes, z={z}, {batch} prompts a chunk, controls {controls if zv is not None else 'no'}"
+                f"{f', tests capped at {args.node_max_chunks} chunks' if args.node_max_chunks and zv is not None else ''}")
         rows.append((name, dt, "", len(c.heads), c.faithfulness,
                      f"setup+scores {i['seconds_setup_and_scores']:.0f} s; {i['tests']} tests, {i['tests_decided_early']} "
-                     f"decided early ({i.get('tests_decided_by_control', 0)} by the control); work {i['work']:.1f} "
+                     f"decided early ({i.get('tests_decided_by_control', 0)} by the control, "
+                     f"{i.get('tests_decided_at_cap', 0)} at the cap); work {i['work']:.1f} "
                      f"full passes; {i['passes']} passes in {i['sweeps']} sweeps; searched in {i['searched_in']}"))
         print(rows[-1], flush=True)
         print(f"# heads ({name}): {c.heads}", flush=True)
@@ -198,7 +205,8 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
     npatcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=args.node_batch, scores=True)
     nodes = discover_nodes(model, task, patcher=npatcher, candidates=args.node_candidates, include_mlps=False,
                            tau=args.node_tau * abs(npatcher.m_full - npatcher.m_empty),
-                           z=None if z_nodes == "none" else float(z_nodes), progress=False)
+                           z=None if z_nodes == "none" else float(z_nodes),
+                           max_chunks=args.node_max_chunks if z_nodes != "none" else None, progress=False)
     t_nodes = clock()
     print(f"# node ACDC: {len(nodes.heads)} heads, f {nodes.faithfulness:.3f} ({clock}); "
           f"{nodes.info['tests']} tests", flush=True)
@@ -246,7 +254,7 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
         clock = Clock()
         c = acdc(patcher, float(tau) * abs(patcher.m_full - patcher.m_empty), scores=scores, candidates=candidates,
                  within=start, z=z, screen_targets=screen.startswith("yes"), screen_chunks=screen_chunks, floor=floor,
-                 controls=controls, progress=False)
+                 controls=controls, max_chunks=args.edge_max_chunks, progress=False)
         t_edges = clock()
         if candidates is not None:  # the EAP pass is part of this route
             t_edges = (t_edges[0] + t_scores[0], t_edges[1] + t_scores[1])
@@ -256,12 +264,13 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
         name = (f"edge ACDC within the node circuit, tau {tau}{', screened' if screen.startswith('yes') else ''}"
                 f"{f' (groups decided on {screen_chunks} chunks)' if screen_chunks else ''}"
                 f"{f', {candidates} EAP candidates' if candidates else ''}{f', floor {floor}' if floor else ''}"
-                f"{', EAP controls' if controls is not None else ''}")
+                f"{', EAP controls' if controls is not None else ''}"
+                f"{f', tests capped at {args.edge_max_chunks} chunks' if args.edge_max_chunks else ''}")
         print(f"# {name}: {c.n_edges} kept, f {f_start:.3f} -> {c.faithfulness:.3f} ({t_edges[0]:.0f} s wall, "
               f"{t_edges[1]:.0f} s CPU; patcher setup "
               f"{t_setup[0]:.0f} s more); {i['edges_tested']} edges tested alone, {i['edges_screened']} removed in "
               f"groups, {i['tests']} tests, {i['tests_decided_early']} decided early "
-              f"({i['tests_decided_by_control']} by the control); work {i['work']:.1f} full "
+              f"({i['tests_decided_by_control']} by the control, {i['tests_decided_at_cap']} at the cap); work {i['work']:.1f} full "
               f"passes in {i['passes']} passes"
               + (f"; floor: search f {i['faithfulness_search']:.3f} ({i['edges_search']} edges), {i['steps_undone']} steps "
                  f"undone in {i['floor_evaluations']} evaluations" if floor else ""), flush=True)

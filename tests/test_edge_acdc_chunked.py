@@ -10,6 +10,7 @@ from planted import PLANTED_EDGES, SECOND_HEAD_EDGES, V, planted_induction_model
 
 from circuits.discovery import acdc, discover_edges
 from circuits.discovery.heads.acdc_nodes import acdc_nodes
+from circuits.models.tiny import tiny_model
 from circuits.patching import EdgePatcher
 from circuits.patching.nodes import NodePatcher
 from circuits.tasks import induction
@@ -129,6 +130,7 @@ def test_screening_targets_removes_their_edges_in_one_test(planted, screen_chunk
                                            ({"method": "eap-ig", "z": 2.0}, "z="),
                                            ({"method": "eap", "screen_targets": True}, "screen_targets="),
                                            ({"method": "eap", "controls": True}, "controls="),
+                                           ({"method": "eap-ig", "max_chunks": 1}, "max_chunks="),
                                            ({"z": -1.0}, "z must be")])
 def test_discover_edges_rejects_acdc_keywords_elsewhere(planted, options, match):
     model, task = planted
@@ -207,3 +209,30 @@ def test_restore_to_floor_undoes_the_costliest_steps_first(planted):
     r = restore_to_floor(p, removed, [steps[0], steps[2]], 0.95, m)
     assert not r.reached and r.steps == 1 and r.faithfulness < 0.95
     assert restore_to_floor(p, removed, steps, 0.5, m).steps == 0  # already above the floor
+
+
+
+def test_a_cap_on_the_chunks_read_decides_as_acdc_on_those_prompts():
+    # max_chunks=1: every test is decided on the first chunk's prompts, by the interval where it decides
+    # (which agrees with the mean there) and else by the mean: ACDC run on those prompts alone. A random
+    # model, whose effects spread over the prompts (the planted one's do not), so that some tests are close.
+    model = tiny_model("gpt2", dtype=torch.float64, n_layers=2, n_heads=2, init_scale=3.0)
+    task = induction.dataset(model.tokenizer, n=24, seq_len=6, bos=None, seed=0)
+    p = EdgePatcher(model, task, batch_size=6)
+    tau = 0.01 * abs(p.m_full - p.m_empty)
+    capped = acdc(p, tau=tau, max_chunks=1, progress=False)
+    first = acdc(EdgePatcher(model, task.subset(slice(0, 6)), batch_size=6), tau=tau, z=None, progress=False)
+    assert torch.equal(capped.kept, first.kept)
+    torch.testing.assert_close(capped.effects, first.effects, rtol=0, atol=1e-9, equal_nan=True)
+    assert capped.info["max_chunks"] == 1 and capped.info["tests_decided_at_cap"] > capped.info["tests"] // 2
+    assert capped.info["tests_decided_early"] == capped.info["tests"]  # no test read past its first chunk
+    # What it keeps is measured on every prompt.
+    assert capped.metric_circuit == pytest.approx(float(p.evaluate(p.graph.valid & ~capped.kept)[0]), abs=1e-9)
+    # Without the cap the close calls read on, and decide on more prompts.
+    whole = acdc(p, tau=tau, progress=False)
+    assert whole.info["tests_decided_at_cap"] == 0 and whole.info["work"] > capped.info["work"]
+    # A cap of every chunk is no cap, and z=None reads every prompt whatever the cap.
+    assert acdc(p, tau=tau, max_chunks=4, progress=False).info["max_chunks"] == -1
+    assert acdc(p, tau=tau, z=None, max_chunks=1, progress=False).info["max_chunks"] == -1
+    with pytest.raises(ValueError, match="max_chunks"):
+        acdc(p, tau=tau, max_chunks=0, progress=False)

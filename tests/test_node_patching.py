@@ -158,6 +158,26 @@ def test_node_acdc_on_prompt_chunks_recovers_the_planted_heads(z, controls):
 
 
 
+
+def test_node_acdc_capped_at_one_chunk_is_acdc_on_its_prompts():
+    # max_chunks=1: a test the first chunk leaves undecided is decided by its mean there, so the search is
+    # ACDC on the first chunk's prompts alone (resample ablation: each prompt's own corrupted partner), its
+    # result measured on every prompt. A random model, whose node effects spread over the prompts.
+    model = _model("llama")
+    task = _task(model, n=24, seq_len=6)
+    p = NodePatcher(model, task, ablation="resample", batch_size=6)
+    tau = 0.02 * abs(p.m_full - p.m_empty)
+    capped = acdc_nodes(p, tau, include_mlps=True, max_chunks=1, progress=False)
+    first = acdc_nodes(NodePatcher(model, task.subset(slice(0, 6)), ablation="resample", batch_size=6), tau,
+                       include_mlps=True, z=None, progress=False)
+    assert torch.equal(capped.kept, first.kept)
+    assert torch.allclose(capped.effects, first.effects, atol=1e-9, equal_nan=True)
+    assert capped.info["tests_decided_at_cap"] > 0 and capped.info["tests_decided_early"] == capped.info["tests"]
+    assert capped.metric_circuit == pytest.approx(p.evaluate(~capped.kept)[0].item(), abs=1e-9)
+    whole = acdc_nodes(p, tau, include_mlps=True, progress=False)
+    assert whole.info["tests_decided_at_cap"] == 0 and whole.info["work"] > capped.info["work"]
+
+
 @pytest.mark.parametrize("z", [None, 3.0])
 def test_speculative_node_acdc_decides_as_one_node_at_a_time(z):
     # batch=3: a layer's next nodes go in one pass as cumulative removals, judged in order up to the

@@ -61,7 +61,7 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
          within: Tensor | None = None, order: Literal["topological", "scores"] = "topological",
          batch: int | None = None, z: float | None = 3.0, screen_targets: bool = False,
          screen_chunks: int | None = None, floor: float | None = None, controls: Tensor | None = None,
-         progress: bool = True) -> Circuit:
+         max_chunks: int | None = None, progress: bool = True) -> Circuit:
     """Run ACDC; see the module docstring.
 
     Args:
@@ -93,6 +93,9 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
             still under it, measured on every prompt, has its costliest removal steps undone. A kept edge
             then moved the metric by tau or more, or by more than the room left above the floor when
             tested. None: ACDC's rule alone.
+        max_chunks: with ``z``, a test reads at most this many prompt chunks; one still undecided there is
+            decided by its mean on them (``circuits.discovery.heads.chunked``). None: a close call reads every
+            prompt. Not ACDC's rule on the whole prompt set; the circuit records it.
         controls: ``[n_prompts, n_src, n_dst]`` each prompt's first-order estimate of each edge's effect
             (``patcher.edge_scores("eap", per_prompt=True)``), control variates for ``z``'s early
             decisions (``circuits.discovery.heads.chunked``); None decides on the effects alone.
@@ -121,7 +124,7 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
         testable &= top_edges(g, torch.where(inside, scores.abs(), torch.zeros(())), candidates)  # type: ignore[union-attr]
     z = z if z is not None and len(patcher.chunks) > 1 and patcher.per_prompt_mean else None
     state = ChunkedSearch(patcher, g.valid & ~testable, tau, z, floor=floor,
-                          controls=controls if z is not None else None)
+                          controls=controls if z is not None else None, max_chunks=max_chunks)
     effects = nan_matrix(g)
     n_tested = n_evaluations = n_screened = 0
     owner = torch.tensor(g.dst_node)
@@ -198,6 +201,8 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
                          "edges_tested": n_tested, "evaluations": n_evaluations, "batch": batch,
                          "z": -1.0 if z is None else z, "tests": state.tests, "tests_decided_early": state.early,
                          "tests_decided_by_control": state.early_by_control, "controls": controls is not None,
+                         "max_chunks": -1 if state.max_chunks is None else state.max_chunks,
+                         "tests_decided_at_cap": state.capped,
                          "passes": state.passes, "work": state.work, "screen_targets": screen_targets,
                          "edges_screened": n_screened, "screen_chunks": -1 if screen_chunks is None else screen_chunks,
                          **floor_info, "seconds": time.perf_counter() - t0})

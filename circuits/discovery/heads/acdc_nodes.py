@@ -45,7 +45,7 @@ from circuits.patching.nodes import NodePatcher, droppable_nodes, strongest_node
 def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor | None = None,
                candidates: int | None = None, include_mlps: bool = True, screen_layers: bool = False,
                max_sweeps: int = 4, z: float | None = 3.0, batch: int | None = None,
-               controls: Tensor | None = None, progress: bool = True) -> NodeCircuit:
+               controls: Tensor | None = None, max_chunks: int | None = None, progress: bool = True) -> NodeCircuit:
     """Run node-level ACDC; see the module docstring.
 
     Args:
@@ -70,6 +70,9 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
         controls: ``[n_prompts, n_src]`` per-prompt first-order estimates of each node's effect
             (``patcher.prompt_scores()``), control variates for ``z``'s early decisions
             (``circuits.discovery.heads.chunked``); None decides on the effects alone.
+        max_chunks: with ``z``, a test reads at most this many prompt chunks; one still undecided there is
+            decided by its mean on them (``circuits.discovery.heads.chunked``). None: a close call reads every
+            prompt (ACDC's rule on the whole prompt set).
     """
     g = patcher.graph
     if batch is None:
@@ -90,7 +93,7 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
     removed = ~testable & (torch.ones_like(is_mlp) if include_mlps else ~is_mlp)
     removed[0] = False
     z = z if z is not None and len(patcher.chunks) > 1 and patcher.per_prompt_mean else None
-    state = ChunkedSearch(patcher, removed, tau, z, controls=controls if z is not None else None)
+    state = ChunkedSearch(patcher, removed, tau, z, controls=controls if z is not None else None, max_chunks=max_chunks)
     sweeps = 0
     effects = torch.full((g.n_src,), float("nan"), dtype=torch.float64)
     kept_under: dict[int, tuple[Tensor, float]] = {}  # node -> (the set it was last kept under, its effect)
@@ -118,6 +121,8 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
                              "work": state.work, "z": -1.0 if z is None else z,
                              "tests": state.tests, "tests_decided_early": state.early,
                              "tests_decided_by_control": state.early_by_control, "controls": controls is not None,
+                             "max_chunks": -1 if state.max_chunks is None else state.max_chunks,
+                             "tests_decided_at_cap": state.capped,
                              "sweeps": sweeps,
                              "tests_skipped": skipped, "batch": batch,
                              "seconds": time.perf_counter() - t0})

@@ -10,6 +10,13 @@ tests are far from tau, so most need one chunk; a close call reads every prompt 
 decided exactly as without ``z`` (the interval is a point). ``z=None`` reads every prompt for
 every test (ACDC's own rule).
 
+A cap (optional, ``max_chunks``): a test still undecided after that many chunks is decided by its mean
+on the prompts read, as ACDC on those prompts would decide it. The close calls are what costs: on IOI
+most single-edge effects spread over the prompts by more than tau, so with every prompt allowed a
+third of the tests read half the prompts or more. A capped search makes some decisions its full
+prompt set would not; what it keeps is measured on every prompt at the end (and, with a floor,
+restored to it).
+
 The prompts of the other chunks are brought up to date lazily: a chunk whose current values
 predate a removal is run under the old set and the new trials in one batched pass when it is
 next needed. Each chunk keeps a recorded run (``bases``) and the layer below which that run is
@@ -79,8 +86,12 @@ class ChunkedSearch:
     stale), and each chunk's recorded run to resume from."""
 
     def __init__(self, patcher: ChunkedPatcher, removed: Tensor, tau: float, z: float | None, *,
-                 floor: float | None = None, controls: Tensor | None = None) -> None:
+                 floor: float | None = None, controls: Tensor | None = None, max_chunks: int | None = None) -> None:
         self.p, self.removed, self.tau, self.z, self.floor = patcher, removed, tau, z, floor
+        if max_chunks is not None and max_chunks < 1:
+            raise ValueError(f"max_chunks is how many prompt chunks a test reads at most (at least 1), got {max_chunks}")
+        # a test still undecided after this many chunks is decided by its mean on them (module docstring)
+        self.max_chunks = None if z is None or max_chunks is None or max_chunks >= len(patcher.chunks) else max_chunks
         if controls is not None and controls.shape != (patcher.task.n, *removed.shape):
             raise ValueError(f"controls must be [n_prompts, *set] = {[patcher.task.n, *removed.shape]}, "
                              f"got {list(controls.shape)}")
@@ -94,7 +105,10 @@ class ChunkedSearch:
         self._start: list[Tensor] = []  # per-prompt metrics of the start set, chunks read before any removal
         self._changed = False
         self.steps: list[tuple[Tensor, float]] = []  # each accepted removal: ([n, ndim] what it removed, its effect)
-        self.passes = self.tests = self.early = self.early_by_control = 0
+        self.passes = self.tests = self.early = self.early_by_control = self.capped = 0
+        # each decided test: (things it removes on top of the set before it, its layer, prompts read, whether
+        # the removal stood, its mean effect): where the passes went (benchmarks/discovery.py prints a summary)
+        self.log: list[tuple[int, int, int, bool, float]] = []
         self.work = 0.0  # layers computed, in full forward passes over every prompt (a load-free cost)
         self.estimate = float("nan")  # with a floor: the current set's metric, the start's plus every accepted effect
         if floor is not None:
@@ -156,15 +170,17 @@ class ChunkedSearch:
         gap = self.p.m_full - self.p.m_empty
         return max(0.0, ((self.estimate - self.p.m_empty) / gap - self.floor) * abs(gap))
 
-    def _decide(self, effects: list[Tensor], control: Tensor | None = None) -> tuple[float, bool, int, bool] | None:
+    def _decide(self, effects: list[Tensor], control: Tensor | None = None,
+                final: bool = False) -> tuple[float, bool, int, bool] | None:
         """(mean effect, whether the removal stands, prompts read, whether the control decided it) once
         ``effects`` (per chunk read) decide |effect| against tau; one under tau stands unless its move
         towards m(∅) exceeds ``room()`` by more than the interval's half-width (the floor reads no prompt
-        more than tau does). ``control``: ``[N]`` the trial's per-prompt control (module docstring)."""
+        more than tau does). ``control``: ``[N]`` the trial's per-prompt control (module docstring).
+        ``final``: no more prompts will be read (``max_chunks``), so the mean on these decides."""
         d = torch.cat(effects)
         n, N, mean = len(d), self.p.task.n, float(d.mean())
         half, by_control = 0.0, False
-        if n < N:
+        if n < N and not final:
             if self.z is None or n < 2:
                 return None
             fpc = math.sqrt((N - n) / (N * n))
@@ -196,7 +212,12 @@ class ChunkedSearch:
         while a < J:
             effects = [v[a] - self.values[c] for c, v in enumerate(vals)]  # type: ignore[operator]  # per chunk read
             control = self._control(trials[a] & ~(trials[a - 1] if a else self.removed))
+            # A cap on the chunks read (``max_chunks``) decides single tests; a group's own limit (``chunks``) splits it.
+            final = chunks is None and self.max_chunks is not None and len(vals) >= self.max_chunks
             decided = self._decide(effects, control) if effects else None
+            capped = final and decided is None
+            if capped:
+                decided = self._decide(effects, control, final=True)
             if decided is None:
                 i = len(vals)
                 if i == n_chunks and n_chunks < len(self.p.chunks):  # the chunks allowed, and still undecided
@@ -218,9 +239,11 @@ class ChunkedSearch:
                 continue
             mean, small, n, by_control = decided
             self.tests += 1
+            self.log.append((int((trials[a] & ~(trials[a - 1] if a else self.removed)).sum()), layer, n, small, mean))
             if n < N:
                 self.early += 1
                 self.early_by_control += by_control
+                self.capped += capped
             out.append((mean, small))
             if not small:
                 break

@@ -26,7 +26,7 @@ def discover_edges(model: Model, task: Task, *, method: EdgeMethod = "acdc", tau
                    scores_method: Literal["eap", "eap-ig"] | None = None, steps: int | None = None,
                    batch: int | None = None, within: NodeCircuit | Circuit | Tensor | None = None,
                    z: float | None | str = "default", screen_targets: bool | None = None,
-                   floor: float | None = None, controls: bool | None = None,
+                   floor: float | None = None, controls: bool | None = None, max_chunks: int | None = None,
                    ablation: Ablation | None = None, metric: MetricName | None = None,
                    split_qkv: bool | None = None, batch_size: int | None = None, patcher: EdgePatcher | None = None,
                    progress: bool = True) -> Circuit:
@@ -61,6 +61,8 @@ def discover_edges(model: Model, task: Task, *, method: EdgeMethod = "acdc", tau
             default None, ACDC's rule alone).
         controls: ACDC with ``z``: each prompt's EAP scores (one gradient pass over the prompts) as control
             variates for the early decisions (see ``acdc``; default False).
+        max_chunks: ACDC with ``z``: a test reads at most this many prompt chunks, and one still undecided
+            there is decided by its mean on them (see ``acdc``; default None, every prompt if need be).
         ablation: ``"resample"`` (default; the paired corrupted prompt; with ``within=`` a ``NodeCircuit``, the
             ablation it was found with), ``"mean"`` or ``"zero"``.
         metric: ``"task"`` (default; the task's metric), ``"kl"`` (to the clean output) or ``"prob"``.
@@ -92,7 +94,7 @@ def discover_edges(model: Model, task: Task, *, method: EdgeMethod = "acdc", tau
         reject(f"discover_edges(method={method!r})",
                {"candidates": candidates, "order": order, "scores_method": scores_method, "batch": batch,
                 "within": within, "z": None if z == "default" else z, "screen_targets": screen_targets,
-                "floor": floor, "controls": controls},
+                "floor": floor, "controls": controls, "max_chunks": max_chunks},
                "they are ACDC's (method='acdc'); EAP and EAP-IG score every edge at once")
         if method == "eap":
             reject("discover_edges(method='eap')", {"steps": steps},
@@ -125,7 +127,7 @@ def discover_edges(model: Model, task: Task, *, method: EdgeMethod = "acdc", tau
             scores = patcher.edge_scores(scoring, steps=steps, progress=progress)
         circuit = acdc(patcher, tau, scores=scores, candidates=candidates, within=_edge_set(within, patcher),
                        order=order, batch=batch, z=3.0 if z == "default" else z,  # type: ignore[arg-type]
-                       screen_targets=bool(screen_targets), floor=floor, progress=progress,
+                       screen_targets=bool(screen_targets), floor=floor, max_chunks=max_chunks, progress=progress,
                        controls=patcher.edge_scores("eap", per_prompt=True, progress=progress) if controls else None)
     else:
         circuit = attribution_circuit(patcher, method, tau=tau, top_n=top_n, steps=steps, progress=progress)

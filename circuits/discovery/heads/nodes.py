@@ -22,7 +22,7 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
                    screen_layers: bool | None = None, max_sweeps: int | None = None, z: float | None | str = "default",
                    ablation: NodeAblation | None = None, metric: Literal["task", "kl"] | None = None,
                    precision: Precision | None = None, batch_size: int | None = None,
-                   patcher: NodePatcher | None = None, controls: bool | None = None,
+                   patcher: NodePatcher | None = None, controls: bool | None = None, max_chunks: int | None = None,
                    progress: bool = True) -> NodeCircuit:
     """The node circuit of ``model`` for ``task``: a ``NodeCircuit`` of which heads and MLPs run,
     every other one ablated (as Wang et al.'s IOI circuit).
@@ -42,6 +42,9 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
         controls: ACDC with ``z`` only (default False): each prompt's node EAP scores, taken in the clean pass,
             serve as control variates for those early decisions (``circuits.discovery.heads.chunked``). On
             IOI they did not pay: 25.6 full passes against 25.4, and a different circuit (BENCHMARKS.md).
+        max_chunks: ACDC with ``z`` only (default None): a test reads at most this many prompt chunks, and
+            one still undecided there is decided by its mean on them (``circuits.discovery.heads.chunked``).
+            On IOI, 1 (every test decided on 8 prompts) halved the work (BENCHMARKS.md).
         precision: the search's (see ``NodePatcher``; default ``"fp32"``): when the search ran in bf16,
             the final faithfulness is measured again in the model's own precision.
         batch_size: prompts per forward pass (default 8), also the chunk an ACDC test reads first: 8 reads
@@ -60,7 +63,7 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
     else:
         reject("discover_nodes(method='eap')",
                {"candidates": candidates, "screen_layers": screen_layers, "max_sweeps": max_sweeps,
-                "z": None if z == "default" else z, "controls": controls},
+                "z": None if z == "default" else z, "controls": controls, "max_chunks": max_chunks},
                "they are ACDC's (method='acdc'); EAP scores every node at once")
         if top_n is not None:
             reject("discover_nodes with top_n=", {"tau": tau},
@@ -89,7 +92,8 @@ def discover_nodes(model: Model, task: Task, *, method: Literal["acdc", "eap"] =
     if method == "acdc":
         circuit = acdc_nodes(patcher, tau, scores=scores, candidates=candidates, include_mlps=include_mlps,
                              screen_layers=screen_layers, max_sweeps=max_sweeps,
-                             z=z, controls=prompt_scores, progress=progress)  # type: ignore[arg-type]
+                             z=z, controls=prompt_scores, max_chunks=max_chunks,  # type: ignore[arg-type]
+                             progress=progress)
     else:
         circuit = eap_nodes(patcher, scores, tau=tau, top_n=top_n, include_mlps=include_mlps)  # type: ignore[arg-type]
     if patcher.bf16:
