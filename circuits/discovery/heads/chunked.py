@@ -107,7 +107,7 @@ class ChunkedSearch:
         self.steps: list[tuple[Tensor, float]] = []  # each accepted removal: ([n, ndim] what it removed, its effect)
         self.passes = self.tests = self.early = self.early_by_control = self.capped = 0
         # each decided test: (things it removes on top of the set before it, its layer, prompts read, whether
-        # the removal stood, its mean effect): where the passes went (benchmarks/discovery.py prints a summary)
+        # the removal stood, its mean effect): where a search's passes went, for profiling it (BENCHMARKS.md)
         self.log: list[tuple[int, int, int, bool, float]] = []
         self.work = 0.0  # layers computed, in full forward passes over every prompt (a load-free cost)
         self.estimate = float("nan")  # with a floor: the current set's metric, the start's plus every accepted effect
