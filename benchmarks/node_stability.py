@@ -46,11 +46,11 @@ def parse_runs(spec: str) -> list[tuple[int, int]]:
         raise SystemExit(f"--runs takes seed:n pairs separated by commas, like 0:64,1:64; got {spec!r}")
 
 
-def one_run(model, seed: int, n: int, tau_fraction: float, max_chunks: int | None = None) -> dict:
+def one_run(model, seed: int, n: int, tau_fraction: float, max_chunks: int | None = None, batch_size: int = 64) -> dict:
     """Discover the circuit on ``ioi.dataset(seed, n)`` and probe every head on the same prompts."""
     task = ioi.dataset(model.tokenizer, n=n, seed=seed)
     start = time.perf_counter()
-    patcher = NodePatcher(model, task, ablation="mean", precision="auto")
+    patcher = NodePatcher(model, task, ablation="mean", precision="auto", batch_size=batch_size)
     circuit = discover_nodes(model, task, patcher=patcher, method="acdc", candidates=100, include_mlps=False,
                              precision="auto", tau=tau_fraction * abs(patcher.m_full - patcher.m_empty),
                              max_chunks=max_chunks, progress=False)
@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--max-chunks", type=int, default=None,
                     help="a test reads at most this many prompt chunks, then its mean decides (acdc_nodes max_chunks)")
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="prompts a chunk (64: one chunk, every test reads every prompt, as the real-model tier runs)")
     args = ap.parse_args()
     runs = parse_runs(args.runs)
     if args.threads:
@@ -77,7 +79,7 @@ def main() -> None:
     print("| seed | pairs | heads | faithfulness | discovery s | \\|effect\\| recognised | heads no probe recognises |")
     print("|---|---|---|---|---|---|---|")
     for seed, n in runs:
-        r = one_run(model, seed, n, args.tau, args.max_chunks)
+        r = one_run(model, seed, n, args.tau, args.max_chunks, args.batch_size)
         results.append(r)
         total = sum(abs(e) for e in r["effects"].values())
         unknown = {h: e for h, e in r["effects"].items() if not r["roles"][h]}
