@@ -274,6 +274,7 @@ def edges_from_nodes_rows(model, task, args: argparse.Namespace) -> list[tuple]:
               f"passes in {i['passes']} passes"
               + (f"; floor: search f {i['faithfulness_search']:.3f} ({i['edges_search']} edges), {i['steps_undone']} steps "
                  f"undone in {i['floor_evaluations']} evaluations" if floor else ""), flush=True)
+        print(f"# tests by kind and prompts read: [tests, work in full passes]: {i['tests_by_reads']}", flush=True)
         total = (t_nodes[0] + t_setup[0] + t_edges[0], t_nodes[1] + t_setup[1] + t_edges[1])
         c.scores = eap_scores()  # the ranking of the edges the circuit does not keep
         if args.edge_curves == "yes":

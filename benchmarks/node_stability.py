@@ -70,10 +70,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64,
                     help="prompts a chunk (64: one chunk, every test reads every prompt; the real-model tier uses 8)")
     args = ap.parse_args()
-    if args.max_chunks and args.batch_size >= min(n for _, n in parse_runs(args.runs)):
+    runs = parse_runs(args.runs)
+    if args.max_chunks and args.batch_size >= min(n for _, n in runs):
         raise SystemExit(f"--max-chunks caps the chunks a test reads, and --batch-size {args.batch_size} makes one chunk "
                          "of every prompt: pass --batch-size 8 with it")
-    runs = parse_runs(args.runs)
     if args.threads:
         torch.set_num_threads(args.threads)
     print_machine()

@@ -202,7 +202,7 @@ def acdc(patcher: EdgePatcher, tau: float | None = None, *, scores: Tensor | Non
                          "z": -1.0 if z is None else z, "tests": state.tests, "tests_decided_early": state.early,
                          "tests_decided_by_control": state.early_by_control, "controls": controls is not None,
                          "max_chunks": -1 if state.max_chunks is None else state.max_chunks,
-                         "tests_decided_at_cap": state.capped,
+                         "tests_decided_at_cap": state.capped, "tests_by_reads": state.reads(),
                          "passes": state.passes, "work": state.work, "screen_targets": screen_targets,
                          "edges_screened": n_screened, "screen_chunks": -1 if screen_chunks is None else screen_chunks,
                          **floor_info, "seconds": time.perf_counter() - t0})

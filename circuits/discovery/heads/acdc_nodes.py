@@ -122,7 +122,7 @@ def acdc_nodes(patcher: NodePatcher, tau: float | None = None, *, scores: Tensor
                              "tests": state.tests, "tests_decided_early": state.early,
                              "tests_decided_by_control": state.early_by_control, "controls": controls is not None,
                              "max_chunks": -1 if state.max_chunks is None else state.max_chunks,
-                             "tests_decided_at_cap": state.capped,
+                             "tests_decided_at_cap": state.capped, "tests_by_reads": state.reads(),
                              "sweeps": sweeps,
                              "tests_skipped": skipped, "batch": batch,
                              "seconds": time.perf_counter() - t0})

@@ -107,7 +107,7 @@ class ChunkedSearch:
         self.steps: list[tuple[Tensor, float]] = []  # each accepted removal: ([n, ndim] what it removed, its effect)
         self.passes = self.tests = self.early = self.early_by_control = self.capped = 0
         # each decided test: (things it removes on top of the set before it, its layer, prompts read, whether
-        # the removal stood, its mean effect): where a search's passes went, for profiling it (BENCHMARKS.md)
+        # the removal stood, its mean effect): where a search's passes went (``reads``)
         self.log: list[tuple[int, int, int, bool, float]] = []
         self.work = 0.0  # layers computed, in full forward passes over every prompt (a load-free cost)
         self.estimate = float("nan")  # with a floor: the current set's metric, the start's plus every accepted effect
@@ -211,7 +211,8 @@ class ChunkedSearch:
         a = 0  # the trial being decided
         while a < J:
             effects = [v[a] - self.values[c] for c, v in enumerate(vals)]  # type: ignore[operator]  # per chunk read
-            control = self._control(trials[a] & ~(trials[a - 1] if a else self.removed))
+            added = trials[a] & ~(trials[a - 1] if a else self.removed)  # what this trial removes on top
+            control = self._control(added)
             # A cap on the chunks read (``max_chunks``) decides single tests; a group's own limit (``chunks``) splits it.
             final = chunks is None and self.max_chunks is not None and len(vals) >= self.max_chunks
             decided = self._decide(effects, control) if effects else None
@@ -239,7 +240,7 @@ class ChunkedSearch:
                 continue
             mean, small, n, by_control = decided
             self.tests += 1
-            self.log.append((int((trials[a] & ~(trials[a - 1] if a else self.removed)).sum()), layer, n, small, mean))
+            self.log.append((int(added.sum()), layer, n, small, mean))
             if n < N:
                 self.early += 1
                 self.early_by_control += by_control
@@ -259,6 +260,17 @@ class ChunkedSearch:
                     self.below[c] = min(self.below[c], layer)
             a += 1
         return out
+
+    def reads(self) -> dict[str, list[float]]:
+        """Where the tests' passes went: ``"single:8"`` (tests of one thing that read 8 prompts) or ``"group:64"``
+        → [tests, work], work in full passes over every prompt from the embeddings, the trials alone (not
+        the catch-up runs of stale chunks)."""
+        out: dict[str, list[float]] = {}
+        for size, layer, n, _, _ in self.log:
+            row = out.setdefault(f"{'single' if size == 1 else 'group'}:{n}", [0, 0.0])
+            row[0] += 1
+            row[1] += n / self.p.task.n * (self.L - layer) / self.L
+        return dict(sorted(out.items(), key=lambda kv: (kv[0].split(":")[0], int(kv[0].split(":")[1]))))
 
     def _control(self, added: Tensor) -> Tensor | None:
         """``[N]`` the control of removing ``added`` (a set's shape, bool) on top of the set before it."""
