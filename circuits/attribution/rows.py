@@ -205,8 +205,13 @@ def compute_rows(attributor: Attributor, targets: Targets | FeatureTargets, node
                  store: RowStore, bar: tqdm | None = None) -> None:
     """Rows for every target, added to ``store`` as sparse chunks; ``node_ids [n]`` names each target's row."""
     col_of = attributor.src.col_of.numpy().astype(np.int32)
+    buffer: Tensor | None = None  # one edge buffer for every batch; to_chunk copies what it keeps
     for idx in batches(targets, batch_size):
-        edges, bias = attributor.rows(targets.take(idx).resolve())
+        batch = targets.take(idx).resolve()
+        if buffer is None or buffer.shape[0] < len(idx):
+            buffer = None
+            buffer = batch.vec.new_empty(len(idx), attributor.src.n_slots)
+        edges, bias = attributor.rows(batch, out=buffer)
         store.append(to_chunk(node_ids[idx.cpu().numpy()], edges, bias, col_of))
         del edges
         if bar is not None:
