@@ -242,6 +242,42 @@ def test_rows_spilled_to_disk_read_back_and_assemble_the_same() -> None:
     assert len(on_disk) == len(mixed) == 0                               # assembling empties the store
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("gap", [0, 5])
+def test_a_full_graph_assembles_as_its_dense_rows(threads: int, gap: int) -> None:
+    """Every feature has a row (nothing dropped): rows that follow each other in a chunk and in node
+    order are copied as slices, chunks placed by several threads at once; the columns either keep
+    their ids or move up by ``gap`` (a map that drops nothing)."""
+    from circuits.attribution.rows import RowStore, assemble, to_chunk
+
+    rng = np.random.default_rng(3)
+    n_nodes = 60
+    levels = np.concatenate([np.sort(rng.integers(0, 4, 40)), np.full(10, -1), np.full(10, 4)])
+    # Row order as batches make it: features grouped (consecutive ids in a group), groups shuffled.
+    groups = np.split(np.arange(40), [7, 11, 12, 20, 31, 33])
+    rows = np.concatenate([np.arange(50, 60)] + [groups[i] for i in rng.permutation(len(groups))])
+    dense = rng.normal(size=(len(rows), n_nodes)) * (rng.random((len(rows), n_nodes)) < 0.7)
+    dense *= levels[None, :] < levels[rows][:, None]
+    store = RowStore()
+    for i in range(0, len(rows), 6):
+        store.append(to_chunk(rows[i:i + 6], torch.as_tensor(dense[i:i + 6]), torch.zeros(len(rows[i:i + 6])),
+                              np.arange(n_nodes, dtype=np.int32)))
+    col_map = np.arange(n_nodes) + gap * (np.arange(n_nodes) >= 40)
+    row_map = np.where(np.arange(n_nodes) < 40, np.arange(n_nodes), -1) + gap * (np.arange(n_nodes) >= 50)
+    row_map[50:] = np.arange(50, 60) + gap
+    n_new = n_nodes + gap
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        built = assemble(store, n_new, row_map, col_map, np.float64)
+    finally:
+        torch.set_num_threads(before)
+    want = np.zeros((n_new, n_new))
+    want[np.ix_(row_map[rows], col_map)] = dense
+    np.testing.assert_array_equal(built.matrix.toarray(), want)
+    assert built.matrix.has_canonical_format
+
+
 def test_streamed_influence_equals_the_assembled_graphs() -> None:
     """The selection's influence, read chunk by chunk, equals graphs.metrics.influence of the rows
     assembled into one matrix (what selection computed before, every round)."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,12 +64,18 @@ class RowChunk:
     def nbytes(self) -> int:
         return self.run_start.nbytes + self.run_length.nbytes + self.vals.nbytes
 
-    def columns(self, rows: slice) -> np.ndarray:
-        """``[entries]`` int64 the columns of ``rows``' edges, row by row."""
+    def columns(self, rows: slice, out: np.ndarray | None = None) -> np.ndarray:
+        """``[entries]`` the columns of ``rows``' edges, row by row: int64, or written into ``out``
+        (an integer array of that length; the graph's CSR indices, without an int64 copy first)."""
         ends = np.cumsum(self.runs)
         r0, r1 = int(ends[rows.start - 1]) if rows.start else 0, int(ends[rows.stop - 1])
         start, length = self.run_start[r0:r1].astype(np.int64), self.run_length[r0:r1]
-        return np.repeat(start - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
+        shift = start - (np.cumsum(length) - length)          # column minus entry index, per run
+        n = int(length.sum())
+        if out is None:
+            return np.repeat(shift, length) + np.arange(n)
+        np.add(np.repeat(shift.astype(out.dtype), length), np.arange(n, dtype=out.dtype), out=out)
+        return out
 
     def blocks(self, entries: int = BLOCK_ENTRIES) -> Iterator[tuple[slice, slice]]:
         """``(rows, entries)`` slices over runs of whole rows holding about ``entries`` edges each."""
@@ -338,8 +346,28 @@ def assemble(store: RowStore, n_new: int, row_map: np.ndarray, col_map: np.ndarr
     np.cumsum(counts, out=indptr[1:])
     indices = np.empty(nnz, dtype=index_dtype)
     data = np.empty(nnz, dtype=dtype)
-    for ch in store.drain():
+
+    identity = len(col_map) == n_new and bool(np.array_equal(col_map, np.arange(n_new)))
+
+    def place(ch: RowChunk) -> None:
         new_rows = row_map[ch.rows]
+        if not drops:
+            # Rows that follow each other in the chunk and in node order (a batch's features of one
+            # layer and position) are one run in both: copied as slices, not scattered.
+            ends = np.cumsum(ch.counts)
+            for rows, _ in ch.blocks():
+                r = np.arange(rows.start, rows.stop)
+                cuts = np.flatnonzero(np.diff(new_rows[r]) != 1) + 1
+                for r0, r1 in zip(np.concatenate([[rows.start], r[cuts]]).tolist(),
+                                  np.concatenate([r[cuts], [rows.stop]]).tolist()):
+                    e0, e1 = (int(ends[r0 - 1]) if r0 else 0), int(ends[r1 - 1])
+                    d0 = int(indptr[new_rows[r0]])
+                    if identity:
+                        ch.columns(slice(r0, r1), out=indices[d0:d0 + e1 - e0])
+                    else:
+                        indices[d0:d0 + e1 - e0] = col_map[ch.columns(slice(r0, r1))]
+                    data[d0:d0 + e1 - e0] = ch.vals[e0:e1]
+            return
         for rows, entries in ch.blocks():
             cols, vals = ch.columns(rows), ch.vals[entries]
             if drops:
@@ -350,6 +378,18 @@ def assemble(store: RowStore, n_new: int, row_map: np.ndarray, col_map: np.ndarr
             dest = np.repeat(indptr[new_rows[rows]] - (np.cumsum(kept) - kept), kept) + np.arange(len(cols))
             indices[dest] = col_map[cols]
             data[dest] = vals
+
+    # Chunks hold distinct rows, so they fill disjoint parts of the arrays: as many at once as torch
+    # has threads (numpy lets go of the GIL in these loops), at most that many read back and waiting.
+    n = max(1, torch.get_num_threads())
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        pending: deque[Future] = deque()
+        for ch in store.drain():
+            pending.append(pool.submit(place, ch))
+            if len(pending) >= n:
+                pending.popleft().result()
+        for done in pending:
+            done.result()
     matrix = sp.csr_matrix((data, indices, indptr), shape=(n_new, n_new))
     matrix.has_sorted_indices = True  # columns rise within a row and the maps keep their order
     return Assembled(matrix, bias, excluded, total, magnitude)
