@@ -84,7 +84,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "load_s": load_s, "warmup_s": warm_s, "seconds": seconds,
         "features": int(graph.selected_features.numel()), "active_features": int(graph.active_features.shape[0]),
         "nodes": int(adj.shape[0]), "edges": int(torch.count_nonzero(adj)),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }))
 
 

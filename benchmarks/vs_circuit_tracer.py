@@ -157,11 +157,12 @@ def main() -> None:
     found = re.search(r"Found (\d+) active features", log)
     print(f"\n| full IOI graph, {len(ids)} tokens (BOS first) | circuit-tracer {CT_VERSION} | circuit-engine |")
     print("|---|---|---|")
-    print(f"| active features | {found[1] if found else '?'} | {graph.n_features:,} |")
+    print(f"| active features | {int(found[1]):,} | {graph.n_features:,} |" if found else
+          f"| active features | ? | {graph.n_features:,} |")
     print(f"| nodes | {theirs('nodes')} | {graph.n_nodes:,} |")
     print(f"| nonzero edges | {theirs('edges')} | {graph.adjacency.nnz:,} |")
     print(f"| time (s) | {bound}{ct_s:.1f} | {wall:.1f} |")
-    print(f"| peak RSS (GB, the process) | {theirs('peak_rss_gb', '{:.1f}')} | {peak_rss_mb() / 1024:.1f} |")
+    print(f"| peak RSS (GiB, the process) | {theirs('peak_rss_gib', '{:.1f}')} | {peak_rss_mb() / 1024:.1f} |")
     print(f"\nratio, ours / circuit-tracer: **{'≤ ' if bound else ''}{wall / ct_s:.3f}** (goal: at most 0.1)")
 
 
