@@ -10,10 +10,11 @@ circuit-tracer runs in a fresh process under its own virtual environment, since 
 <= 4.57.3 and nnsight's 0.6 API: ``--ct-venv`` (default: under the engine's cache), created on first
 use with pip (``torch`` at this process's version, ``circuit-tracer==0.5.0``, ``nnsight>=0.6,<0.7``).
 
-Its model directory is a temporary folder of links to the float copy, with one change: the
-tokenizer_config.json that transformers 5 writes names ``TokenizersBackend``, a class transformers 4.57
-lacks, so the copy names ``PreTrainedTokenizerFast`` (the same tokenizer.json). Nothing in the cache
-is written except the venv.
+Its model directory is a temporary folder of links to the float copy, with two files rewritten for
+transformers 4.57: tokenizer_config.json names ``PreTrainedTokenizerFast`` (the same tokenizer.json)
+where transformers 5 wrote ``TokenizersBackend``, and config.json gains a top-level ``rope_theta`` from
+transformers 5's ``rope_parameters`` (without it 4.57 uses 10,000). Nothing in the cache is written
+except the venv.
 
 Our graph leaves head loadings out (``head_loadings="none"``): circuit-tracer's graph has none.
 """
@@ -57,15 +58,26 @@ def ct_python(venv: Path) -> Path:
 
 
 def linked_model_dir(src: Path, dest: Path) -> Path:
-    """``dest`` as links to ``src``'s files, with a tokenizer_config.json transformers 4.57 can read."""
+    """``dest`` as links to ``src``'s files, with the two JSON files transformers 5 writes in a form
+    transformers 4.57 reads the same way: the tokenizer class, and RoPE's parameters. (4.57 looks for
+    ``rope_theta`` at the top level and, not finding it there, silently uses 10,000 instead of
+    SmolLM2's 100,000: a different model, whose features differ in 5% of places.)"""
     dest.mkdir()
+    rewritten = ("tokenizer_config.json", "config.json")
     for f in src.iterdir():
-        if f.name != "tokenizer_config.json":
+        if f.name not in rewritten:
             (dest / f.name).symlink_to(f)
-    cfg = json.loads((src / "tokenizer_config.json").read_text())
-    if cfg.get("tokenizer_class") == "TokenizersBackend":
-        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    (dest / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = json.loads((src / "tokenizer_config.json").read_text())
+    if tok.get("tokenizer_class") == "TokenizersBackend":
+        tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (dest / "tokenizer_config.json").write_text(json.dumps(tok))
+    cfg = json.loads((src / "config.json").read_text())
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" not in cfg:
+        cfg["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    (dest / "config.json").write_text(json.dumps(cfg))
     return dest
 
 
