@@ -6,7 +6,7 @@ nothing from this repository. Prints one JSON object on its last line.
     CT_PYTHON benchmarks/_circuit_tracer_run.py --model-dir D --set-dir S --ids 1,2,3 [--threads 2]
 
 The set is read with circuit-tracer's own loader (``load_transcoder_set``, every layer's
-``layer_{i}.safetensors``), decoders held in memory (``lazy_decoder=False``, its fastest setting).
+``layer_{i}.safetensors``), decoders held in memory (``lazy_decoder=False``: nothing read from disk mid-run).
 Its 0.5.0 loader gives every set without thresholds a ReLU and reads no ``activation: topk`` from
 config.yaml, so for a TopK set each layer gets the function the set was trained with: the k largest
 pre-activations, then ReLU (``transcoders.activations.topk``).

@@ -220,7 +220,8 @@ class Attributor:
 
         ``out``: a ``[>= B, n_slots]`` buffer the edges are written to (its first B rows are returned).
         A loop over batches passes the same one each time: a fresh ``[B, n_slots]`` per batch lands
-        on new pages, and zeroing new pages cost 11 s of a 64 s full graph on a 2-core VM.
+        on new pages, which a VM serves slowly (on the IOI full graph, one buffer saved 300k page
+        faults and a few seconds of a 64-71 s edge phase; BENCHMARKS.md).
         """
         rmap, src = self.rmap, self.src
         layer = targets.layer
