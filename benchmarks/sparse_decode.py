@@ -6,6 +6,10 @@ Times what ``transcoders.sparse`` runs per pair (``embedding_bag`` forward, ``em
 feature for the decoder's gradient, ``sampled_addmm`` for the values' gradient) against the dense
 matmuls (``acts @ W``, ``acts.T @ dout``, ``dout @ W.T``) at several k, in CPU milliseconds of one
 thread: where the two cross is what ``DENSITY_LIMIT`` should sit below.
+
+A second table times each sparse direction on its own, with float32 tables and with the bf16 tables
+the decode's gathers read under a bf16 autocast (``transcoders.sparse._gather_dtype``), casts
+included; ``sampled_addmm`` has no bf16 kernel, so the values' gradient is float32 either way.
 """
 
 from __future__ import annotations
@@ -69,6 +73,26 @@ def main() -> None:
                                                  per_sample_weights=v[by_feat]),
                                  torch.sparse.sampled_addmm(mask, go, W.T, beta=0.0)))
         print(f"| {k} | {k / Fw:.1%} | {dense:.1f} | {sparse:.1f} | {sparse / dense:.2f} |")
+
+    print("\n# each sparse direction with float32 and with bf16 tables (the cast included); CPU ms of one thread\n")
+    print("| k | forward fp32 | forward bf16 | decoder gradient fp32 | decoder gradient bf16 | values' gradient fp32 |")
+    print("|---|---|---|---|---|---|")
+    for k in args.k:
+        vals, idx = torch.randn(N, Fw, generator=g).topk(k, -1)
+        tok, feat, v = torch.arange(N).repeat_interleave(k), idx.flatten(), vals.flatten()
+        offsets = torch.arange(0, N * k, k)
+        by_feat = torch.argsort(feat, stable=True)
+        counts = torch.bincount(feat, minlength=Fw)
+        feat_offsets = torch.cumsum(counts, 0) - counts
+        mask = torch.sparse_csr_tensor(torch.arange(0, N * k + 1, k), feat, torch.ones(N * k), (N, Fw))
+        times = []
+        for dtype in (torch.float32, torch.bfloat16):
+            times.append(cpu_ms(lambda: F.embedding_bag(feat, W.to(dtype), offsets, mode="sum",
+                                                        per_sample_weights=v.to(dtype))))
+            times.append(cpu_ms(lambda: F.embedding_bag(tok[by_feat], go.to(dtype), feat_offsets, mode="sum",
+                                                        per_sample_weights=v[by_feat].to(dtype)).float()))
+        values = cpu_ms(lambda: torch.sparse.sampled_addmm(mask, go, W.T, beta=0.0))
+        print(f"| {k} | {times[0]:.2f} | {times[2]:.2f} | {times[1]:.2f} | {times[3]:.2f} | {values:.2f} |")
 
 
 if __name__ == "__main__":
