@@ -181,7 +181,8 @@ def main() -> None:
     for where in args.sets:
         meta = read_config(where / "config.yaml").get("circuit_engine", {})
         recipe = {k: v for k, v in meta.get("train_config", {}).items()
-                  if k in ("batch_tokens", "lr", "decay_fraction", "warmup_steps", "chunk_epochs")}
+                  if k in ("batch_tokens", "lr", "decoder_lr_scale", "decay_fraction", "warmup_steps",
+                           "chunk_epochs")}
         row = {"kind": meta.get("kind", "?"), "preset": where.name, "overrides": str(recipe),
                "tokens": int(meta.get("tokens", 0))}
         if (row["kind"], row["preset"], row["overrides"], str(row["tokens"]), str(len(prompts))) in done:

@@ -38,7 +38,8 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
     """The TrainConfig the flags describe (a preset's, with any flag given overriding it)."""
     flags = {
         "kind": args.kind, "d_features": args.width, "k": args.k, "l0": args.l0, "activation": args.activation,
-        "n_tokens": args.n_tokens, "skip": args.skip or None, "seed": args.seed, "lr": args.lr,
+        "n_tokens": args.n_tokens, "skip": args.skip, "seed": args.seed, "lr": args.lr,
+        "decoder_lr_scale": args.decoder_lr_scale,
         "batch_tokens": args.batch_tokens, "seq_len": args.seq_len, "num_threads": args.threads,
         "sparsity": args.sparsity, "sparsity_coeff": args.sparsity_coeff, "checkpoint_every": args.checkpoint_every,
         "precision": args.precision, "skip_init": args.skip_init,
@@ -195,13 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--activation", choices=["jumprelu", "topk", "batchtopk", "relu"])
     t.add_argument("--sparsity", choices=["l0", "tanh"], help="JumpReLU penalty (default l0)")
     t.add_argument("--sparsity-coeff", type=float)
-    t.add_argument("--skip", action="store_true", help="learn a linear skip connection")
+    t.add_argument("--skip", action=argparse.BooleanOptionalAction,
+                   help="learn a linear skip connection, or not (--no-skip); default: the preset's, else none")
     t.add_argument("--skip-init", choices=["zero", "lstsq"],
                    help="lstsq: start the skip at the least-squares map from MLP input to output")
     t.add_argument("--n-tokens", type=int)
     t.add_argument("--batch-tokens", type=int)
     t.add_argument("--seq-len", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--decoder-lr-scale", type=float,
+                   help="the decoders learn at --lr times this (a CLT's 0.25: each later layer sums many decoders)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")

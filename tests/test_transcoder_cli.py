@@ -25,6 +25,28 @@ def test_preset_for_another_model() -> None:
         main(["train", "--preset", "smollm2-quick", "--model", "gpt2"])
 
 
+@pytest.mark.parametrize(("preset", "flags", "skip", "decoder_lr_scale"), [
+    ("smollm2-clt", [], False, 0.25), ("smollm2-clt", ["--skip", "--decoder-lr-scale", "1"], True, 1.0),
+    ("smollm2-quick", ["--skip"], True, 1.0), ("smollm2-quick", ["--skip", "--no-skip"], False, 1.0),
+])
+def test_flags_override_the_preset(preset: str, flags: list[str], skip: bool, decoder_lr_scale: float,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--skip/--no-skip and --decoder-lr-scale replace the preset's; no flag keeps the preset's."""
+    import circuits.transcoders_cli as tcli
+
+    seen = []
+
+    def stop_after(args):  # the config the flags describe, then stop before any model is loaded
+        seen.append(real(args)[0])
+        raise SystemExit(0)
+
+    real = tcli._train_config
+    monkeypatch.setattr(tcli, "_train_config", stop_after)
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", preset, *flags])
+    assert (seen[0].skip, seen[0].decoder_lr_scale) == (skip, decoder_lr_scale)
+
+
 def test_a_preset_on_other_text_needs_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The preset's folder holds the model's default set: a set trained on the user's text must not land there."""
     monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,6 +160,7 @@ def test_nan_activations_stop_training(tmp_path: Path) -> None:
     ({"k": 0}, "k=0 must be in 1..d_features"),
     ({"activation": "topk", "l0": 8.0}, "a target --l0 steers a JumpReLU"),
     ({"kind": "mlp"}, "kind must be 'plt' or 'clt'"),
+    ({"decoder_lr_scale": 0.0}, "decoder_lr_scale must be positive"),
 ])
 def test_bad_train_config(kw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -197,6 +199,35 @@ def test_sparse_decode_is_decode(kind: str, activation: str) -> None:
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_sparse_decode_under_bf16_autocast(kind: str) -> None:
+    """Under a bf16 autocast the decode gathers from bf16 tables: the output and every gradient agree
+    with the float32 decode to bf16's precision, and the gradients the optimiser sees stay float32."""
+    torch.manual_seed(0)
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=4, d_model=64, d_features=256, activation="topk", k=8))
+    with torch.no_grad():
+        tc.b_dec.normal_()
+    x = torch.randn(40, 4, 64)
+    params = [p for p in tc.parameters() if p.requires_grad]
+
+    def run(bf16: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        acts = tc.encode(x).acts  # in float32 both times, so that both decode the same features
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = sparse_decode(tc, acts)
+        return out, list(torch.autograd.grad(out.square().sum(), params, allow_unused=True))
+
+    (ref, g_ref), (got, g_got) = run(False), run(True)
+    assert got.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: each gathered row and weight is rounded by at most 2^-9 relatively.
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2 * ref.abs().mean().item())
+    assert (got - ref).abs().max() > 0  # the gathers did run in bf16
+    for a, b in zip(g_ref, g_got, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert b.dtype == torch.float32
+            torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * a.abs().mean().item())
 
 
 @pytest.mark.parametrize("kind", ["plt", "clt"])
@@ -301,3 +332,36 @@ def test_a_new_field_at_its_old_behaviour_keeps_run_names() -> None:
     assert "skip_init" not in json.dumps(config_record(cfg))
     assert run_name("m", cfg) == run_name("m", _cfg(skip=True, skip_init="zero"))
     assert run_name("m", cfg) != run_name("m", _cfg(skip=True, skip_init="lstsq"))
+    assert "decoder_lr_scale" not in json.dumps(config_record(cfg))
+    assert run_name("m", cfg) == run_name("m", _cfg(skip=True, decoder_lr_scale=1.0))
+    assert run_name("m", cfg) != run_name("m", _cfg(skip=True, decoder_lr_scale=0.25))
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_decoders_learn_at_their_own_rate(kind: str) -> None:
+    """decoder_lr_scale: Adam's first step moves each weight by its group's rate (times the sign of its
+    gradient), so the decoders move by lr times the scale and everything else by lr."""
+    from transcoders.train import adam, param_groups
+
+    torch.manual_seed(0)
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=3, d_model=8, d_features=32, activation="topk", k=4,
+                                           skip=True))
+    cfg = TrainConfig(kind=kind, d_features=32, activation="topk", k=4, skip=True, lr=1e-2, decoder_lr_scale=0.25)
+    before = {name: p.detach().clone() for name, p in tc.named_parameters()}
+    opt = adam(param_groups(tc, cfg), lr=cfg.learning_rate)
+    tc(torch.randn(16, 3, 8)).recon.square().sum().backward()
+    opt.step()
+    checked = set()
+    for name, p in tc.named_parameters():
+        if p.grad is None:
+            continue
+        clear = p.grad.abs() > 1e-4  # Adam's eps (1e-8) is negligible against these gradients
+        rate = 1e-2 * (0.25 if name.startswith("W_dec") else 1.0)
+        moved = (p.detach() - before[name]).abs()[clear]
+        torch.testing.assert_close(moved, torch.full_like(moved, rate), rtol=1e-3, atol=0)
+        checked.add(name.split(".")[0])
+    assert {"W_dec", "W_enc", "W_skip"} <= checked
+    # At the default scale Adam gets the plain parameter list: runs and checkpoints from before are unchanged.
+    plain = param_groups(tc, dataclasses.replace(cfg, decoder_lr_scale=1.0))
+    trainable = [p for p in tc.parameters() if p.requires_grad]
+    assert len(plain) == len(trainable) and all(a is b for a, b in zip(plain, trainable, strict=True))
