@@ -1,11 +1,12 @@
 """Transcoder throughput and quality: harvest vs a bare forward, training steps, and every built preset.
 
-    python benchmarks/transcoders.py [--threads 2] [--eval-tokens 16384] [--skip-eval]
+    python benchmarks/transcoders.py [--threads 2] [--eval-tokens 16384] [--skip-eval] [--skip-harvest]
 
-Prints three tables: harvest tokens/s next to the bare model forward (fp32 and bf16
+Prints four tables: harvest tokens/s next to the bare model forward (fp32 and bf16
 autocast); training tokens/s of one optimiser step on harvested-size batches, PLT and
-CLT; and for each preset set found in the cache, FVU, L0, dead fraction, CE recovered
-and KL from ``circuits.replacement.evaluate`` on held-out packaged text.
+CLT; the CLT's rate over the PLT's at the same width, k and skip; and for each preset set
+found in the cache, FVU, L0, dead fraction, CE recovered and KL from
+``circuits.replacement.evaluate`` on held-out packaged text.
 """
 
 from __future__ import annotations
@@ -84,8 +85,11 @@ def train_table(model, batch_tokens: int, reps: int) -> pd.DataFrame:
     x, y = torch.randn(batch_tokens, L, D, generator=g), torch.randn(batch_tokens, L, D, generator=g)
     precisions = ["fp32"] + (["bf16"] if use_bf16(torch.device("cpu"), "auto") else [])
     rows = []
-    for kind, activation, width, k, skip in (("plt", "topk", 1024, 64, True), ("plt", "jumprelu", 1024, 64, True),
-                                             ("clt", "topk", 1024, 64, True)):
+    # TopK with and without the skip (the PLT presets dropped theirs), so that each CLT row has a PLT
+    # row of the same width, k and skip to be read against.
+    for kind, activation, width, k, skip in (("plt", "topk", 1024, 64, True), ("plt", "topk", 1024, 64, False),
+                                             ("plt", "jumprelu", 1024, 64, True), ("clt", "topk", 1024, 64, True),
+                                             ("clt", "topk", 1024, 64, False)):
         cfg = TrainConfig(kind=kind, activation=activation, d_features=width, k=k, skip=skip,
                           l0=float(k) if activation == "jumprelu" else None)
         torch.manual_seed(0)
@@ -107,6 +111,17 @@ def train_table(model, batch_tokens: int, reps: int) -> pd.DataFrame:
             wall, cpu = _rates(step, batch_tokens, reps)
             rows.append((f"{kind} {activation} width {width} k {k}{' skip' if skip else ''}", precision, wall, cpu))
     return pd.DataFrame(rows, columns=["training step", "precision", "tokens/s", "tokens/CPU-s"]).set_index(
+        ["training step", "precision"])
+
+
+def clt_ratio(steps: pd.DataFrame) -> pd.DataFrame:
+    """The CLT step's tokens/s over the PLT's at the same width, k and skip, per precision (#16 asks >= 0.5)."""
+    rows = []
+    for (name, precision), rate in steps["tokens/s"].items():
+        if name.startswith("clt "):
+            plt_name = "plt " + name[len("clt "):]
+            rows.append((name, precision, rate / steps.loc[(plt_name, precision), "tokens/s"]))
+    return pd.DataFrame(rows, columns=["training step", "precision", "CLT / PLT tokens/s"]).set_index(
         ["training step", "precision"])
 
 
@@ -132,14 +147,18 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--eval-tokens", type=int, default=16_384)
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--skip-harvest", action="store_true", help="only the training steps (and the sets)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model()
     print_machine()
     print(f"# {model}; bf16 rows force bf16 (on an AVX2 CPU it is emulated: see the capability above)\n")
     fmt = {"float_format": lambda v: f"{v:,.1f}"}
-    print(harvest_table(model, batch=8, seq_len=128, reps=args.reps).to_string(**fmt), "\n")
-    print(train_table(model, batch_tokens=1024, reps=max(1, args.reps - 1)).to_string(**fmt), "\n")
+    if not args.skip_harvest:
+        print(harvest_table(model, batch=8, seq_len=128, reps=args.reps).to_string(**fmt), "\n")
+    steps = train_table(model, batch_tokens=1024, reps=max(1, args.reps - 1))
+    print(steps.to_string(**fmt), "\n")
+    print(clt_ratio(steps).to_string(float_format=lambda v: f"{v:.2f}"), "\n")
     if not args.skip_eval:
         table = eval_table(model, args.eval_tokens)
         if len(table):
