@@ -108,7 +108,9 @@ def _plot(rows: list[dict[str, str]], path: Path) -> bool:
         ax.grid(alpha=0.3)
         # Below each panel: inside, the legends hid the points.
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
-    fig.tight_layout()
+    # Not tight_layout: it shrank the panels to fit the legends; saving with bbox_inches="tight" grows
+    # the image around them instead, so the panels keep their size however many recipes there are.
+    fig.subplots_adjust(wspace=0.3)
     png = io.BytesIO()
     fig.savefig(png, dpi=110, format="png", bbox_inches="tight")  # the legends below
     path.parent.mkdir(parents=True, exist_ok=True)
