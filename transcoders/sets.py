@@ -83,7 +83,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         # Decoders at a quarter of the rate (param_groups says why): graphs 0.522 / 0.864 against 0.498 /
         # 0.856 at the same 150k tokens (bf16, 2 AVX-512 cores; higher on 22 of the 24 prompts), though
         # held-out FVU 0.408 against 0.389 and KL 2.46 against 2.24; more of each token's top 64 stay
-        # positive (L0 63.9 against 58.7). Graph quality first, as the PLT presets chose (no skip).
+        # positive (L0 63.9 against 58.7). At x 0.5: 0.511 / 0.860, KL 2.28. Graph quality first, as the
+        # PLT presets chose (no skip).
         # Batches of 512, not 256: each step also pays a fused Adam update of the CLT's 302M parameters
         # (0.43 s on 2 AVX2 cores, BENCHMARKS.md), which smaller batches multiply.
         # A checkpoint every 100 steps, not 20: one is 3.5 GB (the decoders and their Adam moments). The
