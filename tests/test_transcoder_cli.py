@@ -141,6 +141,15 @@ def test_a_set_built_with_an_older_recipe_is_named(tmp_path: Path, monkeypatch: 
     main(["presets"])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("smollm2-quick"))
     assert "older recipe: batch_tokens differ" in line and "(default)" in line
+    # A set saved before decoder_lr_scale existed was trained at its old behaviour (1.0): against a recipe
+    # at 0.25 it is stale, though its config has no such key.
+    clt = config_record(PRESETS["smollm2-clt"].config)
+    assert clt["decoder_lr_scale"] == 0.25
+    preset_dir("smollm2-clt").mkdir(parents=True)
+    old_clt = {k: v for k, v in clt.items() if k != "decoder_lr_scale"}
+    (preset_dir("smollm2-clt") / "config.yaml").write_text(
+        yaml.safe_dump({"circuit_engine": {"train_config": old_clt}}))
+    assert stale_fields("smollm2-clt") == ["decoder_lr_scale"]
 
 
 def test_the_long_preset_is_the_quick_recipe_on_more_tokens() -> None:

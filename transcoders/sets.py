@@ -25,7 +25,7 @@ from transcoders.formats.sparsify import is_sparsify_dir
 from transcoders.hub import HubUnavailableError, hub_call, parse_hf
 from transcoders.io import load_transcoder_dir, read_config
 from transcoders.model import Transcoder
-from transcoders.train import RESUMABLE_CHANGES, TrainConfig, config_record
+from transcoders.train import ADDED_FIELDS, RESUMABLE_CHANGES, TrainConfig, config_record
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,9 @@ def stale_fields(name: str) -> list[str]:
         return []
     saved = read_config(where).get("circuit_engine", {}).get("train_config", {})
     want = {k: v for k, v in config_record(PRESETS[name].config).items() if k not in RESUMABLE_CHANGES}
-    return sorted(k for k, v in want.items() if k in saved and saved[k] != v)
+    # A set saved before a field existed lacks it, and was trained at the field's old behaviour.
+    return sorted(k for k, v in want.items()
+                  if (k in saved or k in ADDED_FIELDS) and saved.get(k, ADDED_FIELDS.get(k)) != v)
 
 
 def load_transcoders(model: Any, name_or_path: str | Path | None = None, *, check_model: bool = True,
