@@ -54,46 +54,45 @@ def main() -> None:
             fn()
         return (time.process_time() - t0) / args.reps * 1e3
 
+    def pattern(k: int) -> dict:
+        """One pair's active entries at ``k``, in the layouts the sparse kernels read."""
+        vals, idx = torch.randn(N, Fw, generator=g).topk(k, -1)
+        feat = idx.flatten()
+        counts = torch.bincount(feat, minlength=Fw)
+        return {"acts": torch.zeros(N, Fw).scatter(-1, idx, vals), "tok": torch.arange(N).repeat_interleave(k),
+                "feat": feat, "v": vals.flatten(), "offsets": torch.arange(0, N * k, k),
+                "by_feat": torch.argsort(feat, stable=True), "feat_offsets": torch.cumsum(counts, 0) - counts,
+                "mask": torch.sparse_csr_tensor(torch.arange(0, N * k + 1, k), feat, torch.ones(N * k), (N, Fw))}
+
+    def forward(p: dict, dtype: torch.dtype) -> torch.Tensor:
+        return F.embedding_bag(p["feat"], W.to(dtype), p["offsets"], mode="sum", per_sample_weights=p["v"].to(dtype))
+
+    def decoder_gradient(p: dict, dtype: torch.dtype) -> torch.Tensor:
+        by_feat = p["by_feat"]
+        return F.embedding_bag(p["tok"][by_feat], go.to(dtype), p["feat_offsets"], mode="sum",
+                               per_sample_weights=p["v"][by_feat].to(dtype)).float()
+
+    def values_gradient(p: dict) -> torch.Tensor:
+        return torch.sparse.sampled_addmm(p["mask"], go, W.T, beta=0.0)
+
+    patterns = {k: pattern(k) for k in args.k}
     print(f"\n# one pair: {N} tokens, width {Fw}, d_model {D}; CPU ms of one thread\n")
     print("| k | density | dense fwd + 2 bwd | sparse fwd + 2 bwd | sparse / dense |")
     print("|---|---|---|---|---|")
-    for k in args.k:
-        vals, idx = torch.randn(N, Fw, generator=g).topk(k, -1)
-        acts = torch.zeros(N, Fw).scatter(-1, idx, vals)
-        tok, feat = torch.arange(N).repeat_interleave(k), idx.flatten()
-        v = vals.flatten()
-        offsets = torch.arange(0, N * k, k)
-        by_feat = torch.argsort(feat, stable=True)
-        counts = torch.bincount(feat, minlength=Fw)
-        feat_offsets = torch.cumsum(counts, 0) - counts
-        mask = torch.sparse_csr_tensor(torch.arange(0, N * k + 1, k), feat, torch.ones(N * k), (N, Fw))
+    for k, p in patterns.items():
+        acts = p["acts"]
         dense = cpu_ms(lambda: (acts @ W, acts.T @ go, go @ W.T))
-        sparse = cpu_ms(lambda: (F.embedding_bag(feat, W, offsets, mode="sum", per_sample_weights=v),
-                                 F.embedding_bag(tok[by_feat], go, feat_offsets, mode="sum",
-                                                 per_sample_weights=v[by_feat]),
-                                 torch.sparse.sampled_addmm(mask, go, W.T, beta=0.0)))
+        sparse = cpu_ms(lambda: (forward(p, W.dtype), decoder_gradient(p, W.dtype), values_gradient(p)))
         print(f"| {k} | {k / Fw:.1%} | {dense:.1f} | {sparse:.1f} | {sparse / dense:.2f} |")
 
     print("\n# each sparse direction with float32 and with bf16 tables (the cast included); CPU ms of one thread\n")
     print("| k | forward fp32 | forward bf16 | decoder gradient fp32 | decoder gradient bf16 | values' gradient fp32 |")
     print("|---|---|---|---|---|---|")
-    for k in args.k:
-        vals, idx = torch.randn(N, Fw, generator=g).topk(k, -1)
-        tok, feat, v = torch.arange(N).repeat_interleave(k), idx.flatten(), vals.flatten()
-        offsets = torch.arange(0, N * k, k)
-        by_feat = torch.argsort(feat, stable=True)
-        counts = torch.bincount(feat, minlength=Fw)
-        feat_offsets = torch.cumsum(counts, 0) - counts
-        mask = torch.sparse_csr_tensor(torch.arange(0, N * k + 1, k), feat, torch.ones(N * k), (N, Fw))
-        times = []
-        for dtype in (torch.float32, torch.bfloat16):
-            times.append(cpu_ms(lambda: F.embedding_bag(feat, W.to(dtype), offsets, mode="sum",
-                                                        per_sample_weights=v.to(dtype))))
-            times.append(cpu_ms(lambda: F.embedding_bag(tok[by_feat], go.to(dtype), feat_offsets, mode="sum",
-                                                        per_sample_weights=v[by_feat].to(dtype)).float()))
-        values = cpu_ms(lambda: torch.sparse.sampled_addmm(mask, go, W.T, beta=0.0))
-        print(f"| {k} | {times[0]:.2f} | {times[2]:.2f} | {times[1]:.2f} | {times[3]:.2f} | {values:.2f} |")
-
+    for k, p in patterns.items():
+        fwd = [cpu_ms(lambda: forward(p, dtype)) for dtype in (torch.float32, torch.bfloat16)]
+        grad = [cpu_ms(lambda: decoder_gradient(p, dtype)) for dtype in (torch.float32, torch.bfloat16)]
+        values = cpu_ms(lambda: values_gradient(p))
+        print(f"| {k} | {fwd[0]:.2f} | {fwd[1]:.2f} | {grad[0]:.2f} | {grad[1]:.2f} | {values:.2f} |")
 
 if __name__ == "__main__":
     main()

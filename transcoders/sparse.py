@@ -100,6 +100,8 @@ class _Decode(torch.autograd.Function):
         # Layer-major, so each pair's slice of the gradient is one contiguous [N, D] table.
         go = grad_out.to(decoders[0].dtype).contiguous()  # [L, N, D]
         go_gather = go.to(ctx.gather)
+        # A PLT's gradient is one [L, F, D] tensor: each layer's slice is written in place, not stacked after.
+        g_stacked = torch.empty_like(weights[0]) if ctx.stacked else None
         g_vals, g_dec = [], []
         for s, (pat, v, W) in enumerate(zip(ctx.pats, vals.to(go.dtype).split(ctx.sizes), decoders, strict=True)):
             # The values' gradient stays in the decoders' dtype: sampled_addmm has no bf16 kernel.
@@ -110,11 +112,11 @@ class _Decode(torch.autograd.Function):
                     g_v += torch.sparse.sampled_addmm(pat.mask, go[s + t], W[:, t].t(), beta=0.0).values()
             g_vals.append(g_v)
             tok, v_f = pat.tok[pat.by_feat], v[pat.by_feat].to(ctx.gather)
-            g_W = torch.empty_like(W)
+            g_W = g_stacked[s][:, None, :] if g_stacked is not None else torch.empty_like(W)
             for t in range(W.shape[1]):
                 g_W[:, t] = F.embedding_bag(tok, go_gather[s + t], pat.feat_offsets, mode="sum", per_sample_weights=v_f)
             g_dec.append(g_W)
-        g_weights = [torch.stack([g[:, 0] for g in g_dec])] if ctx.stacked else g_dec
+        g_weights = [g_stacked] if g_stacked is not None else g_dec
         return (torch.cat(g_vals).to(vals.dtype), None, None, None, *g_weights)
 
 
