@@ -124,9 +124,12 @@ def _measure(model, tc, meta: dict, prompts: list, args: argparse.Namespace, cpu
 
     ev = evaluate(model, tc, n_tokens=args.eval_tokens, precision="fp32").summary()
     scores = score_prompts(model, tc, prompts, max_features=args.max_features, label=f"{tc.cfg.kind}")
+    # A CLT started from a PLT set (init_from) took that set's training too.
+    wall = meta.get("train_seconds", float("nan")) + meta.get("init_train_seconds", 0.0)
+    cpu_s = meta.get("train_cpu_seconds", float("nan")) + meta.get("init_train_cpu_seconds", 0.0)
     return {
-        "train_s": f"{meta.get('train_seconds', float('nan')):.0f}",
-        "train_cpu_s": f"{meta.get('train_cpu_seconds', float('nan')):.0f}",
+        "train_s": f"{wall:.0f}",
+        "train_cpu_s": f"{cpu_s:.0f}",
         "fvu": f"{ev['fvu']:.3f}", "ce_replaced": f"{ev['ce_replaced']:.3f}", "ce_model": f"{ev['ce_model']:.3f}",
         "kl": f"{ev['kl']:.3f}",
         "replacement": f"{statistics.fmean(r[2] for r in scores):.3f}",
@@ -166,7 +169,9 @@ def main() -> None:
     from transcoders import PRESETS, load_transcoders, train
     from transcoders.cache import cache_dir
     from transcoders.io import read_config
+    from transcoders.sets import load_init
     from transcoders.train import run_name
+    from transcoders.warm_start import weights_digest
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,9 +189,9 @@ def main() -> None:
         meta = read_config(where / "config.yaml").get("circuit_engine", {})
         recipe = {k: v for k, v in meta.get("train_config", {}).items()
                   if k in ("batch_tokens", "lr", "decoder_lr_scale", "decay_fraction", "warmup_steps",
-                           "chunk_epochs")}
+                           "chunk_epochs", "init_from", "freeze_encoder")}
         row = {"kind": meta.get("kind", "?"), "preset": where.name, "overrides": str(recipe),
-               "tokens": int(meta.get("tokens", 0))}
+               "tokens": int(meta.get("tokens", 0)) + int(meta.get("init_tokens", 0))}
         if (row["kind"], row["preset"], row["overrides"], str(row["tokens"]), str(len(prompts))) in done:
             continue
         _append(args.results, {**row, **_measure(model, load_transcoders(model, where), meta, prompts, args, cpu)})
@@ -194,23 +199,27 @@ def main() -> None:
         preset = args.preset or {"plt": "smollm2-quick", "clt": "smollm2-clt"}[kind]
         cfg = PRESETS[preset].train_config(kind=kind, n_tokens=max(args.budgets),
                                                 num_threads=args.threads, **overrides)
-        run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg))
+        init, init_meta = load_init(model, cfg, build=True) if cfg.init_from else (None, {})
+        digest = weights_digest(init) if init is not None else None
+        run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg, init=digest))
         # A row names the preset whose own run this is (to 1.3M tokens the PLT's is smollm2-long's),
         # so that a snapshot of a long run is not read as the short preset's result.
-        label = next((name for name, p in PRESETS.items() if run_name(model.name, p.config) == run_dir.name),
-                     f"{preset} recipe to {cfg.n_tokens:,} tokens")
+        label = next((name for name, p in PRESETS.items()
+                      if run_name(model.name, p.config, init=digest) == run_dir.name), f"{preset} recipe to {cfg.n_tokens:,} tokens")
         print(f"# {kind}: {cfg.n_tokens:,} tokens in {run_dir}, snapshots at {args.budgets}", file=sys.stderr)
         if not args.measure_only:
-            train(model, cfg, run_dir=run_dir, save_at=args.budgets)
+            train(model, cfg, run_dir=run_dir, save_at=args.budgets, init=init, metadata=init_meta)
         if args.train_only:
             continue
         for budget in sorted(args.budgets):
             where = run_dir / f"tokens-{budget}"
-            key = (kind, label, str(overrides), str(budget), str(len(prompts)))
-            if key in done or not (where / "config.yaml").is_file():
+            if not (where / "config.yaml").is_file():
                 continue
             meta = read_config(where / "config.yaml").get("circuit_engine", {})
-            _append(args.results, {"kind": kind, "preset": label, "overrides": str(overrides), "tokens": budget,
+            tokens = budget + int(meta.get("init_tokens", 0))  # a warm-started CLT's count includes its start's
+            if (kind, label, str(overrides), str(tokens), str(len(prompts))) in done:
+                continue
+            _append(args.results, {"kind": kind, "preset": label, "overrides": str(overrides), "tokens": tokens,
                                    **_measure(model, load_transcoders(model, where), meta, prompts, args, cpu)})
     rows = _read(args.results)
     if rows:

@@ -32,7 +32,7 @@ def one_case(preset: str, malloc: str, threads: int, steps: int) -> dict:
 
     from transcoders import PRESETS, TranscoderConfig, build_transcoder
     from transcoders.allocator import keep_freed_memory
-    from transcoders.train import Objective, adam
+    from transcoders.train import Objective, adam, freeze
 
     if malloc == "kept" and not keep_freed_memory():
         raise SystemExit("keep_freed_memory() did not apply here (not glibc, or MALLOC_* set)")
@@ -42,6 +42,7 @@ def one_case(preset: str, malloc: str, threads: int, steps: int) -> dict:
     L, D, N = 30, 576, cfg.batch_tokens
     tc = build_transcoder(TranscoderConfig(kind=cfg.kind, n_layers=L, d_model=D, d_features=cfg.d_features,
                                            activation=cfg.activation, k=cfg.k, skip=cfg.skip)).train()
+    freeze(tc, cfg)  # a CLT started from a PLT trains its decoders only
     objective = Objective(tc, cfg)
     params = [p for p in tc.parameters() if p.requires_grad]
     opt = adam(params, lr=cfg.learning_rate)

@@ -42,7 +42,8 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
         "decoder_lr_scale": args.decoder_lr_scale,
         "batch_tokens": args.batch_tokens, "seq_len": args.seq_len, "num_threads": args.threads,
         "sparsity": args.sparsity, "sparsity_coeff": args.sparsity_coeff, "checkpoint_every": args.checkpoint_every,
-        "precision": args.precision, "skip_init": args.skip_init,
+        "precision": args.precision, "skip_init": args.skip_init, "init_from": args.init_from,
+        "freeze_encoder": args.freeze_encoder,
     }
     if args.l0 is not None and args.activation is None:
         flags["activation"] = "jumprelu"
@@ -84,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from transcoders.distributed import context, init_from_env
     from circuits.replacement.evaluate import evaluate
-    from transcoders.sets import preset_dir
+    from transcoders.sets import load_init, preset_dir
     from transcoders.train import run_name, train
 
     init_from_env()
@@ -108,8 +109,9 @@ def _train(args: argparse.Namespace) -> int:
     if dctx.is_main:
         print(f"training {cfg.kind} ({cfg.activation}, width {cfg.d_features}) on {model.name} for "
               f"{cfg.n_tokens:,} tokens; saving to {out}", file=sys.stderr)
+    init, init_meta = load_init(model, cfg, build=True) if cfg.init_from else (None, {})
     t0, cpu0 = time.perf_counter(), time.process_time()
-    tc = train(model, cfg, corpus=corpus, run_dir=args.run_dir, save_dir=out)
+    tc = train(model, cfg, corpus=corpus, run_dir=args.run_dir, save_dir=out, init=init, metadata=init_meta)
     # CPU time as well as wall time: on a shared machine the wall clock mostly measures the neighbours.
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if dctx.is_main:
@@ -206,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float)
     t.add_argument("--decoder-lr-scale", type=float,
                    help="the decoders learn at --lr times this (a CLT's 0.25: each later layer sums many decoders)")
+    t.add_argument("--init-from", metavar="SET",
+                   help="a CLT only: start from this PLT set's features (preset, directory or hf://), its "
+                        "cross-layer decoders at zero; a preset not built is trained first")
+    t.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction,
+                   help="with --init-from: keep the PLT's encoders, so only the decoders learn (faster steps)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")

@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("transcoders.writes", "transcoders.cache", "transcoders.precision", "transcoders.distributed",
      "transcoders.positions", "transcoders.allocator"),
     ("transcoders.activations", "transcoders.model", "transcoders.sparse", "transcoders.checkpoint"),
+    ("transcoders.warm_start",),
     ("transcoders.harvest", "transcoders.buffer", "transcoders.corpus"),
     ("transcoders.formats",),
     ("transcoders.hub", "transcoders.io"),

@@ -85,8 +85,8 @@ def test_python_m_transcoders_names_the_command_that_works() -> None:
     assert "smollm2-quick" in proc.stdout
 
 
-def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def saved_model_and_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny model saved to ``tmp_path/model`` and documents in ``tmp_path/text``, for the command line."""
     monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))  # the token cache of this text goes here
     model = tiny_model("llama", n_layers=2, d_model=16, d_mlp=32, d_vocab=64, n_ctx=64, init_scale=4.0)
     model.hf.save_pretrained(tmp_path / "model")
@@ -97,6 +97,12 @@ def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: p
     # (tmp_path's number), so 600, not 300: with 300 about one run in twenty held out under 256 tokens.
     for i in range(600):
         (text / f"doc{i}.txt").write_text(" ".join(f"t{(i * 7 + j * j) % 60 + 1}" for j in range(60)))
+    return text
+
+
+def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    text = saved_model_and_text(tmp_path, monkeypatch)
     out = tmp_path / "set"
     main(["train", "--model", str(tmp_path / "model"), "--kind", "clt", "--width", "32", "--k", "4",
           "--n-tokens", "1024", "--batch-tokens", "128", "--seq-len", "32", "--precision", "fp32", "--text", str(text),

@@ -230,10 +230,11 @@ def test_sparse_decode_under_bf16_autocast(kind: str) -> None:
             torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * a.abs().mean().item())
 
 
-@pytest.mark.parametrize("kind", ["plt", "clt"])
-def test_active_encode_is_the_dense_objective(kind: str) -> None:
+@pytest.mark.parametrize("kind, frozen", [("plt", False), ("clt", False), ("clt", True)])
+def test_active_encode_is_the_dense_objective(kind: str, frozen: bool) -> None:
     """TopK training never builds the [N, L, F] activations; its loss, stats and every gradient
-    (encoder included, read only at active entries) equal the dense encode and decode."""
+    (encoder included, read only at active entries) equal the dense encode and decode. With the
+    encoder frozen (a CLT started from a PLT) the decode skips the values' gradient and the rest stay."""
     from transcoders.sparse import can_encode_active
     from transcoders.train import Objective, TrainConfig
 
@@ -249,6 +250,9 @@ def test_active_encode_is_the_dense_objective(kind: str) -> None:
     x, y = torch.randn(40, 4, 8, dtype=torch.float64), torch.randn(40, 4, 8, dtype=torch.float64)
     cfg = TrainConfig(kind=kind, d_features=64, activation="topk", k=3, skip=True)
     assert can_encode_active(tc)
+    if frozen:
+        tc.W_enc.requires_grad_(False)
+        tc.b_enc.requires_grad_(False)
     objective = Objective(tc, cfg)
     params = [p for p in tc.parameters() if p.requires_grad]
     active = objective(x, y, torch.tensor(0.0))

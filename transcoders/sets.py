@@ -76,25 +76,25 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         default=True),
     Preset(
         "smollm2-clt", _SMOLLM2,
-        # The quick preset's recipe and budget (150k tokens) with cross-layer decoders, at k = 64: the
-        # best CLT measured, and still behind the PLT at equal time (BENCHMARKS.md).
-        # No skip: without it the CLT's graphs scored 0.499 / 0.856 against 0.424 / 0.813 with one, in
-        # less time (1,116 s against 1,726 s on 2 AVX2 cores), as the PLT's did.
-        # Decoders at a quarter of the rate (param_groups says why): graphs 0.522 / 0.864 against 0.498 /
-        # 0.856 at the same 150k tokens (bf16, 2 AVX-512 cores; higher on 22 of the 24 prompts), though
-        # held-out FVU 0.408 against 0.389 and KL 2.46 against 2.24; more of each token's top 64 stay
-        # positive (L0 63.9 against 58.7). At x 0.5: 0.511 / 0.860, KL 2.28. Graph quality first, as the
-        # PLT presets chose (no skip).
-        # Batches of 512, not 256: each step also pays a fused Adam update of the CLT's 302M parameters
-        # (0.43 s on 2 AVX2 cores, BENCHMARKS.md), which smaller batches multiply.
-        # A checkpoint every 100 steps, not 20: one is 3.5 GB (the decoders and their Adam moments). The
-        # same 150k-token run took 1,062 s saving every 20 steps and 786 s every 100 (bf16, 2 AVX-512
-        # cores; BENCHMARKS.md): 23 s a save, which every 20 steps was a third of the run.
-        TrainConfig(kind="clt", d_features=1024, activation="topk", k=64, skip=False, n_tokens=150_000,
+        # The first-use PLT (smollm2-quick, trained first if it is not built) made cross-layer: its features,
+        # their same-layer decoders, and cross-layer decoders from zero, which 150k more tokens train with
+        # the encoders frozen (transcoders.warm_start). A CLT trained from scratch lost to the PLT at equal
+        # time at every recipe tried (0.522 / 0.864 at best, in 786 s in bf16 on AVX-512, against the
+        # PLT's 0.622 / 0.907 in 769 s): its 465 layer pairs start as noise and its steps are 4-5x a
+        # PLT's. Started from the PLT, the CLT's steps cost about the PLT's (no encoder gradient), and
+        # 100k tokens from a 150k PLT gave 0.629 / 0.905 against the 300k PLT's 0.622 / 0.907 (864 s
+        # against 769 s; BENCHMARKS.md).
+        # Its decoders at a quarter of the rate: at the full rate (2e-3) the batch FVU rose from 0.40 to
+        # 0.6-0.9 in the first steps; at a tenth, held-out FVU and KL were a little worse (0.372 / 1.47
+        # against 0.366 / 1.41 on 4k tokens). k = 128: the PLT's features were trained to its top 128.
+        # Seed 1: its text comes in another order than the PLT's, so its first steps are not on the PLT's
+        # first chunks. Batches of 512: each step also pays Adam on the 302M decoder weights. A checkpoint
+        # (3.5 GB) every 150 steps.
+        TrainConfig(kind="clt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=150_000,
                     seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=512, lr=2e-3,
-                    decoder_lr_scale=0.25, warmup_steps=10, decay_fraction=0.5, checkpoint_every=100, num_threads=2),
-        cost="about 13 min on 2 idle AVX-512 CPU cores in bf16 (786 s measured, harvest included); at most 19 "
-             "on 2 AVX2 cores in fp32 (1,116 s measured when it saved a checkpoint every 20 steps)"),
+                    decoder_lr_scale=0.25, warmup_steps=10, decay_fraction=0.5, checkpoint_every=150, num_threads=2,
+                    seed=1, init_from="smollm2-quick", freeze_encoder=True),
+        cost="smollm2-quick's training, then about 11 min on 2 idle AVX-512 CPU cores in bf16 (to be measured)"),
     Preset(
         "smollm2-long", _SMOLLM2,
         # The quick recipe on about 9x the tokens, sized to the 2.5-hour budget: 1.3M tokens at the
@@ -151,6 +151,15 @@ def load_transcoders(model: Any, name_or_path: str | Path | None = None, *, chec
                 f"{sorted({p.model for p in PRESETS.values()})}). Fix: train one with "
                 f"`transcoders train --model {model.name} --kind plt --k 32`, or pass a path or hf:// address.")
         name_or_path = preset.name
+    where = set_dir(name_or_path)
+    # Read straight onto the model's device: the set is never held on the CPU on its way to the GPU.
+    tc = load_transcoder_dir(where, model, check_model=check_model, dtype=dtype, device=model.device)
+    return tc.to(model.device)
+
+
+def set_dir(name_or_path: str | Path) -> Path:
+    """The directory that holds the set a preset name, a directory or an ``hf://`` address names
+    (fetched, for the hub); a clear error if there is none."""
     text = str(name_or_path)
     if text in PRESETS:
         where = preset_dir(text)
@@ -168,9 +177,29 @@ def load_transcoders(model: Any, name_or_path: str | Path | None = None, *, chec
         if not where.exists():
             raise TranscoderLoadError(f"no transcoder set at {where}: not a directory, a preset "
                                       f"({', '.join(sorted(PRESETS))}) or an hf:// address. Fix: check the path.")
-    # Read straight onto the model's device: the set is never held on the CPU on its way to the GPU.
-    tc = load_transcoder_dir(where, model, check_model=check_model, dtype=dtype, device=model.device)
-    return tc.to(model.device)
+    return where
+
+
+def load_init(model: Any, cfg: TrainConfig, *, build: bool = False) -> tuple[Transcoder, dict[str, Any]]:
+    """The PLT set ``cfg.init_from`` names, loaded for ``train(init=...)``, and what the CLT started from
+    it records: the set's name, and the tokens and training time it took (so that a CLT's cost counts
+    its start). ``build``: train a preset that is not built yet first, into its own folder, as
+    ``transcoders train --preset`` would, so that one command builds a warm-started CLT preset."""
+    from transcoders.train import train
+
+    name = str(cfg.init_from)
+    if build and name in PRESETS and not (preset_dir(name) / "config.yaml").is_file():
+        log.warning("the CLT starts from the %s set, which is not built: training it first (%s)",
+                    name, PRESETS[name].cost)
+        train(model, PRESETS[name].config, save_dir=preset_dir(name))
+    where = set_dir(name)
+    init = load_transcoders(model, where)
+    saved = read_config(where / "config.yaml").get("circuit_engine", {}) if (where / "config.yaml").is_file() else {}
+    meta: dict[str, Any] = {"init_set": name}
+    for key in ("tokens", "train_seconds", "train_cpu_seconds"):
+        if key in saved:
+            meta[f"init_{key}"] = saved[key]
+    return init, meta
 
 
 def fetch_hf(uri: str) -> Path:

@@ -104,20 +104,23 @@ class _Decode(torch.autograd.Function):
         g_stacked = torch.empty_like(weights[0]) if ctx.stacked else None
         g_vals, g_dec = [], []
         for s, (pat, v, W) in enumerate(zip(ctx.pats, vals.to(go.dtype).split(ctx.sizes), decoders, strict=True)):
-            # The values' gradient stays in the decoders' dtype: sampled_addmm has no bf16 kernel.
-            g_v = torch.zeros_like(v)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for t in range(W.shape[1]):
-                    g_v += torch.sparse.sampled_addmm(pat.mask, go[s + t], W[:, t].t(), beta=0.0).values()
-            g_vals.append(g_v)
+            # The values' gradient stays in the decoders' dtype: sampled_addmm has no bf16 kernel. It is
+            # the decode's largest part, and nothing needs it while the encoder is frozen.
+            if ctx.needs_input_grad[0]:
+                g_v = torch.zeros_like(v)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for t in range(W.shape[1]):
+                        g_v += torch.sparse.sampled_addmm(pat.mask, go[s + t], W[:, t].t(), beta=0.0).values()
+                g_vals.append(g_v)
             tok, v_f = pat.tok[pat.by_feat], v[pat.by_feat].to(ctx.gather)
             g_W = g_stacked[s][:, None, :] if g_stacked is not None else torch.empty_like(W)
             for t in range(W.shape[1]):
                 g_W[:, t] = F.embedding_bag(tok, go_gather[s + t], pat.feat_offsets, mode="sum", per_sample_weights=v_f)
             g_dec.append(g_W)
         g_weights = [g_stacked] if g_stacked is not None else g_dec
-        return (torch.cat(g_vals).to(vals.dtype), None, None, None, *g_weights)
+        g_v_all = torch.cat(g_vals).to(vals.dtype) if g_vals else None
+        return (g_v_all, None, None, None, *g_weights)
 
 
 def _gather_dtype(weight: Tensor) -> torch.dtype:

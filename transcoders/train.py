@@ -37,6 +37,7 @@ from transcoders.model import Activation, Kind, Transcoder, TranscoderConfig, Tr
 from transcoders.positions import FEATURE_START
 from transcoders.precision import Precision, autocast, check_precision, use_bf16
 from transcoders.sparse import can_encode_active, decode_normalised, encode_active, normalised_inputs, sparse_decode
+from transcoders.warm_start import check_compatible, start_from_plt, weights_digest
 
 Sparsity = Literal["tanh", "l0"]
 log = logging.getLogger("transcoders.train")
@@ -64,6 +65,10 @@ class TrainConfig:
     batch_tokens: int = 1024  # pairs per optimiser step (per rank)
     lr: float | None = None  # default: 2e-4 · sqrt(2^14 / d_features), as in sparsify
     decoder_lr_scale: float = 1.0  # the decoders learn at lr times this (param_groups says why)
+    # A CLT only: start from this PLT set's features (a preset, directory or hf://; transcoders.warm_start),
+    # which train() is given as init; optionally with its encoders frozen, so only the decoders learn.
+    init_from: str | None = None
+    freeze_encoder: bool = False
     warmup_steps: int = 50
     decay_fraction: float = 0.2  # linear decay to zero over the last fraction of steps
     grad_clip: float = 1.0
@@ -96,6 +101,12 @@ class TrainConfig:
                              "(--skip), or skip_init='zero'.")
         if self.sparsity not in ("tanh", "l0"):
             raise ValueError(f"sparsity must be 'tanh' or 'l0', not {self.sparsity!r}.")
+        if self.init_from is not None and self.kind != "clt":
+            raise ValueError("init_from starts a CLT from a PLT's features, but kind is "
+                             f"{self.kind!r}. Fix: pass kind='clt' (--kind clt), or leave init_from out.")
+        if self.freeze_encoder and self.init_from is None:
+            raise ValueError("freeze_encoder keeps the encoders as they start, which without init_from is at "
+                             "random. Fix: pass init_from (--init-from SET), or leave freeze_encoder off.")
         if not self.decoder_lr_scale > 0:
             raise ValueError(f"decoder_lr_scale must be positive, not {self.decoder_lr_scale!r}. Fix: pass a "
                              "factor such as 0.25 (--decoder-lr-scale), or 1 for the same rate as the rest.")
@@ -112,7 +123,7 @@ class TrainConfig:
 RESUMABLE_CHANGES = ("checkpoint_every", "num_threads")
 # Fields added after runs existed, with the value that reproduces the behaviour from before them: at
 # that value they are left out of run names and checkpoints, so earlier runs keep their folders and resume.
-ADDED_FIELDS = {"skip_init": "zero", "decoder_lr_scale": 1.0}
+ADDED_FIELDS = {"skip_init": "zero", "decoder_lr_scale": 1.0, "init_from": None, "freeze_encoder": False}
 
 
 def config_record(cfg: TrainConfig) -> dict[str, Any]:
@@ -229,6 +240,14 @@ def param_groups(tc: Transcoder, cfg: TrainConfig) -> list[nn.Parameter] | list[
             {"params": decoders, "lr": cfg.learning_rate * cfg.decoder_lr_scale}]
 
 
+def freeze(tc: Transcoder, cfg: TrainConfig) -> None:
+    """Stop the encoders learning when ``cfg.freeze_encoder`` says so (a CLT started from a PLT's
+    features): Adam then skips them, and the decode skips the values' gradient (transcoders.sparse)."""
+    if cfg.freeze_encoder:
+        for p in (tc.W_enc, tc.b_enc, tc.log_threshold):
+            p.requires_grad_(False)
+
+
 def _clock(began: float, cpu_began: float, prefix: str = "") -> dict[str, float]:
     """Training time so far: wall seconds, and CPU seconds of this process (steadier on a shared machine)."""
     return {f"{prefix}seconds": time.perf_counter() - began, f"{prefix}cpu_seconds": time.process_time() - cpu_began}
@@ -245,14 +264,17 @@ def _snapshot(tc: Transcoder, where: Path, metadata: dict[str, Any]) -> None:
     save_transcoders(copy, where, metadata=metadata)
 
 
-def run_name(model_name: str, cfg: TrainConfig, text: str | None = None) -> str:
+def run_name(model_name: str, cfg: TrainConfig, text: str | None = None, init: str | None = None) -> str:
     """A readable run-directory name with a hash of everything that changes the result.
 
     ``text``: the corpus's ``identity()``; None (the packaged default) leaves it out of the hash.
+    ``init``: the starting set's ``weights_digest`` (``cfg.init_from`` only names it).
     """
     keyed = {k: v for k, v in config_record(cfg).items() if k not in RESUMABLE_CHANGES}
     if text is not None:
         keyed["text"] = text
+    if init is not None:
+        keyed["init"] = init
     digest = hashlib.sha256(json.dumps([model_name, keyed], sort_keys=True, default=str).encode()).hexdigest()[:10]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_name.split("/")[-1].lower())
     return f"{slug}-{cfg.kind}-{cfg.activation}-w{cfg.d_features}-{digest}"
@@ -321,7 +343,8 @@ def _token_batches(model: HarvestModel, corpus: Any, cfg: TrainConfig) -> tuple[
 def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir: str | Path | None = None,
           save_dir: str | Path | None = None, token_batches: Callable[[], Iterator[Tensor]] | None = None,
           callback: Callable[[int, StepStats], None] | None = None, progress: bool = True,
-          save_at: Sequence[int] = ()) -> Transcoder:
+          save_at: Sequence[int] = (), init: Transcoder | None = None,
+          metadata: dict[str, Any] | None = None) -> Transcoder:
     """Train a transcoder set for ``model``; resume from ``run_dir`` when it holds a checkpoint.
 
     Args:
@@ -337,6 +360,9 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
             ``train_cpu_seconds``, the time spent training so far, resumed runs included). One run then gives a
             quality-against-budget curve; each snapshot is taken at the learning rate of that moment,
             not after a decay of its own.
+        init: the PLT set ``cfg.init_from`` names, loaded (``transcoders.load_transcoders``); a new run
+            starts from its features (``transcoders.warm_start``). Its weights are part of the run's name.
+        metadata: more to save with the set (``transcoders train`` records the init's training time).
 
     Returns the trained transcoder in eval mode with its normalisation folded into the weights.
     """
@@ -352,11 +378,18 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     if total < 1:
         raise ValueError(f"n_tokens={cfg.n_tokens} is less than one step ({per_step} tokens over {dctx.world} "
                          "rank(s)). Fix: raise n_tokens or lower batch_tokens.")
+    if (cfg.init_from is None) != (init is None):
+        raise ValueError(f"init_from={cfg.init_from!r} names the set a CLT starts from, and train() needs it loaded as "
+                         "init, or neither. Fix: pass init=load_transcoders(model, cfg.init_from), or use "
+                         "`transcoders train --init-from SET`.")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     tc_cfg = TranscoderConfig(kind=cfg.kind, n_layers=n_layers, d_model=d_model, d_features=cfg.d_features,
                               activation=cfg.activation, k=cfg.k, skip=cfg.skip, model_name=model.name,
                               input_site=cfg.input_site, output_site=cfg.output_site)
     tc = build_transcoder(tc_cfg).to(device).train()
+    if init is not None:
+        check_compatible(tc, init)  # before harvesting anything
+    freeze(tc, cfg)  # before the optimiser is built: it takes only what learns
 
     spec = StreamSpec(cfg.chunk_batches, cfg.model_batch * (cfg.seq_len - cfg.skip_first), cfg.batch_tokens,
                       cfg.chunk_epochs)
@@ -367,7 +400,8 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     stream = PairStream(model, token_batches, spec, seed=cfg.seed,
                         rank=dctx.rank, world=dctx.world, input_site=cfg.input_site, output_site=cfg.output_site,
                         precision=cfg.precision, skip_first=cfg.skip_first)
-    run_dir = Path(run_dir) if run_dir is not None else cache_dir("transcoders", "runs", run_name(model.name, cfg, text))
+    run_dir = Path(run_dir) if run_dir is not None else cache_dir("transcoders", "runs", run_name(
+        model.name, cfg, text, weights_digest(init) if init is not None else None))
     cfg_dict = {**config_record(cfg), "model_name": model.name, "world": dctx.world, **({"text": text} if text else {})}
 
     opt = adam(param_groups(tc, cfg), lr=cfg.learning_rate)
@@ -389,6 +423,8 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     else:
         x0, y0 = stream.chunk(0)
         _init_normalisation(tc, x0, y0)
+        if init is not None:
+            start_from_plt(tc, init.to(device))  # type: ignore[arg-type]  # a CLT: check_compatible said so
         if cfg.skip_init == "lstsq":
             fvu = _fit_skip(tc, x0, y0)
             log.info("least-squares skip: FVU %.3f (mean over layers) before any feature", float(fvu.mean()))
@@ -442,7 +478,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         if dctx.is_main:
             for m in crossed:
                 _snapshot(tc, run_dir / f"tokens-{m}", {"train_config": cfg_dict, "steps": step + 1, "tokens": tokens,
-                                                        **_clock(began, cpu_began, prefix="train_")})
+                                                        **_clock(began, cpu_began, prefix="train_"), **(metadata or {})})
         # Dead: silent for the last dead_window tokens (early on: never fired yet).
         dead = (last_fired <= tokens - min(cfg.dead_window, tokens)).float().mean()
         bar.set_postfix(fvu=f"{fvu.mean():.3f}", l0=f"{l0.mean():.1f}", dead=f"{dead:.3f}", refresh=False)
@@ -460,6 +496,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         # "auto" depends on the machine, so the set records what its training actually ran in.
         ran_in = "bf16" if use_bf16(device, cfg.precision) else "fp32"
         save_transcoders(tc, save_dir, metadata={"train_config": cfg_dict, "steps": total, "tokens": tokens,
-                                                 "trained_in": ran_in, **_clock(began, cpu_began, prefix="train_")})
+                                                 "trained_in": ran_in, **_clock(began, cpu_began, prefix="train_"),
+                                                 **(metadata or {})})
     barrier()
     return tc
