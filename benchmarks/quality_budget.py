@@ -199,7 +199,7 @@ def main() -> None:
         preset = args.preset or {"plt": "smollm2-quick", "clt": "smollm2-clt"}[kind]
         cfg = PRESETS[preset].train_config(kind=kind, n_tokens=max(args.budgets),
                                                 num_threads=args.threads, **overrides)
-        init, init_meta = load_init(model, cfg, build=True) if cfg.init_from else (None, {})
+        init, init_meta = load_init(model, cfg, build=not args.measure_only) if cfg.init_from else (None, {})
         digest = weights_digest(init) if init is not None else None
         run_dir = cache_dir("transcoders", "runs", run_name(model.name, cfg, init=digest))
         # A row names the preset whose own run this is (to 1.3M tokens the PLT's is smollm2-long's),
