@@ -25,7 +25,7 @@ from transcoders.formats.sparsify import is_sparsify_dir
 from transcoders.hub import HubUnavailableError, hub_call, parse_hf
 from transcoders.io import load_transcoder_dir, read_config
 from transcoders.model import Transcoder
-from transcoders.train import ADDED_FIELDS, RESUMABLE_CHANGES, TrainConfig, config_record
+from transcoders.train import ADDED_FIELDS, RESUMABLE_CHANGES, TrainConfig, config_record, train
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,6 @@ def load_init(model: Any, cfg: TrainConfig, *, build: bool = False) -> tuple[Tra
     it records: the set's name, and the tokens and training time it took (so that a CLT's cost counts
     its start). ``build``: train a preset that is not built yet first, into its own folder, as
     ``transcoders train --preset`` would, so that one command builds a warm-started CLT preset."""
-    from transcoders.train import train
-
     name = str(cfg.init_from)
     if build and name in PRESETS and not (preset_dir(name) / "config.yaml").is_file():
         log.warning("the CLT starts from the %s set, which is not built: training it first (%s)",
