@@ -118,18 +118,21 @@ def _plot(rows: list[dict[str, str]], path: Path) -> bool:
     return True
 
 
+def _with_init(meta: dict, key: str, own: float) -> float:
+    """A set's ``own`` tokens or training seconds, plus its start's (``init_<key>``) for a CLT started
+    from a PLT set (init_from): its cost includes that set's training."""
+    return own + meta.get(f"init_{key}", 0)
+
+
 def _measure(model, tc, meta: dict, prompts: list, args: argparse.Namespace, cpu: str) -> dict[str, object]:
     """One row's measures of the set ``tc``: held-out FVU/CE/KL, graph scores, training time from ``meta``."""
     from circuits.replacement import evaluate
 
     ev = evaluate(model, tc, n_tokens=args.eval_tokens, precision="fp32").summary()
     scores = score_prompts(model, tc, prompts, max_features=args.max_features, label=f"{tc.cfg.kind}")
-    # A CLT started from a PLT set (init_from) took that set's training too.
-    wall = meta.get("train_seconds", float("nan")) + meta.get("init_train_seconds", 0.0)
-    cpu_s = meta.get("train_cpu_seconds", float("nan")) + meta.get("init_train_cpu_seconds", 0.0)
     return {
-        "train_s": f"{wall:.0f}",
-        "train_cpu_s": f"{cpu_s:.0f}",
+        "train_s": f"{_with_init(meta, 'train_seconds', meta.get('train_seconds', float('nan'))):.0f}",
+        "train_cpu_s": f"{_with_init(meta, 'train_cpu_seconds', meta.get('train_cpu_seconds', float('nan'))):.0f}",
         "fvu": f"{ev['fvu']:.3f}", "ce_replaced": f"{ev['ce_replaced']:.3f}", "ce_model": f"{ev['ce_model']:.3f}",
         "kl": f"{ev['kl']:.3f}",
         "replacement": f"{statistics.fmean(r[2] for r in scores):.3f}",
@@ -191,7 +194,7 @@ def main() -> None:
                   if k in ("batch_tokens", "lr", "decoder_lr_scale", "decay_fraction", "warmup_steps",
                            "chunk_epochs", "init_from", "freeze_encoder")}
         row = {"kind": meta.get("kind", "?"), "preset": where.name, "overrides": str(recipe),
-               "tokens": int(meta.get("tokens", 0)) + int(meta.get("init_tokens", 0))}
+               "tokens": int(_with_init(meta, "tokens", meta.get("tokens", 0)))}
         if (row["kind"], row["preset"], row["overrides"], str(row["tokens"]), str(len(prompts))) in done:
             continue
         _append(args.results, {**row, **_measure(model, load_transcoders(model, where), meta, prompts, args, cpu)})
@@ -205,7 +208,8 @@ def main() -> None:
         # A row names the preset whose own run this is (to 1.3M tokens the PLT's is smollm2-long's),
         # so that a snapshot of a long run is not read as the short preset's result.
         label = next((name for name, p in PRESETS.items()
-                      if run_name(model.name, p.config, init=digest) == run_dir.name), f"{preset} recipe to {cfg.n_tokens:,} tokens")
+                      if run_name(model.name, p.config, init=digest) == run_dir.name),
+                     f"{preset} recipe to {cfg.n_tokens:,} tokens")
         print(f"# {kind}: {cfg.n_tokens:,} tokens in {run_dir}, snapshots at {args.budgets}", file=sys.stderr)
         if not args.measure_only:
             train(model, cfg, run_dir=run_dir, save_at=args.budgets, init=init, metadata=init_meta)
@@ -216,7 +220,7 @@ def main() -> None:
             if not (where / "config.yaml").is_file():
                 continue
             meta = read_config(where / "config.yaml").get("circuit_engine", {})
-            tokens = budget + int(meta.get("init_tokens", 0))  # a warm-started CLT's count includes its start's
+            tokens = int(_with_init(meta, "tokens", budget))
             if (kind, label, str(overrides), str(tokens), str(len(prompts))) in done:
                 continue
             _append(args.results, {"kind": kind, "preset": label, "overrides": str(overrides), "tokens": tokens,
