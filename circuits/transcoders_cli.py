@@ -54,7 +54,12 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
             raise SystemExit(f"preset {preset.name} is for {preset.model}, not {args.model}. "
                              "Fix: drop --model, or pass --force.")
         return preset.train_config(**given), preset.model
-    if args.k is None and args.l0 is None:
+    if args.init_from:
+        # A CLT started from a PLT has the PLT's shape: flags given still override (and a mismatch is named).
+        from transcoders.sets import init_shape
+
+        given = {"kind": "clt", **init_shape(args.init_from), **given}
+    if "k" not in given and "l0" not in given:
         raise SystemExit("say how sparse: --k K (TopK/BatchTopK) or --l0 TARGET (JumpReLU), or pick a --preset "
                          f"({', '.join(PRESETS)}).")
     return TrainConfig(**given), args.model

@@ -156,6 +156,36 @@ def test_a_set_built_with_an_older_recipe_is_named(tmp_path: Path, monkeypatch: 
     (preset_dir("smollm2-clt") / "config.yaml").write_text(
         yaml.safe_dump({"circuit_engine": {"train_config": old_clt}}))
     assert stale_fields("smollm2-clt") == ["decoder_lr_scale"]
+    # A CLT started from a preset's PLT is stale when that PLT's recipe has changed since.
+    (preset_dir("smollm2-clt") / "config.yaml").write_text(yaml.safe_dump({"circuit_engine": {
+        "train_config": clt, "init_train_config": {**recipe, "lr": 1e-3, "num_threads": 7}}}))
+    assert stale_fields("smollm2-clt") == ["smollm2-quick's lr"]
+    (preset_dir("smollm2-clt") / "config.yaml").write_text(yaml.safe_dump({"circuit_engine": {
+        "train_config": clt, "init_train_config": recipe}}))
+    assert stale_fields("smollm2-clt") == []
+
+
+@pytest.mark.parametrize(("flags", "want"), [
+    ([], ("clt", 1024, "topk", 128)),  # the preset's shape; it need not be built
+    (["--k", "64"], ("clt", 1024, "topk", 64)),  # a flag still overrides (check_compatible then refuses it)
+])
+def test_init_from_takes_the_plts_shape(flags: list[str], want: tuple, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`transcoders train --init-from PRESET` without shape flags trains a CLT of the PLT's shape."""
+    import circuits.transcoders_cli as tcli
+
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    seen = []
+
+    def stop_after(args):
+        seen.append(real(args)[0])
+        raise SystemExit(0)
+
+    real = tcli._train_config
+    monkeypatch.setattr(tcli, "_train_config", stop_after)
+    with pytest.raises(SystemExit):
+        main(["train", "--init-from", "smollm2-quick", *flags])
+    assert (seen[0].kind, seen[0].d_features, seen[0].activation, seen[0].k) == want
 
 
 def test_the_long_preset_is_the_quick_recipe_on_more_tokens() -> None:

@@ -128,17 +128,19 @@ def test_a_clt_from_a_plt_on_the_command_line(tmp_path: Path, monkeypatch: pytes
     from tests.test_transcoder_cli import saved_model_and_text
 
     text = saved_model_and_text(tmp_path, monkeypatch)
-    common = ["--model", str(tmp_path / "model"), "--width", "32", "--k", "4", "--n-tokens", "1024",
-              "--batch-tokens", "128", "--seq-len", "32", "--precision", "fp32", "--text", str(text),
-              "--eval-tokens", "0"]
-    main(["train", "--kind", "plt", *common, "--out", str(tmp_path / "plt"), "--run-dir", str(tmp_path / "r1")])
-    main(["train", "--kind", "clt", *common, "--out", str(tmp_path / "clt"), "--run-dir", str(tmp_path / "r2"),
+    common = ["--model", str(tmp_path / "model"), "--n-tokens", "1024", "--batch-tokens", "128", "--seq-len", "32",
+              "--precision", "fp32", "--text", str(text), "--eval-tokens", "0"]
+    main(["train", "--kind", "plt", "--width", "32", "--k", "4", *common, "--out", str(tmp_path / "plt"),
+          "--run-dir", str(tmp_path / "r1")])
+    # No --kind, --width or --k: a CLT started from a PLT takes the PLT's shape.
+    main(["train", *common, "--out", str(tmp_path / "clt"), "--run-dir", str(tmp_path / "r2"),
           "--init-from", str(tmp_path / "plt"), "--freeze-encoder", "--seed", "1"])
     meta = yaml.safe_load((tmp_path / "clt" / "config.yaml").read_text())["circuit_engine"]
     plt_meta = yaml.safe_load((tmp_path / "plt" / "config.yaml").read_text())["circuit_engine"]
     assert meta["init_set"] == str(tmp_path / "plt")
     assert meta["init_train_seconds"] == plt_meta["train_seconds"] and meta["train_config"]["freeze_encoder"]
+    assert meta["init_train_config"] == plt_meta["train_config"]  # what stale_fields checks a preset's init by
     model = load_model(str(tmp_path / "model"))
     plt, clt = load_transcoders(model, tmp_path / "plt"), load_transcoders(model, tmp_path / "clt")
-    assert clt.cfg.kind == "clt"
+    assert (clt.cfg.kind, clt.cfg.d_features, clt.cfg.k) == ("clt", 32, 4)
     torch.testing.assert_close(clt.W_enc, plt.W_enc)

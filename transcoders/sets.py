@@ -67,6 +67,25 @@ _QUICK = TrainConfig(kind="plt", d_features=1024, activation="topk", k=128, skip
                      seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
                      warmup_steps=10, decay_fraction=0.5, checkpoint_every=150, num_threads=2)
 
+# smollm2-clt: the first-use PLT (smollm2-quick, trained first if it is not built) made cross-layer: its features,
+# their same-layer decoders, and cross-layer decoders from zero, which 150k more tokens train with
+# the encoders frozen (transcoders.warm_start). A CLT trained from scratch lost to the PLT at equal
+# time at every recipe tried (0.522 / 0.864 at best, in 786 s in bf16 on AVX-512, against the
+# PLT's 0.622 / 0.907 in 769 s): its 465 layer pairs start as noise and its steps are 4-5x a
+# PLT's. Started from the PLT, its steps skip the encoder's gradient. This recipe: 0.644 / 0.910,
+# held-out KL 1.32, in 1,255 s (the PLT's 529 s included), against the PLT trained to the same
+# time (470k tokens, 1,223 s): 0.637 / 0.912, KL 1.45 (bf16 on 2 AVX-512 cores; BENCHMARKS.md).
+# Its decoders at a quarter of the rate: at the full rate (2e-3) the batch FVU rose from 0.40 to
+# 0.6-0.9 in the first steps; at a tenth, held-out FVU and KL were a little worse (0.372 / 1.47
+# against 0.366 / 1.41 on 4k tokens). k = 128: the PLT's features were trained to its top 128.
+# Seed 1: its text comes in another order than the PLT's, so its first steps are not on the PLT's
+# first chunks. Batches of 512: each step also pays Adam on the 302M decoder weights. A checkpoint
+# (3.5 GB) every 150 steps.
+_CLT_PHASE = TrainConfig(kind="clt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=150_000,
+                         seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=512, lr=2e-3,
+                         decoder_lr_scale=0.25, warmup_steps=10, decay_fraction=0.5, checkpoint_every=150,
+                         num_threads=2, seed=1, init_from="smollm2-quick", freeze_encoder=True)
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "smollm2-quick", _SMOLLM2,
@@ -76,24 +95,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         default=True),
     Preset(
         "smollm2-clt", _SMOLLM2,
-        # The first-use PLT (smollm2-quick, trained first if it is not built) made cross-layer: its features,
-        # their same-layer decoders, and cross-layer decoders from zero, which 150k more tokens train with
-        # the encoders frozen (transcoders.warm_start). A CLT trained from scratch lost to the PLT at equal
-        # time at every recipe tried (0.522 / 0.864 at best, in 786 s in bf16 on AVX-512, against the
-        # PLT's 0.622 / 0.907 in 769 s): its 465 layer pairs start as noise and its steps are 4-5x a
-        # PLT's. Started from the PLT, its steps skip the encoder's gradient. This recipe: 0.644 / 0.910,
-        # held-out KL 1.32, in 1,255 s (the PLT's 529 s included), against the PLT trained to the same
-        # time (470k tokens, 1,223 s): 0.637 / 0.912, KL 1.45 (bf16 on 2 AVX-512 cores; BENCHMARKS.md).
-        # Its decoders at a quarter of the rate: at the full rate (2e-3) the batch FVU rose from 0.40 to
-        # 0.6-0.9 in the first steps; at a tenth, held-out FVU and KL were a little worse (0.372 / 1.47
-        # against 0.366 / 1.41 on 4k tokens). k = 128: the PLT's features were trained to its top 128.
-        # Seed 1: its text comes in another order than the PLT's, so its first steps are not on the PLT's
-        # first chunks. Batches of 512: each step also pays Adam on the 302M decoder weights. A checkpoint
-        # (3.5 GB) every 150 steps.
-        TrainConfig(kind="clt", d_features=1024, activation="topk", k=128, skip=False, n_tokens=150_000,
-                    seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=512, lr=2e-3,
-                    decoder_lr_scale=0.25, warmup_steps=10, decay_fraction=0.5, checkpoint_every=150, num_threads=2,
-                    seed=1, init_from="smollm2-quick", freeze_encoder=True),
+        _CLT_PHASE,
         cost="smollm2-quick's training, then 12 min more on 2 idle AVX-512 CPU cores in bf16 (725 s measured, "
              "harvest and checkpoints included; 21 min in all with the PLT's 529 s)"),
     Preset(
@@ -110,6 +112,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         dataclasses.replace(_QUICK, n_tokens=1_300_000, checkpoint_every=200),
         cost="about 1.2-2.2 hours on 2 idle AVX2 CPU cores (4,383 s measured at k = 128, the host leaving its fast "
              "hour; 163-189 tokens/s in its slow one; resumable across runs; minutes on a GPU)"),
+    Preset(
+        "smollm2-long-clt", _SMOLLM2,
+        # The long PLT (smollm2-long, trained first if it is not built) made cross-layer as smollm2-clt makes
+        # the quick one, on 450k more tokens: the 2.5-hour budget's remainder after the PLT's hour or so.
+        dataclasses.replace(_CLT_PHASE, n_tokens=450_000, init_from="smollm2-long"),
+        cost="smollm2-long's training, then about 36 min more on 2 idle AVX-512 CPU cores in bf16 (at the "
+             "206 tokens/s smollm2-clt's phase ran); resumable across runs"),
 )}
 
 
@@ -126,12 +135,26 @@ def preset_dir(name: str) -> Path:
 
 def stale_fields(name: str) -> list[str]:
     """The recipe fields in which the set built for preset ``name`` differs from the preset now: a set
-    trained before its recipe changed. Empty when it is current, or not built."""
+    trained before its recipe changed. Empty when it is current, or not built.
+
+    A CLT started from a preset's PLT (``init_from``) is also stale when that PLT's recipe has changed
+    since: the fields then read ``"smollm2-quick's lr"``."""
     where = preset_dir(name) / "config.yaml"
     if not where.is_file():
         return []
-    saved = read_config(where).get("circuit_engine", {}).get("train_config", {})
-    want = {k: v for k, v in config_record(PRESETS[name].config).items() if k not in RESUMABLE_CHANGES}
+    meta = read_config(where).get("circuit_engine", {})
+    config = PRESETS[name].config
+    stale = _differs(meta.get("train_config", {}), config)
+    # Sets saved before the init's recipe was recorded cannot be checked against it.
+    init = config.init_from
+    if init in PRESETS and "init_train_config" in meta:
+        stale += [f"{init}'s {k}" for k in _differs(meta["init_train_config"], PRESETS[init].config)]
+    return stale
+
+
+def _differs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The fields that change the result in which a set's saved ``train_config`` differs from ``config``."""
+    want = {k: v for k, v in config_record(config).items() if k not in RESUMABLE_CHANGES}
     # A set saved before a field existed lacks it, and was trained at the field's old behaviour.
     return sorted(k for k, v in want.items()
                   if (k in saved or k in ADDED_FIELDS) and saved.get(k, ADDED_FIELDS.get(k)) != v)
@@ -195,10 +218,27 @@ def load_init(model: Any, cfg: TrainConfig, *, build: bool = False) -> tuple[Tra
     init = load_transcoders(model, where)
     saved = read_config(where / "config.yaml").get("circuit_engine", {}) if (where / "config.yaml").is_file() else {}
     meta: dict[str, Any] = {"init_set": name}
-    for key in ("tokens", "train_seconds", "train_cpu_seconds"):
+    for key in ("tokens", "train_seconds", "train_cpu_seconds", "train_config"):  # the recipe: stale_fields
         if key in saved:
             meta[f"init_{key}"] = saved[key]
     return init, meta
+
+
+# The fields a CLT must share with the PLT it starts from (transcoders.warm_start.check_compatible).
+SHAPE_FIELDS = ("d_features", "activation", "k", "skip", "input_site", "output_site")
+
+
+def init_shape(name_or_path: str | Path) -> dict[str, Any]:
+    """The ``TrainConfig`` fields a CLT started from this PLT set must take from it (its width,
+    activation, k, skip and sites), so that ``--init-from SET`` needs no shape flags. A preset's come
+    from its recipe (it need not be built yet); a saved set's from its config.yaml. Empty for a set
+    that records none (another format): the CLT's own flags then decide, and a mismatch is named."""
+    text = str(name_or_path)
+    if text in PRESETS:
+        return {k: getattr(PRESETS[text].config, k) for k in SHAPE_FIELDS}
+    config = set_dir(text) / "config.yaml"
+    saved = read_config(config).get("circuit_engine", {}) if config.is_file() else {}
+    return {k: saved[k] for k in SHAPE_FIELDS if k in saved}
 
 
 def fetch_hf(uri: str) -> Path:
