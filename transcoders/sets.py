@@ -67,8 +67,8 @@ _QUICK = TrainConfig(kind="plt", d_features=1024, activation="topk", k=128, skip
                      seq_len=128, model_batch=8, chunk_batches=16, batch_tokens=256, lr=2e-3,
                      warmup_steps=10, decay_fraction=0.5, checkpoint_every=150, num_threads=2)
 
-# smollm2-clt: the first-use PLT (smollm2-quick, trained first if it is not built) made cross-layer: its features,
-# their same-layer decoders, and cross-layer decoders from zero, which 150k more tokens train with
+# smollm2-clt: the first-use PLT (smollm2-quick, trained first if it is not built) made
+# cross-layer: its features, their same-layer decoders, and cross-layer decoders from zero, which 150k more tokens train with
 # the encoders frozen (transcoders.warm_start). A CLT trained from scratch lost to the PLT at equal
 # time at every recipe tried (0.522 / 0.864 at best, in 786 s in bf16 on AVX-512, against the
 # PLT's 0.622 / 0.907 in 769 s): its 465 layer pairs start as noise and its steps are 4-5x a
@@ -116,9 +116,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         "smollm2-long-clt", _SMOLLM2,
         # The long PLT (smollm2-long, trained first if it is not built) made cross-layer as smollm2-clt makes
         # the quick one, on 450k more tokens: the 2.5-hour budget's remainder after the PLT's hour or so.
+        # Its snapshot at 150k (learning rate not yet decayed): 0.683 / 0.927, KL 1.16, in 62 min with the
+        # PLT's 52 (bf16 on 2 AVX-512 cores), against the long PLT's 0.661 / 0.921, KL 1.26 (BENCHMARKS.md).
         dataclasses.replace(_CLT_PHASE, n_tokens=450_000, init_from="smollm2-long"),
-        cost="smollm2-long's training, then about 36 min more on 2 idle AVX-512 CPU cores in bf16 (at the "
-             "206 tokens/s smollm2-clt's phase ran); resumable across runs"),
+        cost="smollm2-long's training, then about 32 min more on 2 idle AVX-512 CPU cores in bf16 (its first "
+             "150k tokens took 636 s, 236 tokens/s); resumable across runs"),
 )}
 
 
