@@ -26,6 +26,7 @@ from transcoders.hub import HubUnavailableError, hub_call, parse_hf
 from transcoders.io import load_transcoder_dir, read_config
 from transcoders.model import Transcoder
 from transcoders.train import ADDED_FIELDS, RESUMABLE_CHANGES, TrainConfig, config_record, train
+from transcoders.warm_start import SHAPE_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,6 @@ def load_init(model: Any, cfg: TrainConfig, *, build: bool = False) -> tuple[Tra
         if key in saved:
             meta[f"init_{key}"] = saved[key]
     return init, meta
-
-
-# The fields a CLT must share with the PLT it starts from (transcoders.warm_start.check_compatible).
-SHAPE_FIELDS = ("d_features", "activation", "k", "skip", "input_site", "output_site")
 
 
 def init_shape(name_or_path: str | Path) -> dict[str, Any]:

@@ -17,6 +17,10 @@ import torch
 from transcoders.model import CrossLayerTranscoder, Transcoder
 
 
+# The TrainConfig fields a CLT shares with the PLT it starts from (transcoders.sets.init_shape reads them).
+SHAPE_FIELDS = ("d_features", "activation", "k", "skip", "input_site", "output_site")
+
+
 def check_compatible(clt: Transcoder, plt: Transcoder) -> None:
     """Raise ``ValueError`` naming the mismatch if ``clt`` cannot start from ``plt``'s features."""
     if plt.cfg.kind != "plt":
@@ -25,7 +29,7 @@ def check_compatible(clt: Transcoder, plt: Transcoder) -> None:
     if clt.cfg.kind != "clt":
         raise ValueError(f"init_from starts a CLT from a PLT, but this run trains kind {clt.cfg.kind!r}. "
                          "Fix: pass kind='clt' (--kind clt), or leave init_from out.")
-    for name in ("n_layers", "d_model", "d_features", "activation", "skip", "input_site", "output_site"):
+    for name in ("n_layers", "d_model", *(f for f in SHAPE_FIELDS if f != "k")):  # k matters for TopK only
         a, b = getattr(clt.cfg, name), getattr(plt.cfg, name)
         if a != b:
             raise ValueError(f"the PLT to start from has {name}={b!r}, the CLT {name}={a!r}; they must match. "
