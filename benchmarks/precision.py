@@ -4,10 +4,16 @@ Prints GFLOP/s of a float32 and a bf16-autocast matrix product on this CPU (one 
 threads), the speedup ``transcoders.precision``'s probe measures, and what ``precision="auto"``
 picks here. On an AVX2 CPU bf16 is emulated and runs tens of times slower than float32; with
 AVX-512 BF16 or AMX units it runs faster.
+
+``--probe-repeats N`` runs the probe N more times (each a fresh measurement, as a new process would
+make) and prints the spread of its speedup and how often ``"auto"`` would pick bf16: run it idle and
+beside a busy neighbour to see whether the decision holds under load.
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,7 +43,18 @@ def gflops(n: int, bf16: bool, seconds: float = 1.0) -> float:
     return best
 
 
+def probe_spread(repeats: int) -> None:
+    """The probe measured ``repeats`` times afresh: its speedup's spread and how often it picks bf16."""
+    runs = [precision._probe_speedup.__wrapped__() for _ in range(repeats)]
+    picks = sum(r >= precision.MIN_SPEEDUP for r in runs)
+    print(f"\n| probe repeats | speedup min | median | max | picks bf16 (>= {precision.MIN_SPEEDUP}) |\n|---|---|---|---|---|")
+    print(f"| {repeats} | {min(runs):.2f} | {statistics.median(runs):.2f} | {max(runs):.2f} | {picks} of {repeats} |")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probe-repeats", type=int, default=0, help="measure the probe this many more times")
+    args = parser.parse_args()
     print_machine()
     threads = torch.get_num_threads()
     print("\n| matmul 512x512 | threads | fp32 GFLOP/s | bf16 autocast GFLOP/s | bf16 / fp32 |\n|---|---|---|---|---|")
@@ -50,6 +67,8 @@ def main() -> None:
     probe = precision._probe_speedup()
     print(f"\n# bf16 units (AVX-512 BF16 or AMX): {units}; the probe's bf16 speedup: {probe:.3f}x; "
           f"precision='auto' picks {'bf16' if precision.use_bf16('cpu') else 'fp32'}")
+    if args.probe_repeats:
+        probe_spread(args.probe_repeats)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
         "batch_tokens": args.batch_tokens, "seq_len": args.seq_len, "num_threads": args.threads,
         "sparsity": args.sparsity, "sparsity_coeff": args.sparsity_coeff, "checkpoint_every": args.checkpoint_every,
         "precision": args.precision, "skip_init": args.skip_init, "init_from": args.init_from,
-        "freeze_encoder": args.freeze_encoder,
+        "freeze_encoder": args.freeze_encoder, "warmup_steps": args.warmup_steps,
+        "decay_fraction": args.decay_fraction, "model_batch": args.model_batch,
     }
     if args.l0 is not None and args.activation is None:
         flags["activation"] = "jumprelu"
@@ -210,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--n-tokens", type=int)
     t.add_argument("--batch-tokens", type=int)
     t.add_argument("--seq-len", type=int)
+    t.add_argument("--model-batch", type=int, help="rows of --seq-len tokens harvested a forward")
     t.add_argument("--lr", type=float)
+    t.add_argument("--warmup-steps", type=int, help="steps of linear warm-up of the learning rate")
+    t.add_argument("--decay-fraction", type=float,
+                   help="the learning rate decays linearly to zero over this last fraction of the steps")
     t.add_argument("--decoder-lr-scale", type=float,
                    help="the decoders learn at --lr times this (a CLT's 0.25: each later layer sums many decoders)")
     t.add_argument("--init-from", metavar="SET",

@@ -59,6 +59,26 @@ def test_probe_measures_this_machine() -> None:
     assert precision._probe_speedup() == speedup  # once per process
 
 
+@pytest.mark.parametrize("neighbour", ["stops", "starts"])
+@pytest.mark.parametrize("reads", [2, 5, 6, 7, 12, 21])
+def test_probe_holds_when_a_neighbour_takes_the_cpu_for_part_of_it(monkeypatch: pytest.MonkeyPatch, neighbour: str,
+                                                                    reads: int) -> None:
+    """A neighbour that stops (or starts) after any of the probe's first clock reads slows whatever runs
+    then, 3x: the probe still reads the CPU's speedup (here bf16 at 2x) instead of blaming one precision
+    for the neighbour. (Three fp32 timings then three bf16 ones read 6x or 0.67x at 6 reads.)"""
+    clock = {"t": 0.0, "reads": 0}
+
+    def fake_clock() -> float:  # each read advances by the cost of the matmul it starts or ends
+        now, n = clock["t"], clock["reads"]
+        slow = 3.0 if (n < reads) == (neighbour == "stops") else 1.0
+        clock["t"] += slow * (0.5 if torch.is_autocast_enabled("cpu") else 1.0) * 1e-3
+        clock["reads"] += 1
+        return now
+
+    monkeypatch.setattr(precision.time, "perf_counter", fake_clock)
+    assert precision._probe_speedup.__wrapped__() == pytest.approx(2.0)
+
+
 def test_bad_precision_names_the_choices() -> None:
     assert check_precision(True) == "auto" and check_precision(False) == "fp32"
     with pytest.raises(ValueError, match="Fix: pass 'auto'"):

@@ -25,13 +25,16 @@ def test_preset_for_another_model() -> None:
         main(["train", "--preset", "smollm2-quick", "--model", "gpt2"])
 
 
-@pytest.mark.parametrize(("preset", "flags", "skip", "decoder_lr_scale"), [
-    ("smollm2-clt", [], False, 0.25), ("smollm2-clt", ["--skip", "--decoder-lr-scale", "1"], True, 1.0),
-    ("smollm2-quick", ["--skip"], True, 1.0), ("smollm2-quick", ["--skip", "--no-skip"], False, 1.0),
+@pytest.mark.parametrize(("preset", "flags", "want"), [
+    ("smollm2-clt", [], {"skip": False, "decoder_lr_scale": 0.25, "decay_fraction": 0.5, "model_batch": 8}),
+    ("smollm2-clt", ["--skip", "--decoder-lr-scale", "1"], {"skip": True, "decoder_lr_scale": 1.0}),
+    ("smollm2-quick", ["--skip"], {"skip": True, "decoder_lr_scale": 1.0}),
+    ("smollm2-quick", ["--skip", "--no-skip"], {"skip": False}),
+    ("smollm2-quick", ["--decay-fraction", "0.2", "--warmup-steps", "50", "--model-batch", "16"],
+     {"decay_fraction": 0.2, "warmup_steps": 50, "model_batch": 16, "lr": 2e-3}),
 ])
-def test_flags_override_the_preset(preset: str, flags: list[str], skip: bool, decoder_lr_scale: float,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """--skip/--no-skip and --decoder-lr-scale replace the preset's; no flag keeps the preset's."""
+def test_flags_override_the_preset(preset: str, flags: list[str], want: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--skip/--no-skip, --decoder-lr-scale and the schedule's flags replace the preset's; no flag keeps the preset's."""
     import circuits.transcoders_cli as tcli
 
     seen = []
@@ -44,7 +47,7 @@ def test_flags_override_the_preset(preset: str, flags: list[str], skip: bool, de
     monkeypatch.setattr(tcli, "_train_config", stop_after)
     with pytest.raises(SystemExit):
         main(["train", "--preset", preset, *flags])
-    assert (seen[0].skip, seen[0].decoder_lr_scale) == (skip, decoder_lr_scale)
+    assert {name: getattr(seen[0], name) for name in want} == want
 
 
 def test_a_preset_on_other_text_needs_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -315,6 +315,14 @@ def test_save_at_snapshots_the_set_on_the_way(tmp_path: Path) -> None:
     torch.testing.assert_close(recon[44 * 10], done(x).recon, rtol=1e-5, atol=1e-5)  # the last is the finished set
 
 
+def test_save_at_past_the_run_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A budget beyond n_tokens would never be reached: the run says so at once instead of ending without it."""
+    model, cfg = _model(), _cfg(n_tokens=44 * 10)
+    with pytest.raises(ValueError, match=r"save_at \[1000\].*raise n_tokens"):
+        train(model, cfg, run_dir=tmp_path / "run", token_batches=_rows(), progress=False, save_at=[44 * 3, 1000])
+    assert not (tmp_path / "run").exists()
+
+
 def test_save_at_the_budget_a_run_ends_short_of(tmp_path: Path) -> None:
     """A budget that whole batches stop just short of (10.5 batches' tokens) is still snapshotted, at the end."""
     from transcoders.io import read_config

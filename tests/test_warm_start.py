@@ -65,6 +65,7 @@ def test_a_warm_started_clt_trains_its_decoders(tmp_path: Path) -> None:
     train(model, _cfg(n_tokens=44 * 30), run_dir=tmp_path / "plt-run", save_dir=tmp_path / "plt",
           token_batches=_rows(), progress=False)
     plt = load_transcoders(model, tmp_path / "plt")
+    given = {name: t.clone() for name, t in plt.state_dict().items()}
     cfg = _cfg(kind="clt", n_tokens=44 * 30, init_from=str(tmp_path / "plt"), freeze_encoder=True, lr=1e-2)
     first: list[float] = []
     clt = train(model, cfg, run_dir=tmp_path / "clt-run", save_dir=tmp_path / "clt", token_batches=_rows(1),
@@ -73,6 +74,8 @@ def test_a_warm_started_clt_trains_its_decoders(tmp_path: Path) -> None:
     torch.testing.assert_close(clt.W_enc, plt.W_enc)  # frozen, and both saved folded
     torch.testing.assert_close(clt.b_enc, plt.b_enc)
     assert float(clt.W_dec[0].detach()[:, 1:].abs().max()) > 0, "the cross-layer decoders learnt"
+    for name, t in plt.state_dict().items():  # the caller's PLT is read, never trained or moved
+        assert t.device == given[name].device and torch.equal(t, given[name]), name
     # Held out: rows neither run saw.
     x, y = _pairs(model, seed=7)
     with torch.no_grad():

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import os
 import platform
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Literal
@@ -35,6 +36,7 @@ PRECISION_ENV = "CIRCUITS_PRECISION"
 CAPABILITY_ENV = "CIRCUITS_CPU_CAPABILITY"
 # bf16 must beat fp32 by this much on the probe: a tie is not worth the lost precision.
 MIN_SPEEDUP = 1.3
+PROBE_ROUNDS = 9  # rounds of the probe, two matmuls of a few ms each
 
 
 def check_precision(precision: str | bool | None) -> Precision:
@@ -79,17 +81,17 @@ def _probe_speedup() -> float:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(256, 1024, generator=g), torch.randn(1024, 1024, generator=g)
 
-    def best(bf16: bool) -> float:
+    def once(bf16: bool) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            a @ b  # warm-up: first calls pay for kernel selection
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                a @ b
-                times.append(time.perf_counter() - t0)
-        return min(times)
+            t0 = time.perf_counter()
+            a @ b
+            return time.perf_counter() - t0
 
-    return best(False) / best(True)
+    once(False), once(True)  # warm-up: first calls pay for kernel selection
+    # The ratio of two matmuls timed back to back, median of several rounds: a neighbour that starts or
+    # stops mid-probe corrupts the one round it falls in, where three fp32 timings then three bf16 ones
+    # blamed it on one precision (a neighbour starting between them read as bf16 at a third its speed).
+    return statistics.median(once(False) / once(True) for _ in range(PROBE_ROUNDS))
 
 
 def bf16_is_fast(device: torch.device | str) -> bool:

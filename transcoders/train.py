@@ -378,6 +378,10 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     if total < 1:
         raise ValueError(f"n_tokens={cfg.n_tokens} is less than one step ({per_step} tokens over {dctx.world} "
                          "rank(s)). Fix: raise n_tokens or lower batch_tokens.")
+    past = sorted(int(m) for m in save_at if not 0 < int(m) <= cfg.n_tokens)
+    if past:  # before any harvest: a snapshot the run never reaches would be missing without a word
+        raise ValueError(f"save_at {past} lies outside this run's 1..{cfg.n_tokens:,} tokens (n_tokens), so no "
+                         "snapshot would be saved there. Fix: raise n_tokens to the largest budget, or drop them.")
     if (cfg.init_from is None) != (init is None):
         raise ValueError(f"init_from={cfg.init_from!r} names the set a CLT starts from, and train() needs it loaded as "
                          "init, or neither. Fix: pass init=load_transcoders(model, cfg.init_from), or use "
@@ -424,7 +428,8 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
         x0, y0 = stream.chunk(0)
         _init_normalisation(tc, x0, y0)
         if init is not None:
-            start_from_plt(tc, init.to(device))  # type: ignore[arg-type]  # a CLT: check_compatible said so
+            # init stays where the caller keeps it: start_from_plt copies each tensor across devices.
+            start_from_plt(tc, init)  # type: ignore[arg-type]  # a CLT: check_compatible said so
         if cfg.skip_init == "lstsq":
             fvu = _fit_skip(tc, x0, y0)
             log.info("least-squares skip: FVU %.3f (mean over layers) before any feature", float(fvu.mean()))
