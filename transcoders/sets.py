@@ -116,12 +116,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "smollm2-long-clt", _SMOLLM2,
         # The long PLT (smollm2-long, trained first if it is not built) made cross-layer as smollm2-clt makes
-        # the quick one, on 450k more tokens: the 2.5-hour budget's remainder after the PLT's hour or so.
-        # Its snapshot at 150k (learning rate not yet decayed): 0.683 / 0.927, KL 1.16, in 62 min with the
-        # PLT's 52 (bf16 on 2 AVX-512 cores), against the long PLT's 0.661 / 0.921, KL 1.26 (BENCHMARKS.md).
-        dataclasses.replace(_CLT_PHASE, n_tokens=450_000, init_from="smollm2-long"),
-        cost="smollm2-long's training, then about 32 min more on 2 idle AVX-512 CPU cores in bf16 (its first "
-             "150k tokens took 636 s, 236 tokens/s); resumable across runs"),
+        # the quick one, on 900k more tokens: what fits the 2.5-hour budget after the PLT's hour or so.
+        # Measured (bf16 on 2 AVX-512 cores; BENCHMARKS.md): 0.705 / 0.932, KL 0.98, in 111 min with the
+        # PLT's 52, against the long PLT's 0.662 / 0.922, KL 1.27; a 450k-token phase gave 0.697 / 0.930,
+        # KL 1.01, in 82 min.
+        dataclasses.replace(_CLT_PHASE, n_tokens=900_000, init_from="smollm2-long"),
+        cost="smollm2-long's training, then about 1 hour more on 2 idle AVX-512 CPU cores in bf16 (3,556 s "
+             "measured, 253 tokens/s, harvest and checkpoints included; 111 min in all); resumable across runs"),
 )}
 
 
