@@ -166,10 +166,11 @@ def _finetune(args: argparse.Namespace) -> int:
     before = measured() if args.eval_tokens else None
     t0 = time.perf_counter()
     finetune_kl(model, tc, corpus, n_tokens=args.n_tokens, seq_len=args.seq_len, lr=args.lr,
-                recon_weight=args.recon_weight, seed=args.seed)
+                recon_weight=args.recon_weight, params=args.params, seed=args.seed)
     seconds = time.perf_counter() - t0
     save_transcoders(tc, out, metadata={"finetuned_from": str(args.set or "default"), "finetune_tokens": args.n_tokens,
                                         "finetune_lr": args.lr, "finetune_recon_weight": args.recon_weight,
+                                        "finetune_params": args.params,
                                         "finetune_seconds": seconds})
     print(f"fine-tuned on {args.n_tokens:,} tokens in {seconds / 60:.1f} min; saved {out}", file=sys.stderr)
     if before is not None:
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--seq-len", type=int, default=128)
     f.add_argument("--lr", type=float, default=1e-4)
     f.add_argument("--recon-weight", type=float, default=1.0, help="weight of the layerwise reconstruction loss")
+    f.add_argument("--params", choices=["decoders", "all"], default="decoders",
+                   help="what learns: what the features write (decoders, b_dec, skip; the default) or the encoders too")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate before and after (0: skip)")
     _add_text_options(f, "fine-tune on")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from circuits.replacement.evaluate import evaluate
@@ -11,9 +12,10 @@ from circuits.replacement.finetune import finetune_kl
 from test_transcoder_evaluate import _model, _rows, trained_set
 
 
-def test_finetuning_lowers_held_out_kl(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "params"), [("plt", "decoders"), ("plt", "all"), ("clt", "decoders")])
+def test_finetuning_lowers_held_out_kl(tmp_path: Path, kind: str, params: str) -> None:
     model = _model()
-    tc, pool = trained_set(tmp_path, model, 20)
+    tc, pool = trained_set(tmp_path, model, 20, kind)
     held_out = _rows(model, n=6, seed=7)
 
     def kl() -> float:
@@ -21,12 +23,24 @@ def test_finetuning_lowers_held_out_kl(tmp_path: Path) -> None:
 
     before = kl()
     weights = {k: v.clone() for k, v in model.hf.state_dict().items()}
-    kls = finetune_kl(model, tc, token_batches=pool.split(4), lr=3e-3, progress=False)
+    encoder = [p.detach().clone() for p in (tc.W_enc, tc.b_enc)]
+    kls = finetune_kl(model, tc, token_batches=pool.split(4), lr=3e-3, params=params, progress=False)
     after = kl()
     assert len(kls) == 24 and all(k >= 0 for k in kls)
     assert after < 0.8 * before, (before, after)
     for k, v in model.hf.state_dict().items():  # only the transcoders learn
         torch.testing.assert_close(v, weights[k], rtol=0, atol=0)
+    # "decoders" leaves which features fire as trained, and hands the encoders back still trainable.
+    moved = [not torch.equal(p, e) for p, e in zip((tc.W_enc, tc.b_enc), encoder, strict=True)]
+    assert moved == ([True, True] if params == "all" else [False, False])
+    assert tc.W_enc.requires_grad and tc.b_enc.requires_grad
+
+
+def test_finetuning_refuses_an_unknown_choice_of_parameters(tmp_path: Path) -> None:
+    model = _model()
+    tc, pool = trained_set(tmp_path, model, 2)
+    with pytest.raises(ValueError, match="'decoders' or 'all'"):
+        finetune_kl(model, tc, token_batches=pool.split(4), params="encoders", progress=False)  # type: ignore[arg-type]
 
 
 def test_finetuning_is_deterministic(tmp_path: Path) -> None:

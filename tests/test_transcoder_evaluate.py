@@ -81,15 +81,15 @@ def test_the_replacement_uses_the_transcoders_output() -> None:
     assert ev.ce_replaced == pytest.approx(ce, rel=1e-5)
 
 
-def trained_set(tmp_path: Path, model, steps: int) -> tuple[Transcoder, torch.Tensor]:
-    """A PLT trained for ``steps`` steps on the model's own text, and that text ``[96, 12]``."""
+def trained_set(tmp_path: Path, model, steps: int, kind: str = "plt") -> tuple[Transcoder, torch.Tensor]:
+    """A set of ``kind`` trained for ``steps`` steps on the model's own text, and that text ``[96, 12]``."""
     pool = _sampled(model, 96, seed=0)
 
     def rows():
         while True:
             yield from pool.split(4)
 
-    cfg = TrainConfig(kind="plt", d_features=32, activation="topk", k=4, skip=True, n_tokens=44 * steps, seq_len=12,
+    cfg = TrainConfig(kind=kind, d_features=32, activation="topk", k=4, skip=True, n_tokens=44 * steps, seq_len=12,
                       model_batch=4, chunk_batches=3, batch_tokens=44, lr=1e-2, warmup_steps=3, precision="fp32")
     return train(model, cfg, run_dir=tmp_path, token_batches=rows, progress=False), pool
 

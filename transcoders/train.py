@@ -280,11 +280,13 @@ def run_name(model_name: str, cfg: TrainConfig, text: str | None = None, init: s
     return f"{slug}-{cfg.kind}-{cfg.activation}-w{cfg.d_features}-{digest}"
 
 
-def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    decay_start = int(total * (1 - cfg.decay_fraction))
+def lr_schedule(total: int, warmup_steps: int, decay_fraction: float) -> Callable[[int], float]:
+    """The learning rate's factor at each of ``total`` steps (for ``LambdaLR``): a linear warm-up over
+    ``warmup_steps``, flat, then a linear decay to zero over the last ``decay_fraction`` of the steps."""
+    decay_start = int(total * (1 - decay_fraction))
 
     def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        warm = min(1.0, (step + 1) / max(1, warmup_steps))
         decay = 1.0 if step < decay_start else max(0.0, (total - step) / max(1, total - decay_start))
         return warm * decay
 
@@ -409,7 +411,7 @@ def train(model: HarvestModel, cfg: TrainConfig, *, corpus: Any = None, run_dir:
     cfg_dict = {**config_record(cfg), "model_name": model.name, "world": dctx.world, **({"text": text} if text else {})}
 
     opt = adam(param_groups(tc, cfg), lr=cfg.learning_rate)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(total, cfg.warmup_steps, cfg.decay_fraction))
     log_coeff = torch.tensor(math.log(cfg.sparsity_coeff))
     last_fired = torch.zeros(n_layers, cfg.d_features, dtype=torch.long)
     start, tokens, seconds, cpu_seconds = 0, 0, 0.0, 0.0

@@ -253,7 +253,7 @@ def _forward(model: Model, transcoders: nn.Module | None, attention: Attention, 
         if keep_layers:
             handles.append(on_output(model.module("resid_pre", layer),
                                      lambda m, a, out: layer_outputs.append(detached(out))))
-    with eval_mode(tc), hooked(handles, replaced):
+    with eval_mode(tc), tc.decoding(), hooked(handles, replaced):
         kw = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         logits = model.hf(rows.to(dev).expand(B, -1), **kw).logits
     mlp_in = (torch.stack([seen_in[l].expand(B, -1, -1) for l in range(L)], dim=1) if keep_inputs or keep_pre_acts
@@ -320,14 +320,19 @@ def _error(mode: ErrorMode, base: Tensor | None, layer: int, real: Tensor, x: Te
     or none (except before ``start``, where the slot writes the true MLP output)."""
     if mode == "clean" and T == P:
         return base[:, layer].expand(real.shape[0], -1, -1)  # type: ignore[index]
+    if mode == "none":
+        # Only the positions before ``start`` keep an error, so only they are decoded: the whole decode
+        # (a CLT's layer sums every layer below it) would double the cost of evaluate and fine-tuning.
+        none = torch.zeros_like(real)
+        if start:
+            early = {s: natural[s][:, :start] for s in tc.sources(layer)}
+            none[:, :start] = real[:, :start] - tc.output_at(x[:, :start], early, layer)
+        return none
     live = real - tc.output_at(x, natural, layer)
     if mode == "live":
         return live
-    if mode == "clean":   # past the prompt: what the real MLP wrote beyond the unedited transcoders
-        return torch.cat([base[:, layer].expand(real.shape[0], -1, -1), live[:, P:]], dim=1)  # type: ignore[index]
-    none = torch.zeros_like(live)
-    none[:, :start] = live[:, :start]
-    return none
+    # "clean" past the prompt: what the real MLP wrote beyond the unedited transcoders
+    return torch.cat([base[:, layer].expand(real.shape[0], -1, -1), live[:, P:]], dim=1)  # type: ignore[index]
 
 
 class SlotEditor:

@@ -1,0 +1,70 @@
+"""Steps of end-to-end fine-tuning (``circuits.replacement.finetune_kl``) on SmolLM2, timed.
+
+    python benchmarks/finetune_step.py [--threads 2] [--kinds clt plt] [--params decoders all] [--steps 3]
+
+A step is what ``transcoders finetune`` runs: the model's logits and MLP pairs without autograd, the
+replacement model's forward with autograd (live attention, recomputed features, no errors), the KL
+and reconstruction loss, backward, clip and Adam. The sets are random, of the presets' shape (width
+1,024, TopK 128, no skip; the cost does not depend on the weights' values); each batch is 4 rows of
+128 tokens of random ids. A step's time is a run of ``steps + 1`` steps less a run of one, so Adam's
+set-up is not counted. Prints seconds a step and tokens/s, with the machine and its CPU capability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, where benchmarks/transcoders.py
+# would shadow the transcoders package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks.machine import print_machine  # noqa: E402
+
+
+def step_seconds(model, kind: str, params: str, steps: int, batch: int = 4, seq_len: int = 128) -> float:
+    """Wall seconds of one fine-tuning step in a run: a run of ``steps + 1`` steps less a run of one
+    (which pays the set-up: Adam's state, the first calls' kernel choices)."""
+    from circuits.replacement.finetune import finetune_kl
+    from transcoders import TranscoderConfig, build_transcoder
+
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=model.n_layers, d_model=model.d_model,
+                                           d_features=1024, activation="topk", k=128))
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, len(model.tokenizer), (batch, seq_len), generator=g) for _ in range(steps + 1)]
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        finetune_kl(model, tc, token_batches=iter(rows[:n]), params=params, progress=False)  # type: ignore[arg-type]
+        return time.perf_counter() - t0
+
+    one = run(1)
+    return (run(steps + 1) - one) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kinds", nargs="+", default=["clt", "plt"], choices=["clt", "plt"])
+    parser.add_argument("--params", nargs="+", default=["decoders", "all"], choices=["decoders", "all"])
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from circuits.models.loading import load_model
+
+    model = load_model()
+    print_machine()
+    print("\n| set (width 1,024, k 128) | learns | steps | s / step | tokens/s |\n|---|---|---|---|---|")
+    for kind in args.kinds:
+        for params in args.params:
+            t = step_seconds(model, kind, params, args.steps)
+            print(f"| {kind.upper()} | {params} | {args.steps} | {t:.1f} | {4 * 128 / t:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
