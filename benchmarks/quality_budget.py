@@ -13,7 +13,8 @@ built across several sessions. A row's preset column names the preset whose own 
   machine the CPU seconds are the steadier clock; on two idle cores wall ≈ CPU / 2).
 
 ``--sets DIR ...`` measures saved sets the same way (``transcoders train --out DIR``), each a row
-with the tokens and training time its metadata records. Rows are appended to ``--results`` (CSV, one row per kind and budget; a row already there is not
+with the tokens and training time its metadata records (a set from ``transcoders finetune``: its training's and
+the fine-tune's seconds). Rows are appended to ``--results`` (CSV, one row per kind and budget; a row already there is not
 measured again), printed as a table, and plotted to ``--plot`` (PNG, needs matplotlib: ``pip install
 matplotlib``) against tokens and against training time, so "which wins at equal time" can be read off.
 
@@ -120,8 +121,10 @@ def _plot(rows: list[dict[str, str]], path: Path) -> bool:
 
 def _with_init(meta: dict, key: str, own: float) -> float:
     """A set's ``own`` tokens or training seconds, plus its start's (``init_<key>``) for a CLT started
-    from a PLT set (init_from): its cost includes that set's training."""
-    return own + meta.get(f"init_{key}", 0)
+    from a PLT set (init_from): its cost includes that set's training; and a fine-tuned set's seconds
+    (``transcoders finetune`` records ``finetune_seconds`` and ``finetune_cpu_seconds``) include the fine-tune's."""
+    extra = meta.get(key.replace("train_", "finetune_", 1), 0) if key.startswith("train_") else 0
+    return own + meta.get(f"init_{key}", 0) + extra
 
 
 def _measure(model, tc, meta: dict, prompts: list, args: argparse.Namespace, cpu: str) -> dict[str, object]:

@@ -150,28 +150,36 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from circuits.replacement.evaluate import evaluate
-    from circuits.replacement.finetune import finetune_kl
-    from transcoders.io import save_transcoders
-    from transcoders.sets import load_transcoders
+    from circuits.replacement.finetune import DEFAULT_LR, finetune_kl
+    from transcoders.io import read_config, save_transcoders
+    from transcoders.sets import default_preset, load_transcoders, set_dir
     from transcoders.writes import check_output_folder
 
     out = check_output_folder(args.out)  # before the work: a wrong --out fails in a second
     model = _load_model(args.model, args.device)
     tc = load_transcoders(model, args.set).to(model.dtype)
+    # What the set records of its own training (tokens, time, recipe, its start) goes with it, so that
+    # the fine-tuned set's cost counts them (benchmarks/quality_budget.py adds the fine-tune's seconds).
+    source = set_dir(args.set or default_preset(model.name).name) / "config.yaml"  # type: ignore[union-attr]
+    record = read_config(source).get("circuit_engine", {}) if source.is_file() else {}
+    own = {"format_version", *tc.cfg.to_dict()}
+    carried = {k: v for k, v in record.items() if k not in own}
     corpus = _corpus(args)
     def measured() -> Any:
         return evaluate(model, tc, corpus, n_tokens=args.eval_tokens, seq_len=args.seq_len, precision="fp32",
                         progress=False)
 
     before = measured() if args.eval_tokens else None
-    t0 = time.perf_counter()
-    finetune_kl(model, tc, corpus, n_tokens=args.n_tokens, seq_len=args.seq_len, lr=args.lr,
+    lr = DEFAULT_LR[tc.cfg.kind] if args.lr is None else args.lr
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    finetune_kl(model, tc, corpus, n_tokens=args.n_tokens, seq_len=args.seq_len, lr=lr,
                 recon_weight=args.recon_weight, params=args.params, seed=args.seed)
-    seconds = time.perf_counter() - t0
-    save_transcoders(tc, out, metadata={"finetuned_from": str(args.set or "default"), "finetune_tokens": args.n_tokens,
-                                        "finetune_lr": args.lr, "finetune_recon_weight": args.recon_weight,
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+    save_transcoders(tc, out, metadata={**carried, "finetuned_from": str(args.set or "default"),
+                                        "finetune_tokens": args.n_tokens,
+                                        "finetune_lr": lr, "finetune_recon_weight": args.recon_weight,
                                         "finetune_params": args.params,
-                                        "finetune_seconds": seconds})
+                                        "finetune_seconds": seconds, "finetune_cpu_seconds": cpu_seconds})
     print(f"fine-tuned on {args.n_tokens:,} tokens in {seconds / 60:.1f} min; saved {out}", file=sys.stderr)
     if before is not None:
         print(f"before: {before}\nafter:  {measured()}")
@@ -250,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--out", required=True, help="where to save the fine-tuned set (a new or engine-written folder)")
     f.add_argument("--n-tokens", type=int, default=32_768)
     f.add_argument("--seq-len", type=int, default=128)
-    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--lr", type=float, help="peak learning rate (default: 1e-4 for a PLT, 1e-5 for a CLT)")
     f.add_argument("--recon-weight", type=float, default=1.0, help="weight of the layerwise reconstruction loss")
     f.add_argument("--params", choices=["decoders", "all"], default="decoders",
                    help="what learns: what the features write (decoders, b_dec, skip; the default) or the encoders too")

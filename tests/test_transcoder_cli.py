@@ -121,12 +121,18 @@ def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: p
     assert "recovered" in capsys.readouterr().out
     tuned = tmp_path / "tuned"
     main(["finetune", "--model", str(tmp_path / "model"), "--set", str(out), "--out", str(tuned), "--n-tokens", "256",
-          "--seq-len", "32", "--text", str(text), "--eval-tokens", "256", "--lr", "1e-3"])
+          "--seq-len", "32", "--text", str(text), "--eval-tokens", "256"])
     printed = capsys.readouterr().out
     assert "before: " in printed and "after: " in printed
     meta = yaml.safe_load((tuned / "config.yaml").read_text())["circuit_engine"]
     assert meta["finetune_tokens"] == 256 and meta["kind"] == "clt"
-    assert not torch.equal(load_transcoders(load_model(str(tmp_path / "model")), tuned).W_enc, tc.W_enc)
+    assert meta["finetune_lr"] == 1e-5 and meta["finetune_params"] == "decoders"  # a CLT's defaults, as used
+    trained = yaml.safe_load((out / "config.yaml").read_text())["circuit_engine"]
+    for key in ("tokens", "train_seconds", "train_config"):  # its training's record goes with it: its cost counts it
+        assert meta[key] == trained[key]
+    assert meta["finetune_seconds"] > 0 and meta["finetune_cpu_seconds"] > 0
+    after = load_transcoders(load_model(str(tmp_path / "model")), tuned)
+    assert torch.equal(after.W_enc, tc.W_enc) and not torch.equal(after.W_dec[0], tc.W_dec[0])
 
 
 def test_a_set_built_with_an_older_recipe_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -86,3 +86,29 @@ def test_one_layer_at_a_time_matches_the_stack(kind: str) -> None:
     with pytest.raises(ValueError, match="write"):
         tc.decoder_at(2, 1)  # features never write to an earlier layer
     assert tc.writes_across_layers == (kind == "clt")
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_a_pass_inside_decoding_gives_the_same_outputs_and_gradients(kind: str) -> None:
+    """``decoding()`` reads each decoder block once per pass (a view); what a pass computes through
+    ``output_at``, and the decoders' gradient, are what they are without it."""
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=4, d_model=6, d_features=5, activation="relu"))
+    with torch.no_grad():
+        tc.output_scale.copy_(torch.tensor([1.0, 2.0, 0.5, 3.0]))  # unfolded: blocks are scaled per target
+    g = torch.Generator().manual_seed(0)
+    x, acts = torch.randn(3, 4, 6, generator=g), torch.rand(3, 4, 5, generator=g)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        tc.zero_grad(set_to_none=True)
+        out = torch.stack([tc.output_at(x[:, l], acts.unbind(1), l) for l in range(4)], 1)
+        (out * torch.arange(1.0, 7.0)).sum().backward()
+        decoders = list(tc.W_dec) if kind == "clt" else [tc.W_dec]
+        return out.detach(), [w.grad.clone() for w in decoders]
+
+    plain = run()
+    with tc.decoding():
+        inside = run()
+    torch.testing.assert_close(inside[0], plain[0])
+    for a, b in zip(inside[1], plain[1], strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(plain[0], tc.decode(acts) + tc.skip(x))  # and both are the decode
