@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from circuits.discovery import Circuit
 from circuits.discovery.heads.circuit import nan_matrix
