@@ -53,3 +53,35 @@ def test_finetuning_is_deterministic(tmp_path: Path) -> None:
     finetune_kl(model, other, token_batches=iter(batches), progress=False)
     for a, b in zip(tc.parameters(), other.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("kind", "skip"), [("plt", True), ("clt", False)])
+def test_the_reconstruction_term_is_each_layers_normalised_error(kind: str, skip: bool) -> None:
+    """The term a TopK set computes through the active-entry kernels is the dense one, value and gradient."""
+    from circuits.replacement.finetune import _reconstruction
+    from transcoders import TranscoderConfig, build_transcoder
+    from transcoders.sparse import can_encode_active
+
+    torch.manual_seed(0)
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=3, d_model=8, d_features=32, activation="topk", k=4,
+                                           skip=skip))
+    with torch.no_grad():
+        tc.output_scale.copy_(torch.tensor([1.0, 3.0, 0.5]))
+        tc.input_scale.copy_(torch.tensor([2.0, 1.0, 0.7]))
+        tc.b_dec.normal_()
+        if skip:
+            tc.W_skip.normal_(std=0.1)
+    assert can_encode_active(tc)
+    x, y = torch.randn(20, 3, 8), torch.randn(20, 3, 8) * torch.tensor([1.0, 5.0, 0.2])[:, None]
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        tc.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() for p in tc.parameters() if p.grad is not None]
+
+    ours = _reconstruction(tc, x, y)
+    ours_grads = grads(ours)
+    dense = (((tc(x).recon - y).square().mean((0, 2))) / y.square().mean((0, 2))).mean()
+    torch.testing.assert_close(ours, dense)
+    for a, b in zip(ours_grads, grads(dense), strict=True):
+        torch.testing.assert_close(a, b)

@@ -228,6 +228,19 @@ def encode_active(tc: Transcoder, xs: Tensor) -> ActiveEntries:
     return acts._replace(vals=vals)
 
 
+def reconstruct_active(tc: Transcoder, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, ActiveEntries]:
+    """A TopK set's reconstruction of the MLP outputs ``y`` from the inputs ``x`` (both ``[N, n_layers,
+    d_model]``, model units) through the active-entry kernels: ``(recon, target, entries)``, the first two
+    ``[n_layers, N, d_model]`` in training's normalised units (times ``tc.output_scale``), the skip
+    included. Training's loss and fine-tuning's reconstruction term both read it."""
+    xs = normalised_inputs(tc, x)  # [L, N, D]
+    entries = encode_active(tc, xs)
+    recon = decode_normalised(tc, entries)  # [L, N, D]
+    if tc.W_skip is not None:
+        recon = torch.baddbmm(recon, xs, tc.W_skip)
+    return recon, y.transpose(0, 1) * tc.output_scale[:, None, None], entries
+
+
 def normalised_inputs(tc: Transcoder, x: Tensor) -> Tensor:
     """``x [N, n_layers, d_model]`` times ``tc.input_scale``, layer-major ``[n_layers, N, d_model]``
     in the encoder's dtype: one copy, and every per-layer product after it reads one contiguous run."""

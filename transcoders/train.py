@@ -36,7 +36,7 @@ from transcoders.harvest import HarvestModel, NonFiniteError
 from transcoders.model import Activation, Kind, Transcoder, TranscoderConfig, TranscoderOutput, build_transcoder
 from transcoders.positions import FEATURE_START
 from transcoders.precision import Precision, autocast, check_precision, use_bf16
-from transcoders.sparse import can_encode_active, decode_normalised, encode_active, normalised_inputs, sparse_decode
+from transcoders.sparse import can_encode_active, reconstruct_active, sparse_decode
 from transcoders.warm_start import check_compatible, start_from_plt, weights_digest
 
 Sparsity = Literal["tanh", "l0"]
@@ -156,12 +156,7 @@ class Objective(nn.Module):
             # TopK: the [N, L, F] activations are never built, forward or backward, and the loss is
             # taken layer-major in normalised units, the layout the sparse kernels and the skip's
             # batched product use (transcoders.sparse). The same loss and gradients as below.
-            xs = normalised_inputs(tc, x)  # [L, N, D]
-            entries = encode_active(tc, xs)
-            recon = decode_normalised(tc, entries)  # [L, N, D]
-            if tc.W_skip is not None:
-                recon = torch.baddbmm(recon, xs, tc.W_skip)
-            target = y.transpose(0, 1) * tc.output_scale[:, None, None]
+            recon, target, entries = reconstruct_active(tc, x, y)  # [L, N, D]
             return _loss(recon, target, 1, entries.l0(x.shape[0]).to(x.device), entries.fired(tc.d_features))
         pre, acts = tc.encode(x)
         # JumpReLU's threshold learns from inactive features near it, whose gradient only a dense decode gives.

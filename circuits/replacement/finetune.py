@@ -47,6 +47,7 @@ from transcoders.harvest import harvest
 from transcoders.io import check_fits
 from transcoders.model import Transcoder
 from transcoders.positions import FEATURE_START
+from transcoders.sparse import can_encode_active, reconstruct_active
 from transcoders.train import adam, lr_schedule
 
 Trained = Literal["decoders", "all"]
@@ -122,10 +123,7 @@ def _run(model: Model, tc: Transcoder, batches: list[Tensor], start: int, lr: fl
         kl = (lp_model.exp() * (lp_model - lp)).sum(-1).mean()
         loss = kl
         if recon_weight:
-            recon = tc(x.to(params[0].dtype)).recon
-            # Per-layer normalised error, as training's loss: every layer counts alike whatever its scale.
-            scale = y.float().square().mean((0, 2)).clamp_min(1e-12)  # [L]
-            loss = loss + recon_weight * ((recon.float() - y.float()).square().mean((0, 2)) / scale).mean()
+            loss = loss + recon_weight * _reconstruction(tc, x.to(params[0].dtype), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -136,3 +134,17 @@ def _run(model: Model, tc: Transcoder, batches: list[Tensor], start: int, lr: fl
         bar.set_postfix(kl=f"{kls[-1]:.3f}", refresh=False)
     bar.close()
     return kls
+
+
+def _reconstruction(tc: Transcoder, x: Tensor, y: Tensor) -> Tensor:
+    """Each layer's squared error over its target's mean square, averaged over layers (scalar):
+    every layer counts alike whatever its scale, as in training. ``x, y``: ``[N, n_layers, d_model]``.
+    A TopK set runs training's active-entry kernels (``transcoders.sparse``); the dense decode was a
+    quarter of a CLT's fine-tuning step."""
+    if can_encode_active(tc):
+        recon, target, _ = reconstruct_active(tc, x, y)  # [L, N, D], both in the same per-layer units
+    else:
+        recon, target = tc(x).recon.transpose(0, 1), y.transpose(0, 1)
+    target = target.float()
+    err = (recon.float() - target).square().mean((1, 2))  # [L]
+    return (err / target.square().mean((1, 2)).clamp_min(1e-12)).mean()
