@@ -7,7 +7,8 @@ replacement model's forward with autograd (live attention, recomputed features, 
 and reconstruction loss, backward, clip and Adam. ``--sets`` times saved sets (``smollm2-clt``); without
 it, random sets of the presets' shape (width 1,024, TopK 128, no skip). Each batch is 4 rows of 128
 tokens of the packaged text (train split). A step's time is a run of ``steps + 1`` steps less a run of
-one, so the set-up (Adam's state, about 18 s for a CLT) is not counted. Prints seconds a step and tokens/s, with the machine and its CPU capability.
+one, so the set-up (Adam's state, about 18 s for a CLT) is not counted. Prints seconds a step and
+tokens/s, with the machine and its CPU capability.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ def step_seconds(model, tc, params: str, steps: int, batch: int = 4, seq_len: in
     """Wall seconds of one fine-tuning step of ``tc`` in a run: a run of ``steps + 1`` steps less a run of
     one (which pays the set-up: Adam's state, the first calls' kernel choices)."""
     from circuits.replacement.finetune import finetune_kl
-
     from transcoders.corpus import Corpus
 
     # Text, as the CLI trains on: rows of random ids ran a CLT step in 7.8 s where text took 11.0.

@@ -150,7 +150,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from circuits.replacement.evaluate import evaluate
-    from circuits.replacement.finetune import DEFAULT_LR, finetune_kl
+    from circuits.replacement.finetune import finetune_kl, learning_rate
     from transcoders.io import read_config, save_transcoders
     from transcoders.sets import default_preset, load_transcoders, set_dir
     from transcoders.writes import check_output_folder
@@ -170,7 +170,7 @@ def _finetune(args: argparse.Namespace) -> int:
                         progress=False)
 
     before = measured() if args.eval_tokens else None
-    lr = DEFAULT_LR[tc.cfg.kind] if args.lr is None else args.lr
+    lr = learning_rate(tc, args.lr)
     t0, cpu0 = time.perf_counter(), time.process_time()
     finetune_kl(model, tc, corpus, n_tokens=args.n_tokens, seq_len=args.seq_len, lr=lr,
                 recon_weight=args.recon_weight, params=args.params, seed=args.seed)

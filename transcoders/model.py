@@ -89,6 +89,7 @@ class Transcoder(nn.Module):
         self.W_skip = nn.Parameter(torch.zeros(L, D, D)) if cfg.skip else None
         self.register_buffer("input_scale", torch.ones(L))
         self.register_buffer("output_scale", torch.ones(L))
+        self._blocks: dict[int, tuple[Tensor, ...]] | None = None  # decoder blocks within ``decoding()``
         nn.init.uniform_(self.W_enc, -1.0 / math.sqrt(D), 1.0 / math.sqrt(D))
 
     @property
@@ -98,6 +99,10 @@ class Transcoder(nn.Module):
     @property
     def d_features(self) -> int:
         return self.cfg.d_features
+
+    def encoder_parameters(self) -> tuple[nn.Parameter, ...]:
+        """What decides which features fire: ``W_enc``, ``b_enc`` and the JumpReLU thresholds."""
+        return self.W_enc, self.b_enc, self.log_threshold
 
     @property
     def threshold(self) -> Tensor:
@@ -187,7 +192,7 @@ class Transcoder(nn.Module):
         writes a zero gradient the size of the whole source decoder and adds it in; for SmolLM2's
         CLT that was 465 such tensors per backward, a fifth of a fine-tuning step. The weights
         must not change inside (the blocks are views taken at the first read)."""
-        outer, self._blocks = getattr(self, "_blocks", None), {}
+        outer, self._blocks = self._blocks, {}
         try:
             yield
         finally:
@@ -324,12 +329,11 @@ class CrossLayerTranscoder(Transcoder):
         if not 0 <= layer - source_layer < self.W_dec[source_layer].shape[1]:
             raise ValueError(f"layer-{source_layer} features write to layers {source_layer}…{self.cfg.n_layers - 1}, "
                              f"not {layer}")
-        blocks = getattr(self, "_blocks", None)
-        if blocks is None:
+        if self._blocks is None:
             return self.W_dec[source_layer][:, layer - source_layer]
-        if source_layer not in blocks:
-            blocks[source_layer] = self.W_dec[source_layer].unbind(1)
-        return blocks[source_layer][layer - source_layer]
+        if source_layer not in self._blocks:
+            self._blocks[source_layer] = self.W_dec[source_layer].unbind(1)
+        return self._blocks[source_layer][layer - source_layer]
 
     def _fold_decoder(self, s_out: Tensor) -> None:
         for s, w in enumerate(self.W_dec):

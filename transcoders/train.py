@@ -239,7 +239,7 @@ def freeze(tc: Transcoder, cfg: TrainConfig) -> None:
     """Stop the encoders learning when ``cfg.freeze_encoder`` says so (a CLT started from a PLT's
     features): Adam then skips them, and the decode skips the values' gradient (transcoders.sparse)."""
     if cfg.freeze_encoder:
-        for p in (tc.W_enc, tc.b_enc, tc.log_threshold):
+        for p in tc.encoder_parameters():
             p.requires_grad_(False)
 
 

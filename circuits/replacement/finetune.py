@@ -54,6 +54,11 @@ Trained = Literal["decoders", "all"]
 DEFAULT_LR = {"plt": 1e-4, "clt": 1e-5}  # module docstring
 
 
+def learning_rate(tc: Transcoder, lr: float | None = None) -> float:
+    """The peak rate ``finetune_kl`` uses: ``lr``, or ``DEFAULT_LR`` for the set's kind."""
+    return DEFAULT_LR[tc.cfg.kind] if lr is None else lr
+
+
 def finetune_kl(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int = 32_768, *, seq_len: int = 128,
                 batch_size: int = 4, lr: float | None = None, recon_weight: float = 1.0, params: Trained = "decoders",
                 seed: int = 0, feature_start: int = FEATURE_START, token_batches: Iterator[Tensor] | None = None,
@@ -64,8 +69,8 @@ def finetune_kl(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int 
         corpus: a ``transcoders.Corpus`` (default the packaged text; its train split);
             ``token_batches`` (LongTensor ``[B, T]`` rows) replaces it.
         n_tokens: tokens in all; ``batch_size`` rows of ``seq_len`` per optimiser step.
-        lr: Adam's peak learning rate; default ``DEFAULT_LR`` for the set's kind (small: the set is
-            already trained; module docstring).
+        lr: Adam's peak learning rate; default ``DEFAULT_LR`` for the set's kind (``learning_rate``;
+            small: the set is already trained; module docstring).
         recon_weight: weight of the layerwise reconstruction loss (0: KL only).
         params: ``"decoders"`` (what the features write: decoders, ``b_dec``, skip) or ``"all"``
             (the encoders too); module docstring.
@@ -90,12 +95,11 @@ def finetune_kl(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int 
                          "fine-tuning trains the set itself, so they must match. Fix: tc.to(model.dtype).")
     torch.manual_seed(seed)
     tc.eval()  # TopK per token, as the replacement model runs it
-    frozen = [] if params == "all" else [p for p in (tc.W_enc, tc.b_enc, tc.log_threshold) if p.requires_grad]
+    frozen = [] if params == "all" else [p for p in tc.encoder_parameters() if p.requires_grad]
     for p in frozen:  # no gradient is computed for them at all, not only no step
         p.requires_grad_(False)
     try:
-        return _run(model, tc, batches, start, DEFAULT_LR[tc.cfg.kind] if lr is None else lr, recon_weight,
-                    progress)
+        return _run(model, tc, batches, start, learning_rate(tc, lr), recon_weight, progress)
     finally:
         for p in frozen:
             p.requires_grad_(True)
