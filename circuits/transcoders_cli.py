@@ -142,7 +142,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.device)
     tc = load_transcoders(model, args.set)
     ev = evaluate(model, tc, _corpus(args), n_tokens=args.n_tokens, seq_len=args.seq_len,
-                  precision=args.precision)
+                  precision=args.precision, per_layer=args.per_layer)
     print(ev.layers.to_string(float_format=lambda v: f"{v:.3f}"))
     print(ev)
     return 0
@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--n-tokens", type=int, default=16_384)
     e.add_argument("--seq-len", type=int, default=128)
     e.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    e.add_argument("--per-layer", action="store_true",
+                   help="also each layer's KL replaced alone and left out (about 20x the time: use ~2048 tokens)")
     _add_text_options(e, "evaluate on the held-out split of")
     e.add_argument("--device")
     e.set_defaults(func=_evaluate)

@@ -117,8 +117,9 @@ def test_train_evaluate_and_load_from_the_command_line(tmp_path: Path, capsys: p
     tc = load_transcoders(load_model(str(tmp_path / "model")), out)
     assert tc.cfg.kind == "clt" and tc.cfg.d_features == 32 and tc.cfg.k == 4
     main(["evaluate", "--model", str(tmp_path / "model"), "--set", str(out), "--n-tokens", "256",
-          "--seq-len", "32", "--text", str(text), "--precision", "fp32"])
-    assert "recovered" in capsys.readouterr().out
+          "--seq-len", "32", "--text", str(text), "--precision", "fp32", "--per-layer"])
+    printed = capsys.readouterr().out
+    assert "recovered" in printed and "kl_alone" in printed and "kl_restored" in printed
     tuned = tmp_path / "tuned"
     main(["finetune", "--model", str(tmp_path / "model"), "--set", str(out), "--out", str(tuned), "--n-tokens", "256",
           "--seq-len", "32", "--text", str(text), "--eval-tokens", "256"])

@@ -110,3 +110,54 @@ def test_a_set_for_another_shape_is_refused() -> None:
     model = tiny_model("llama", n_layers=2, d_model=16)
     with pytest.raises(TranscoderShapeError, match="Fix"):
         evaluate(model, _zero_transcoder(), token_batches=iter([torch.ones(1, 4, dtype=torch.long)]), progress=False)
+
+
+def _spliced_kl(model, tc, ids: torch.Tensor, replaced: set[int]) -> float:
+    """KL(model ‖ the model with the MLPs of ``replaced`` swapped for ``tc``), by plain hooks on the MLPs:
+    each layer's features from that pass's own MLP input (a CLT's layer reads every layer below it)."""
+    acts: dict[int, torch.Tensor] = {}
+
+    def hook(module, args, out, layer):
+        x = args[0]
+        a = tc.activate(tc.pre_acts(x, layer), layer)
+        acts[layer] = torch.cat([torch.zeros_like(a[:, :1]), a[:, 1:]], 1)  # no features at the first token
+        if layer not in replaced:
+            return out
+        return torch.cat([out[:, :1], tc.output_at(x, acts, layer)[:, 1:]], 1)
+
+    handles = [model.module("mlp_resid", layer).register_forward_hook(
+        lambda m, a, o, layer=layer: hook(m, a, o, layer)) for layer in range(model.n_layers)]
+    with torch.no_grad():
+        try:
+            lp = torch.log_softmax(model.hf(ids).logits[:, 1:-1].float(), -1)
+        finally:
+            for h in handles:
+                h.remove()
+        lp_model = torch.log_softmax(model.hf(ids).logits[:, 1:-1].float(), -1)
+    return float((lp_model.exp() * (lp_model - lp)).sum() / lp[..., 0].numel())
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_per_layer_kl_is_each_layer_spliced_in_alone_and_left_out(kind: str) -> None:
+    """``kl_alone`` and ``kl_restored`` equal the KL of the model with hooks that swap in the transcoders at
+    one layer, or at every layer but one; and the all-replaced KL is the hooks at every layer."""
+    model = _model()
+    torch.manual_seed(0)
+    tc = build_transcoder(TranscoderConfig(kind=kind, n_layers=3, d_model=16, d_features=8, activation="topk", k=2))
+    ids = _rows(model, 1)[0]
+    ev = evaluate(model, tc, token_batches=iter([ids]), precision="fp32", progress=False, per_layer=True)
+    assert list(ev.layers.columns) == ["fvu", "l0", "dead_fraction", "kl_alone", "kl_restored"]
+    assert ev.kl == pytest.approx(_spliced_kl(model, tc, ids, {0, 1, 2}), rel=1e-4)
+    for layer in range(3):
+        alone = _spliced_kl(model, tc, ids, {layer})
+        restored = _spliced_kl(model, tc, ids, {0, 1, 2} - {layer})
+        assert alone > 1e-3 and restored > 1e-3  # the random set changes the model at every layer
+        assert ev.layers.kl_alone[layer] == pytest.approx(alone, rel=1e-4)
+        assert ev.layers.kl_restored[layer] == pytest.approx(restored, rel=1e-4)
+    # Variants split over several passes give the same figures as one pass.
+    from circuits.replacement.evaluate import _layer_kl_sums, next_token_logprobs
+
+    lp_model = next_token_logprobs(model.hf(ids).logits.detach(), 1)
+    one = _layer_kl_sums(model, tc, ids, lp_model, 1)
+    split = _layer_kl_sums(model, tc, ids, lp_model, 1, max_tokens=ids.numel())
+    torch.testing.assert_close(split, one, rtol=1e-5, atol=1e-7)

@@ -8,6 +8,7 @@ import torch
 from circuits import tiny_model
 from circuits.models import PromptError
 from transcoders import NonFiniteError, harvest
+from transcoders.harvest import harvest_with_logits
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
@@ -20,6 +21,22 @@ def test_record_batch_matches_record(family: str) -> None:
         _, single = model.record(ids[b], sites)
         for key in sites:
             torch.testing.assert_close(batched[key][b], single[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_harvest_with_logits_is_harvest_and_the_models_logits(family: str) -> None:
+    """One forward gives what harvest and the model's own call give (Gemma-2's logits softcapped, as the
+    model returns them, not the unembedding's raw output)."""
+    model = tiny_model(family, n_layers=3, init_scale=3.0)
+    if family == "gemma2":
+        assert model.hf.config.final_logit_softcapping  # the case where the unembedding's output differs
+    ids = torch.randint(1, 60, (2, 9), generator=torch.Generator().manual_seed(0))
+    x, y, logits = harvest_with_logits(model, ids, precision="fp32")
+    x2, y2 = harvest(model, ids, precision="fp32")
+    torch.testing.assert_close(x, x2, rtol=0, atol=0)
+    torch.testing.assert_close(y, y2, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model.hf(ids).logits, rtol=1e-6, atol=1e-6)
 
 
 def test_record_batch_stops_after_the_last_site() -> None:

@@ -1,8 +1,9 @@
 """Harvest (MLP input, MLP output) pairs for every layer from one batched model forward.
 
 The model is duck-typed: anything with ``dims`` (``n_layers``, ``d_model``), ``device`` and
-``record_batch(ids [B, T], [(site, layer), ...]) -> {(site, layer): [B, T, d_model]}``,
-which ``circuits.models.Model`` provides. ``transcoders`` never imports ``circuits``.
+``record_batch(ids [B, T], [(site, layer), ...]) -> {(site, layer): [B, T, d_model]}`` (the key
+``LOGITS`` for the logits ``[B, T, d_vocab]``), which ``circuits.models.Model`` provides.
+``transcoders`` never imports ``circuits``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from torch import Tensor
 
 from transcoders.positions import FEATURE_START
 from transcoders.precision import Precision, autocast
+
+
+LOGITS = ("logits", -1)
+"""``record_batch``'s key for the model's logits, read in the same forward as the sites."""
 
 
 class NonFiniteError(ValueError):
@@ -42,13 +47,26 @@ def harvest(model: HarvestModel, ids: Tensor, *, input_site: str = "mlp_in", out
     an attention sink whose MLP activations are tens of times larger than the rest, and
     would dominate the normalisation and the loss. Raises ``NonFiniteError`` on NaN/inf.
     """
+    return _harvest(model, ids, input_site, output_site, precision, skip_first, logits=False)[:2]  # type: ignore[return-value]
+
+
+def harvest_with_logits(model: HarvestModel, ids: Tensor, *, input_site: str = "mlp_in", output_site: str = "mlp_resid",
+                        precision: Precision = "auto", skip_first: int = FEATURE_START) -> tuple[Tensor, Tensor, Tensor]:
+    """``harvest``'s ``x, y`` and the model's logits ``[B, T, d_vocab]``, from one forward (which then runs
+    to the end): evaluation and fine-tuning need both, and a second forward cost them a model pass."""
+    return _harvest(model, ids, input_site, output_site, precision, skip_first, logits=True)  # type: ignore[return-value]
+
+
+def _harvest(model: HarvestModel, ids: Tensor, input_site: str, output_site: str, precision: Precision,
+             skip_first: int, logits: bool) -> tuple[Tensor, ...]:
     L = model.dims.n_layers
     if ids.ndim != 2 or ids.shape[1] <= skip_first:
         raise ValueError(f"harvest needs token rows [batch, n_pos > {skip_first}], got {tuple(ids.shape)}. "
                          "Fix: use longer rows (seq_len) or skip_first=0.")
-    sites = [(s, layer) for layer in range(L) for s in (input_site, output_site)]
+    sites = [(s, layer) for layer in range(L) for s in (input_site, output_site)] + ([LOGITS] if logits else [])
     with autocast(model.device, precision):
         rec = model.record_batch(ids, sites)
+    out = (rec[LOGITS],) if logits else ()
     # Stacking the sliced views gives the token-major layout in one copy (slicing after the stack
     # made the reshape copy everything again).
     x = torch.stack([rec[(input_site, layer)][:, skip_first:] for layer in range(L)], dim=2)
@@ -57,14 +75,14 @@ def harvest(model: HarvestModel, ids: Tensor, *, input_site: str = "mlp_in", out
     # A sum is NaN or infinite whenever a term is (or, rarely, when finite terms overflow, which the
     # full check below then clears): one read of each tensor instead of four passes and two masks.
     if bool(torch.isfinite(x.sum()) & torch.isfinite(y.sum())):
-        return x, y
+        return (x, y, *out)
     # Outputs first: a NaN born in layer l's MLP output reaches every later input, and the
     # earliest layer is the one worth naming.
     bad_y, bad_x = _bad_layers(y), _bad_layers(x)
     if bad_x or bad_y:
         site, bad = (output_site, bad_y) if bad_y and (not bad_x or bad_y[0] < bad_x[0]) else (input_site, bad_x)
         check_finite(y if site == output_site else x, f"{site} activations", "harvest")
-    return x, y
+    return (x, y, *out)
 
 
 def _bad_layers(t: Tensor) -> list[int]:

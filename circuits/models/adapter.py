@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from circuits.hooks import hooked, read_hook
 from circuits.models.arch import SITE_ORDER, ArchSpec, Location, spec_for
+from transcoders.harvest import LOGITS
 
 
 class PromptError(ValueError):
@@ -185,7 +186,9 @@ class Model:
         Plain torch hooks rather than an nnsight trace: harvesting runs millions of tokens and
         needs no graph. With ``stop_early`` the forward stops once the last requested tensor
         is seen, so the layers after it and the unembedding (a fifth of SmolLM2's compute)
-        are never run. Runs under whatever autocast context the caller sets.
+        are never run. The key ``LOGITS`` (``transcoders.harvest``) asks for the model's logits ``[batch,
+        n_pos, d_vocab]`` too (its output, softcapping included), so one forward gives both. Runs under
+        whatever autocast context the caller sets.
         """
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.ndim != 2 or ids.numel() == 0:
@@ -194,7 +197,9 @@ class Model:
         if ids.shape[1] > self.dims.n_ctx:
             raise PromptError(f"the batch is {ids.shape[1]} tokens long but {self.name} has a context of "
                               f"{self.dims.n_ctx}: shorten it. Fix: pass at most {self.dims.n_ctx} positions.")
-        located = {key: self.spec.location(*key) for key in set(sites)}
+        sites = set(sites)
+        located = {key: self.spec.location(*key) for key in sites - {LOGITS}}
+        stop_early = stop_early and LOGITS not in sites
         saved: dict[SiteKey, torch.Tensor] = {}
 
         def capture(key: SiteKey) -> Callable[[torch.Tensor], None]:
@@ -210,9 +215,12 @@ class Model:
         handles = [read_hook(self.hf.get_submodule(loc.path), loc, capture(key)) for key, loc in located.items()]
         with hooked(handles):
             try:
-                self.hf(ids.to(self.device))
+                out = self.hf(ids.to(self.device))
             except _StopForward:
                 pass
+            else:
+                if LOGITS in sites:
+                    saved[LOGITS] = out.logits
         return saved
 
     def _read(self, loc: Location):

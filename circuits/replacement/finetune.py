@@ -43,7 +43,7 @@ from circuits.models.adapter import Model
 from circuits.replacement.evaluate import next_token_logprobs
 from circuits.replacement.forward import forward
 from circuits.replacement.slots import check_feature_start
-from transcoders.harvest import harvest
+from transcoders.harvest import harvest_with_logits
 from transcoders.io import check_fits
 from transcoders.model import Transcoder
 from transcoders.positions import FEATURE_START
@@ -118,9 +118,9 @@ def _run(model: Model, tc: Transcoder, batches: list[Tensor], start: int, lr: fl
     for ids in batches:
         ids = ids.to(model.device)
         with torch.no_grad():
-            lp_model = next_token_logprobs(model.hf(ids).logits, start)
-            x, y = harvest(model, ids, input_site=tc.cfg.input_site, output_site=tc.cfg.output_site,
-                           precision="fp32", skip_first=start)
+            x, y, logits = harvest_with_logits(model, ids, input_site=tc.cfg.input_site,
+                                               output_site=tc.cfg.output_site, precision="fp32", skip_first=start)
+            lp_model = next_token_logprobs(logits, start)
         run = forward(model, tc, ids=ids, attention="live", features="recompute", errors="none",
                       feature_start=start, keep_inputs=False, grad=True)
         lp = next_token_logprobs(run.logits, start)
