@@ -1,13 +1,15 @@
 """Steps of end-to-end fine-tuning (``circuits.replacement.finetune_kl``) on SmolLM2, timed.
 
     python benchmarks/finetune_step.py [--threads 2] [--sets smollm2-clt smollm2-quick] [--params decoders all] [--steps 3]
+                                       [--precision fp32 bf16]
 
 A step is what ``transcoders finetune`` runs: the model's logits and MLP pairs without autograd, the
 replacement model's forward with autograd (live attention, recomputed features, no errors), the KL
 and reconstruction loss, backward, clip and Adam. ``--sets`` times saved sets (``smollm2-clt``); without
 it, random sets of the presets' shape (width 1,024, TopK 128, no skip). Each batch is 4 rows of 128
-tokens of the packaged text (train split). A step's time is a run of ``steps + 1`` steps less a run of
-one, so the set-up (Adam's state, about 18 s for a CLT) is not counted. Prints seconds a step and
+tokens of the packaged text (train split). ``--precision``: fp32 by default (the figures before the
+fine-tune took a precision were fp32); ``transcoders finetune`` runs ``auto``. A step's time is a run
+of ``steps + 1`` steps less a run of one, so the set-up (Adam's state, about 18 s for a CLT) is not counted. Prints seconds a step and
 tokens/s, with the machine and its CPU capability.
 """
 
@@ -28,7 +30,8 @@ import torch  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 
 
-def step_seconds(model, tc, params: str, steps: int, batch: int = 4, seq_len: int = 128) -> float:
+def step_seconds(model, tc, params: str, steps: int, batch: int = 4, seq_len: int = 128,
+                 precision: str = "fp32") -> float:
     """Wall seconds of one fine-tuning step of ``tc`` in a run: a run of ``steps + 1`` steps less a run of
     one (which pays the set-up: Adam's state, the first calls' kernel choices)."""
     from circuits.replacement.finetune import finetune_kl
@@ -40,7 +43,8 @@ def step_seconds(model, tc, params: str, steps: int, batch: int = 4, seq_len: in
 
     def run(n: int) -> float:
         t0 = time.perf_counter()
-        finetune_kl(model, tc, token_batches=iter(rows[:n]), params=params, progress=False)  # type: ignore[arg-type]
+        finetune_kl(model, tc, token_batches=iter(rows[:n]), params=params, precision=precision,  # type: ignore[arg-type]
+                    progress=False)
         return time.perf_counter() - t0
 
     one = run(1)
@@ -53,6 +57,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["clt", "plt"], choices=["clt", "plt"])
     parser.add_argument("--params", nargs="+", default=["decoders", "all"], choices=["decoders", "all"])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto"])
     parser.add_argument("--sets", nargs="+", default=[],
                         help="saved sets or presets to time instead of random ones (--kinds is then ignored)")
     args = parser.parse_args()
@@ -68,11 +73,12 @@ def main() -> None:
             kind=kind, n_layers=model.n_layers, d_model=model.d_model, d_features=1024, activation="topk", k=128))
             for kind in args.kinds}
     print_machine()
-    print("\n| set | learns | steps | s / step | tokens/s |\n|---|---|---|---|---|")
+    print("\n| set | learns | precision | steps | s / step | tokens/s |\n|---|---|---|---|---|---|")
     for name, make in sets.items():
         for params in args.params:
-            t = step_seconds(model, make(), params, args.steps)  # a fresh copy: each run trains it
-            print(f"| {name} | {params} | {args.steps} | {t:.1f} | {4 * 128 / t:.0f} |", flush=True)
+            for precision in args.precision:
+                t = step_seconds(model, make(), params, args.steps, precision=precision)  # a fresh copy: each run trains it
+                print(f"| {name} | {params} | {precision} | {args.steps} | {t:.1f} | {4 * 128 / t:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transcoders.precision import PRECISIONS
+from transcoders.precision import PRECISIONS, use_bf16
 from transcoders.sets import PRESETS
 from transcoders.train import TrainConfig
 
@@ -173,12 +173,13 @@ def _finetune(args: argparse.Namespace) -> int:
     lr = learning_rate(tc, args.lr)
     t0, cpu0 = time.perf_counter(), time.process_time()
     finetune_kl(model, tc, corpus, n_tokens=args.n_tokens, seq_len=args.seq_len, lr=lr,
-                recon_weight=args.recon_weight, params=args.params, seed=args.seed)
+                recon_weight=args.recon_weight, params=args.params, seed=args.seed, precision=args.precision)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     save_transcoders(tc, out, metadata={**carried, "finetuned_from": str(args.set or "default"),
                                         "finetune_tokens": args.n_tokens,
                                         "finetune_lr": lr, "finetune_recon_weight": args.recon_weight,
                                         "finetune_params": args.params,
+                                        "finetune_precision": "bf16" if use_bf16(model.device, args.precision) else "fp32",
                                         "finetune_seconds": seconds, "finetune_cpu_seconds": cpu_seconds})
     print(f"fine-tuned on {args.n_tokens:,} tokens in {seconds / 60:.1f} min; saved {out}", file=sys.stderr)
     if before is not None:
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--params", choices=["decoders", "all"], default="decoders",
                    help="what learns: what the features write (decoders, b_dec, skip; the default) or the encoders too")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate before and after (0: skip)")
+    f.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    f.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate before and after (0: skip, in fp32)")
     _add_text_options(f, "fine-tune on")
     f.add_argument("--device")
     f.set_defaults(func=_finetune)

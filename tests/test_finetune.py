@@ -12,8 +12,9 @@ from circuits.replacement.finetune import finetune_kl
 from test_transcoder_evaluate import _model, _rows, trained_set
 
 
-@pytest.mark.parametrize(("kind", "params"), [("plt", "decoders"), ("plt", "all"), ("clt", "decoders")])
-def test_finetuning_lowers_held_out_kl(tmp_path: Path, kind: str, params: str) -> None:
+@pytest.mark.parametrize(("kind", "params", "precision"), [("plt", "decoders", "fp32"), ("plt", "all", "fp32"),
+                                                            ("clt", "decoders", "fp32"), ("clt", "decoders", "bf16")])
+def test_finetuning_lowers_held_out_kl(tmp_path: Path, kind: str, params: str, precision: str) -> None:
     model = _model()
     tc, pool = trained_set(tmp_path, model, 20, kind)
     held_out = _rows(model, n=6, seed=7)
@@ -24,7 +25,8 @@ def test_finetuning_lowers_held_out_kl(tmp_path: Path, kind: str, params: str) -
     before = kl()
     weights = {k: v.clone() for k, v in model.hf.state_dict().items()}
     encoder = [p.detach().clone() for p in (tc.W_enc, tc.b_enc)]
-    kls = finetune_kl(model, tc, token_batches=pool.split(4), lr=3e-3, params=params, progress=False)
+    kls = finetune_kl(model, tc, token_batches=pool.split(4), lr=3e-3, params=params, precision=precision,
+                      progress=False)
     after = kl()
     assert len(kls) == 24 and all(k >= 0 for k in kls)
     assert after < 0.8 * before, (before, after)
@@ -49,8 +51,8 @@ def test_finetuning_is_deterministic(tmp_path: Path) -> None:
     other = type(tc)(tc.cfg)
     other.load_state_dict(tc.state_dict())
     batches = list(pool.split(4))[:2]
-    finetune_kl(model, tc, token_batches=iter(batches), progress=False)
-    finetune_kl(model, other, token_batches=iter(batches), progress=False)
+    finetune_kl(model, tc, token_batches=iter(batches), precision="fp32", progress=False)
+    finetune_kl(model, other, token_batches=iter(batches), precision="fp32", progress=False)
     for a, b in zip(tc.parameters(), other.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

@@ -25,6 +25,10 @@ CLT's layer sums the writes of every layer below it. On SmolLM2's quick CLT (8k 
 1e-4 raised the held-out KL from 1.30 to 1.42, 3e-5 lowered it to 1.27, 1e-5 to 1.23; the PLT
 had gained at 1e-4 (BENCHMARKS.md).
 
+``precision="auto"`` runs the forward and backward under a bf16 autocast where bf16 is fast (a CPU with
+AVX-512 BF16 or AMX, a GPU), as training does; the weights, their gradients and Adam stay in the
+set's dtype, and the KL and reconstruction loss are taken in float32.
+
 The set lives in ``transcoders``, but this runs the replacement model, so it lives here, beside
 ``evaluate`` (``transcoders`` never imports ``circuits``).
 """
@@ -47,6 +51,7 @@ from transcoders.harvest import harvest_with_logits
 from transcoders.io import check_fits
 from transcoders.model import Transcoder
 from transcoders.positions import FEATURE_START
+from transcoders.precision import Precision, autocast
 from transcoders.sparse import can_encode_active, reconstruct_active
 from transcoders.train import adam, lr_schedule
 
@@ -62,7 +67,7 @@ def learning_rate(tc: Transcoder, lr: float | None = None) -> float:
 def finetune_kl(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int = 32_768, *, seq_len: int = 128,
                 batch_size: int = 4, lr: float | None = None, recon_weight: float = 1.0, params: Trained = "decoders",
                 seed: int = 0, feature_start: int = FEATURE_START, token_batches: Iterator[Tensor] | None = None,
-                progress: bool = True) -> list[float]:
+                precision: Precision = "auto", progress: bool = True) -> list[float]:
     """Fine-tune ``tc`` in place on ``KL(model ‖ replacement) + recon_weight · reconstruction``.
 
     Args:
@@ -74,6 +79,7 @@ def finetune_kl(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int 
         recon_weight: weight of the layerwise reconstruction loss (0: KL only).
         params: ``"decoders"`` (what the features write: decoders, ``b_dec``, skip) or ``"all"``
             (the encoders too); module docstring.
+        precision: ``"auto"`` (bf16 autocast where it is fast), ``"bf16"`` or ``"fp32"``; module docstring.
 
     Returns the KL (nats per scored token) of every step, before that step's update. ``tc`` is left
     in eval mode. The same seed and rows give the same weights.
@@ -99,7 +105,7 @@ def finetune_kl(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int 
     for p in frozen:  # no gradient is computed for them at all, not only no step
         p.requires_grad_(False)
     try:
-        return _run(model, tc, batches, start, learning_rate(tc, lr), recon_weight, progress)
+        return _run(model, tc, batches, start, learning_rate(tc, lr), recon_weight, precision, progress)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -107,7 +113,7 @@ def finetune_kl(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int 
 
 
 def _run(model: Model, tc: Transcoder, batches: list[Tensor], start: int, lr: float, recon_weight: float,
-         progress: bool) -> list[float]:
+         precision: Precision, progress: bool) -> list[float]:
     """The optimisation loop of ``finetune_kl`` over its trainable parameters."""
     params = [p for p in tc.parameters() if p.requires_grad]
     opt = adam(params, lr=lr)
@@ -119,15 +125,16 @@ def _run(model: Model, tc: Transcoder, batches: list[Tensor], start: int, lr: fl
         ids = ids.to(model.device)
         with torch.no_grad():
             x, y, logits = harvest_with_logits(model, ids, input_site=tc.cfg.input_site,
-                                               output_site=tc.cfg.output_site, precision="fp32", skip_first=start)
+                                               output_site=tc.cfg.output_site, precision=precision, skip_first=start)
             lp_model = next_token_logprobs(logits, start)
-        run = forward(model, tc, ids=ids, attention="live", features="recompute", errors="none",
-                      feature_start=start, keep_inputs=False, grad=True)
-        lp = next_token_logprobs(run.logits, start)
-        kl = (lp_model.exp() * (lp_model - lp)).sum(-1).mean()
-        loss = kl
-        if recon_weight:
-            loss = loss + recon_weight * _reconstruction(tc, x.to(params[0].dtype), y)
+        with autocast(model.device, precision):
+            run = forward(model, tc, ids=ids, attention="live", features="recompute", errors="none",
+                          feature_start=start, keep_inputs=False, grad=True)
+            lp = next_token_logprobs(run.logits, start)
+            kl = (lp_model.exp() * (lp_model - lp)).sum(-1).mean()
+            loss = kl
+            if recon_weight:
+                loss = loss + recon_weight * _reconstruction(tc, x.to(params[0].dtype), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
