@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="what learns: what the features write (decoders, b_dec, skip; the default) or the encoders too")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    f.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate before and after (0: skip, in fp32)")
+    f.add_argument("--eval-tokens", type=int, default=16_384, help="evaluate before and after, in fp32 (0: skip)")
     _add_text_options(f, "fine-tune on")
     f.add_argument("--device")
     f.set_defaults(func=_finetune)

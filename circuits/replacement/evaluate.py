@@ -5,10 +5,11 @@ fraction of features that never fired. For the whole model, on held-out text, wi
 replaced at once: the replacement model's own forward (``circuits.replacement.forward`` with
 ``attention="live", features="recompute", errors="none"``): next-token cross-entropy against the
 original model and against all MLPs zero-ablated, the fraction of CE loss recovered
-``(CE_zero - CE_replaced) / (CE_zero - CE_model)``, and KL(original ‖ replaced). With ``per_layer=True``, per layer, the KL with only that layer replaced
-(``kl_alone``: its slot writes the transcoders' output, every other slot the true MLP output) and with
-every layer replaced but that one (``kl_restored``): which layers' transcoders the KL comes from, and
-whether their errors add up or compound.
+``(CE_zero - CE_replaced) / (CE_zero - CE_model)``, and KL(original ‖ replaced). With
+``per_layer=True``, per layer, the KL with only that layer replaced (``kl_alone``: its slot writes the
+transcoders' output, every other slot the true MLP output) and with every layer replaced but that one
+(``kl_restored``): which layers' transcoders the KL comes from, and whether their errors add up or
+compound.
 
 Positions before ``feature_start`` (the first token; ``transcoders.positions``) keep their true MLP
 output in every run and are left out of every figure, as in harvest, training, trace and patching.
