@@ -39,7 +39,8 @@ What each caller runs, and what its "effect" means:
   ``attention="live", features="recompute", errors="live"``: ablating every node gives exactly
   the corrupted run, keeping every node the clean one.
 - transcoder evaluation runs ``attention="live", features="recompute", errors="none"`` on text: the
-  cross-entropy and KL of the replacement model itself.
+  cross-entropy and KL of the replacement model itself; per layer, ``errors="live"`` with the error
+  dropped at chosen layers (``circuits.replacement.evaluate.ReplaceLayers``): each layer replaced alone.
 """
 
 from __future__ import annotations
