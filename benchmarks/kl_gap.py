@@ -20,18 +20,14 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
+
 
 def fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     """``log y = a + b log x`` by least squares: ``(a, b, r²)``."""
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    n, mx, my = len(lx), sum(lx) / len(lx), sum(ly) / len(ly)
-    sxx = sum((x - mx) ** 2 for x in lx)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(lx, ly))
-    b = sxy / sxx
-    a = my - b * mx
-    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(lx, ly))
-    ss_tot = sum((y - my) ** 2 for y in ly)
-    return a, b, 1 - ss_res / ss_tot if n > 2 else 1.0
+    lx, ly = np.log(xs), np.log(ys)
+    b, a = np.polyfit(lx, ly, 1)
+    return float(a), float(b), float(np.corrcoef(lx, ly)[0, 1] ** 2)  # r² of a line is the squared correlation
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from benchmarks.machine import print_machine  # noqa: E402
 @torch.no_grad()
 def token_kl(model, tc, n_tokens: int, seq_len: int = 128) -> Tensor:
     """``[rows, scored positions]`` KL(model ‖ every MLP replaced) of each held-out token (``evaluate``'s text)."""
-    from circuits.replacement.evaluate import next_token_logprobs
+    from circuits.replacement.evaluate import next_token_logprobs, token_kl
     from circuits.replacement.forward import forward
     from circuits.replacement.slots import as_compute
     from transcoders.corpus import Corpus
@@ -45,7 +45,7 @@ def token_kl(model, tc, n_tokens: int, seq_len: int = 128) -> Tensor:
         lp_model = next_token_logprobs(model.hf(ids).logits, FEATURE_START)
         lp = next_token_logprobs(forward(model, slots, ids=ids, attention="live", features="recompute", errors="none",
                                          feature_start=FEATURE_START).logits, FEATURE_START)
-        out.append((lp_model.exp() * (lp_model - lp)).sum(-1))
+        out.append(token_kl(lp_model, lp))
     return torch.cat(out)
 
 

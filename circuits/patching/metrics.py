@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import Tensor
 
+from circuits.replacement.evaluate import token_kl
 from circuits.tasks.task import at_least_float32
 
 
@@ -17,7 +18,7 @@ def kl_to_clean(logits: Tensor, clean_logits: Tensor) -> Tensor:
     """
     logp = at_least_float32(logits).log_softmax(-1)
     logq = at_least_float32(clean_logits).log_softmax(-1)
-    return (logq.exp() * (logq - logp)).sum(-1).mean()
+    return token_kl(logq, logp).mean()
 
 
 def answer_prob(logits: Tensor, answers: Tensor, wrong: Tensor | None = None) -> Tensor:

@@ -81,6 +81,12 @@ def next_token_logprobs(logits: Tensor, start: int) -> Tensor:
     return F.log_softmax(logits[:, start:-1].float(), dim=-1)
 
 
+def token_kl(lp_model: Tensor, lp: Tensor) -> Tensor:
+    """KL(model ‖ other) of each position's next-token distribution, ``[...]`` from log-probabilities
+    ``[..., vocab]`` (``lp`` may carry extra leading dimensions, broadcast against ``lp_model``)."""
+    return (lp_model.exp() * (lp_model - lp)).sum(-1)
+
+
 @torch.no_grad()
 def evaluate(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int = 16_384, *, seq_len: int = 128,
              batch_size: int = 8, seed: int = 0, split: str = "heldout", precision: Precision = "auto",
@@ -145,7 +151,7 @@ def evaluate(model: Model, tc: Transcoder, corpus: Any = None, n_tokens: int = 1
         ce["model"] += float(-lp_model.gather(-1, targets[..., None]).sum())
         ce["replaced"] += float(-lp.gather(-1, targets[..., None]).sum())
         ce["zero"] += float(-lp_zero.gather(-1, targets[..., None]).sum())
-        kl += float((lp_model.exp() * (lp_model - lp)).sum())
+        kl += float(token_kl(lp_model, lp).sum())
         if per_layer:
             with autocast(device, precision):
                 kl_layers += _layer_kl_sums(model, slots, ids, lp_model, start)
@@ -192,7 +198,6 @@ def _layer_kl_sums(model: Model, slots: Any, ids: Tensor, lp_model: Tensor, star
     B, L = ids.shape[0], model.n_layers
     eye = torch.eye(L, dtype=torch.bool, device=ids.device)
     replace = torch.cat([eye, ~eye])                                            # [2L, L]
-    p_model = lp_model.exp()
     sums = torch.zeros(2 * L, dtype=torch.float64)
     for chunk in torch.arange(2 * L).split(max(1, max_tokens // ids.numel())):
         c = len(chunk)
@@ -200,5 +205,5 @@ def _layer_kl_sums(model: Model, slots: Any, ids: Tensor, lp_model: Tensor, star
                       editor=ReplaceLayers(replace[chunk].repeat_interleave(B, 0), start), feature_start=start,
                       keep_inputs=False)
         lp = next_token_logprobs(run.logits, start).view(c, B, *lp_model.shape[1:])
-        sums[chunk] = (p_model * (lp_model - lp)).sum((1, 2, 3)).double().cpu()
+        sums[chunk] = token_kl(lp_model, lp).sum((1, 2)).double().cpu()
     return sums.view(2, L)

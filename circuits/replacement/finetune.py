@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.models.adapter import Model
-from circuits.replacement.evaluate import next_token_logprobs
+from circuits.replacement.evaluate import next_token_logprobs, token_kl
 from circuits.replacement.forward import forward
 from circuits.replacement.slots import check_feature_start
 from transcoders.harvest import harvest_with_logits
@@ -131,7 +131,7 @@ def _run(model: Model, tc: Transcoder, batches: list[Tensor], start: int, lr: fl
             run = forward(model, tc, ids=ids, attention="live", features="recompute", errors="none",
                           feature_start=start, keep_inputs=False, grad=True)
             lp = next_token_logprobs(run.logits, start)
-            kl = (lp_model.exp() * (lp_model - lp)).sum(-1).mean()
+            kl = token_kl(lp_model, lp).mean()
             loss = kl
             if recon_weight:
                 loss = loss + recon_weight * _reconstruction(tc, x.to(params[0].dtype), y)
